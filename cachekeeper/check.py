@@ -1,0 +1,99 @@
+"""``check``: before a deploy, the key each layer will ask for and whether it is warm.
+
+Facts come from three places, and the report says which fact came from where: what the target
+declares; the model revision resolved to a commit sha; and, for what a deployer cannot know (the
+driver, the exact GPU name), the newest fingerprint observed on the same GPU type. A key that
+still needs a fact nobody told is *unverified*.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from . import facts as f
+from .facts import Fact, Facts, Source
+from .keys import CacheKey, FactChange, derive_keys, explain
+from .layers import WEIGHTS
+from .leases import FileLeases
+from .manifest import Manifest, Observation
+from .store import Roots, read_sidecar
+from .sync import sync
+from .target import Target
+
+
+class Status(StrEnum):
+    WARM = "warm"  # published under exactly this key
+    COLD = "cold"  # nothing for this layer and model yet
+    STALE = "stale"  # something exists for this layer and model, under another key
+    BUILDING = "building"  # a live process holds the build lease for this key
+
+
+@dataclass(frozen=True, slots=True)
+class LayerReport:
+    layer: str
+    key: CacheKey
+    status: Status
+    nearest: str | None = None  # for a stale layer: the artifact it would have used
+    changes: tuple[FactChange, ...] = ()  # what differs from ``nearest``
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    target: Target
+    facts: Facts
+    layers: tuple[LayerReport, ...]
+    observation: Observation | None  # where inherited facts came from
+
+    @property
+    def ready(self) -> bool:
+        return all(report.status is Status.WARM for report in self.layers)
+
+    @property
+    def unverified(self) -> tuple[str, ...]:
+        names = {name for report in self.layers for name in report.key.unverified}
+        return tuple(sorted(names))
+
+
+def target_facts(
+    target: Target, observation: Observation | None, roots: Roots, environ: Mapping[str, str] | None = None
+) -> Facts:
+    """Declared facts over inherited ones, with the model revision resolved to a sha."""
+    environ = os.environ if environ is None else environ
+    inherited = (
+        Facts(tuple(Fact(x.name, x.value, Source.INHERITED) for x in observation.facts))
+        if observation is not None
+        else Facts()
+    )
+    facts = inherited.merged(target.declared_facts())
+    if target.model is not None:
+        hf_cache = roots.for_layer(WEIGHTS).layer_dir(WEIGHTS)
+        resolved = f.resolve_revision(target.model, target.revision or "main", hf_cache, environ)
+        facts = facts.merged([resolved])
+    return facts
+
+
+def check(target: Target, roots: Roots, manifest: Manifest) -> CheckReport:
+    """Fold what containers recorded, then report every layer the target needs."""
+    sync(manifest, roots)
+    observation = manifest.latest_observation(target.gpu.name)
+    facts = target_facts(target, observation, roots)
+    keys = derive_keys(facts, target.layers)
+    reports = tuple(_layer_report(name, keys[name], roots, manifest) for name in target.needs)
+    return CheckReport(target, facts, reports, observation)
+
+
+def _layer_report(layer: str, key: CacheKey, roots: Roots, manifest: Manifest) -> LayerReport:
+    root = roots.for_layer(layer)
+    if read_sidecar(root, layer, str(key)) is not None:
+        return LayerReport(layer, key, Status.WARM)
+    if FileLeases(root).holder(layer, str(key)) is not None:
+        return LayerReport(layer, key, Status.BUILDING)
+    model = str(key.facts.value(f.MODEL, f.NONE))
+    for artifact in manifest.artifacts(layer=layer, model=model):
+        if artifact.key != str(key):
+            nearest = artifact.cache_key()
+            return LayerReport(layer, key, Status.STALE, artifact.key, explain(nearest, key))
+    return LayerReport(layer, key, Status.COLD)

@@ -1,0 +1,406 @@
+"""Facts: what is true of an environment, and where each truth came from.
+
+Collecting them must cost almost nothing at boot, so this module imports neither torch nor vllm:
+the GPU comes from NVML, versions from ``importlib.metadata``, the torch build's CUDA runtime
+from the text of ``torch/version.py``, and the model revision from the Hugging Face cache on disk.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from .errors import FingerprintError, RevisionError, UsageError
+from .gpus import modal_gpu_type
+
+FactValue: TypeAlias = "str | int | float | bool | None | tuple[FactValue, ...]"
+
+
+class Source(StrEnum):
+    OBSERVED = "observed"  # read on this machine at run time
+    DECLARED = "declared"  # written in a target file or passed as an argument
+    RESOLVED = "resolved"  # a revision name turned into a commit sha (HF cache or Hub)
+    INHERITED = "inherited"  # copied from the newest fingerprint observed on the same GPU type
+    UNKNOWN = "unknown"  # nobody said; a key built from it is unverified
+
+
+# Fact names. Layers (layers.py) choose among them; tests enumerate them.
+GPU_TYPE = "gpu.type"
+GPU_NAME = "gpu.name"
+GPU_ARCH = "gpu.arch"
+GPU_MEMORY = "gpu.memory_mib"
+GPU_COUNT = "gpu.count"
+DRIVER = "driver.version"
+DRIVER_BRANCH = "driver.branch"
+CUDA_DRIVER = "cuda.driver"
+CUDA_RUNTIME = "cuda.runtime"
+PYTHON = "python"
+TORCH = "torch"
+TRITON = "triton"
+VLLM = "vllm"
+FLASHINFER = "flashinfer"
+MODEL = "model"
+MODEL_REVISION = "model.revision"
+IMAGE = "image"
+ENGINE_PREFIX = "engine."
+ENV_PREFIX = "env."
+
+NONE = "none"  # the value of a fact that is known to be absent (no GPU, package not installed)
+UNKNOWN = "unknown"  # the value of a fact nobody could tell
+
+# Distribution names to try, in order, for each package fact.
+PACKAGES: dict[str, tuple[str, ...]] = {
+    TORCH: ("torch",),
+    TRITON: ("triton", "pytorch-triton"),
+    VLLM: ("vllm",),
+    FLASHINFER: ("flashinfer-python", "flashinfer"),
+}
+
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    name: str
+    value: FactValue
+    source: Source
+
+
+@dataclass(frozen=True)
+class Facts:
+    """An immutable set of facts, at most one per name, iterated in name order."""
+
+    items: tuple[Fact, ...] = ()
+    _index: Mapping[str, Fact] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.items, key=lambda fact: fact.name))
+        object.__setattr__(self, "items", ordered)
+        object.__setattr__(self, "_index", {fact.name: fact for fact in ordered})
+        if len(self._index) != len(ordered):
+            raise ValueError("a fact name appears twice")
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], source: Source) -> Facts:
+        return cls(tuple(Fact(name, freeze(value), source) for name, value in values.items()))
+
+    def __iter__(self) -> Iterator[Fact]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __getitem__(self, name: str) -> Fact:
+        return self._index[name]
+
+    def get(self, name: str) -> Fact | None:
+        return self._index.get(name)
+
+    def value(self, name: str, default: FactValue = UNKNOWN) -> FactValue:
+        fact = self._index.get(name)
+        return default if fact is None else fact.value
+
+    def values(self) -> dict[str, FactValue]:
+        return {fact.name: fact.value for fact in self.items}
+
+    def merged(self, overrides: Iterable[Fact]) -> Facts:
+        """These facts with ``overrides`` replacing any of the same name."""
+        combined = dict(self._index)
+        combined.update((fact.name, fact) for fact in overrides)
+        return Facts(tuple(combined.values()))
+
+    def without(self, prefix: str) -> Facts:
+        return Facts(tuple(fact for fact in self.items if not fact.name.startswith(prefix)))
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        return {f.name: {"value": thaw(f.value), "source": str(f.source)} for f in self.items}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Mapping[str, Any]]) -> Facts:
+        return cls(
+            tuple(Fact(name, freeze(item["value"]), Source(item["source"])) for name, item in data.items())
+        )
+
+
+def freeze(value: Any) -> FactValue:
+    """A JSON-like value made immutable: lists become tuples; anything else must be a scalar."""
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(item) for item in value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"{value!r} is not a plain value (use strings, numbers, booleans or lists)")
+
+
+def thaw(value: FactValue) -> Any:
+    if isinstance(value, tuple):
+        return [thaw(item) for item in value]
+    return value
+
+
+# --- collection -----------------------------------------------------------------------------
+
+
+def observe(
+    *,
+    model: str | None = None,
+    revision: str | None = None,
+    engine: Mapping[str, Any] | None = None,
+    hf_cache: Path | None = None,
+    image: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Facts:
+    """The fingerprint of this process's environment, plus the model and engine it will run."""
+    environ = os.environ if environ is None else environ
+    facts = [
+        *gpu_facts(environ),
+        *package_facts(),
+        Fact(PYTHON, platform.python_version(), Source.OBSERVED),
+        Fact(IMAGE, image or NONE, Source.DECLARED if image else Source.OBSERVED),
+        *env_facts(environ),
+        *engine_facts(engine or {}),
+        *model_facts(model, revision, hf_cache=hf_cache, environ=environ),
+    ]
+    return Facts(tuple(facts))
+
+
+def gpu_facts(environ: Mapping[str, str]) -> list[Fact]:
+    """GPU and driver facts through NVML; a machine without NVML or GPUs says so in the values."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no library, no driver, no permission: all mean "no GPU here"
+        return _gpu_fact_list(name=NONE, arch=NONE, memory_mib=0, count=0, driver=NONE, cuda=NONE)
+    try:
+        handles = _visible_handles(pynvml, environ.get("CUDA_VISIBLE_DEVICES"))
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        cuda_int = pynvml.nvmlSystemGetCudaDriverVersion()
+        cuda = f"{cuda_int // 1000}.{cuda_int % 1000 // 10}"
+        if not handles:
+            return _gpu_fact_list(name=NONE, arch=NONE, memory_mib=0, count=0, driver=driver, cuda=cuda)
+        first = handles[0]
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(first)
+        return _gpu_fact_list(
+            name=_text(pynvml.nvmlDeviceGetName(first)),
+            arch=f"sm_{major}{minor}",
+            memory_mib=int(pynvml.nvmlDeviceGetMemoryInfo(first).total) // 2**20,
+            count=len(handles),
+            driver=driver,
+            cuda=cuda,
+        )
+    except pynvml.NVMLError as error:
+        raise FingerprintError(f"NVML answered but could not describe the GPU: {error}") from error
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _gpu_fact_list(
+    *, name: str, arch: str, memory_mib: int, count: int, driver: str, cuda: str
+) -> list[Fact]:
+    observed = Source.OBSERVED
+    return [
+        Fact(GPU_TYPE, modal_gpu_type(name) or name, observed),
+        Fact(GPU_NAME, name, observed),
+        Fact(GPU_ARCH, arch, observed),
+        Fact(GPU_MEMORY, memory_mib, observed),
+        Fact(GPU_COUNT, count, observed),
+        Fact(DRIVER, driver, observed),
+        Fact(DRIVER_BRANCH, driver.split(".")[0], observed),
+        Fact(CUDA_DRIVER, cuda, observed),
+    ]
+
+
+def _visible_handles(pynvml: Any, visible: str | None) -> list[Any]:
+    """The devices CUDA would show this process, in CUDA_VISIBLE_DEVICES order."""
+    count = pynvml.nvmlDeviceGetCount()
+    if visible is None:
+        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+    handles = []
+    for token in (part.strip() for part in visible.split(",")):
+        # CUDA stops at the first entry it cannot parse; so do we.
+        if token.isdigit() and int(token) < count:
+            handles.append(pynvml.nvmlDeviceGetHandleByIndex(int(token)))
+        elif token.startswith("GPU-"):
+            handles.append(pynvml.nvmlDeviceGetHandleByUUID(token))
+        else:
+            break
+    return handles
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def package_facts() -> list[Fact]:
+    facts = [Fact(name, _installed_version(dists), Source.OBSERVED) for name, dists in PACKAGES.items()]
+    facts.append(Fact(CUDA_RUNTIME, torch_cuda_runtime(), Source.OBSERVED))
+    return facts
+
+
+def _installed_version(dists: tuple[str, ...]) -> str:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return NONE
+
+
+_VERSION_ASSIGNMENT = re.compile(r"^(cuda|hip)\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
+
+
+def torch_cuda_runtime() -> str:
+    """The CUDA runtime torch was built with (``12.8``), ``rocm6.2``, ``cpu``, or ``none``.
+
+    Read from the text of torch/version.py: importing torch would cost seconds at boot.
+    """
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return NONE
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()
+    except OSError:
+        return UNKNOWN
+    return cuda_runtime_in(text)
+
+
+def cuda_runtime_in(version_py: str) -> str:
+    """The runtime named by the text of a torch/version.py."""
+    found = {}
+    for name, expression in _VERSION_ASSIGNMENT.findall(version_py):
+        try:
+            found[name] = ast.literal_eval(expression.strip())
+        except (ValueError, SyntaxError):
+            found[name] = None
+    if found.get("cuda"):
+        return str(found["cuda"])
+    if found.get("hip"):
+        return f"rocm{found['hip']}"
+    return "cpu"
+
+
+# Environment variables that can change what gets compiled. HF_HUB_OFFLINE is among them because
+# vLLM hashes a local snapshot path instead of the repo id when offline (see vllm-cache.md §5).
+_ENV_PREFIXES = ("VLLM_", "TORCH", "TRITON_", "CUDA_")
+_ENV_EXTRA = frozenset({"HF_HUB_OFFLINE"})
+# Locations, addresses, ranks, logging and secrets differ between containers running the very same
+# code; hashing them is how vLLM once missed its own cache on every pod (dynamo#10695, PR #47573).
+_ENV_NOISE_SUFFIXES = ("_DIR", "_PATH", "_ROOT", "_HOME", "_PORT", "_HOST", "_IP", "_ADDR", "_URL")
+_ENV_NOISE_PARTS = ("VISIBLE_DEVICES", "LOG", "KEY", "TOKEN", "SECRET", "PASSWORD", "RANK", "INSTANCE_ID")
+_ENV_NOISE_PREFIXES = ("TORCHELASTIC_",)
+_ENV_NOISE = frozenset({"VLLM_ASSETS_CACHE"})
+
+
+def is_relevant_env(name: str) -> bool:
+    if name in _ENV_EXTRA:
+        return True
+    if not name.startswith(_ENV_PREFIXES) or name in _ENV_NOISE:
+        return False
+    return not (
+        name.endswith(_ENV_NOISE_SUFFIXES)
+        or name.startswith(_ENV_NOISE_PREFIXES)
+        or any(part in name for part in _ENV_NOISE_PARTS)
+    )
+
+
+def env_facts(environ: Mapping[str, str], source: Source = Source.OBSERVED) -> list[Fact]:
+    """One fact per relevant variable, value in the clear, so that ``explain`` can name it."""
+    return [
+        Fact(ENV_PREFIX + name, value, source)
+        for name, value in sorted(environ.items())
+        if is_relevant_env(name)
+    ]
+
+
+def engine_facts(engine: Mapping[str, Any], source: Source = Source.DECLARED) -> list[Fact]:
+    """``{"compilation_config": {"level": 3}}`` becomes the fact ``engine.compilation_config.level``."""
+    facts: list[Fact] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key in sorted(value):
+                walk(f"{prefix}.{key}", value[key])
+            return
+        try:
+            facts.append(Fact(prefix, freeze(value), source))
+        except TypeError as error:
+            raise UsageError(f"engine argument {prefix[len(ENGINE_PREFIX):]}: {error}") from None
+
+    for name in sorted(engine):
+        walk(ENGINE_PREFIX + str(name), engine[name])
+    return facts
+
+
+def model_facts(
+    model: str | None,
+    revision: str | None,
+    *,
+    hf_cache: Path | None,
+    environ: Mapping[str, str],
+    source: Source = Source.DECLARED,
+) -> list[Fact]:
+    if not model:
+        return [Fact(MODEL, NONE, source), Fact(MODEL_REVISION, NONE, source)]
+    if not REPO_ID.fullmatch(model):
+        raise UsageError(f"model {model!r} is not a Hugging Face repo id such as org/name")
+    return [Fact(MODEL, model, source), resolve_revision(model, revision or "main", hf_cache, environ)]
+
+
+def hf_repo_folder(model: str) -> str:
+    """The folder huggingface_hub gives a model repo in its cache: ``models--org--name``."""
+    return "--".join(("models", *model.split("/")))
+
+
+def resolve_revision(
+    model: str, revision: str, hf_cache: Path | None, environ: Mapping[str, str]
+) -> Fact:
+    """The commit sha behind ``revision``: as declared, from the HF cache on disk, or from the Hub.
+
+    vLLM keys its compile cache by the revision *name* ("main"), so a moved branch would reuse a
+    cache built for other weights; we always key by the sha.
+    """
+    if COMMIT_SHA.fullmatch(revision):
+        return Fact(MODEL_REVISION, revision, Source.DECLARED)
+    if hf_cache is not None:
+        repo = hf_cache / hf_repo_folder(model)
+        try:
+            sha = (repo / "refs" / revision).read_text().strip()
+        except OSError:
+            sha = ""
+        if COMMIT_SHA.fullmatch(sha) and (repo / "snapshots" / sha).is_dir():
+            return Fact(MODEL_REVISION, sha, Source.RESOLVED)
+    if environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no"):
+        where = f"in {hf_cache}" if hf_cache else "without an HF cache"
+        raise RevisionError(
+            f"cannot resolve revision {revision!r} of {model} offline {where}: "
+            "pin a 40-character commit sha, or download the model first"
+        )
+    return Fact(MODEL_REVISION, _resolve_on_hub(model, revision), Source.RESOLVED)
+
+
+def _resolve_on_hub(model: str, revision: str) -> str:
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().model_info(model, revision=revision).sha
+    except Exception as error:
+        raise RevisionError(
+            f"cannot resolve revision {revision!r} of {model} on the Hugging Face Hub ({error}): "
+            "pin a 40-character commit sha, or set HF_HUB_OFFLINE=1 with the model in the HF cache"
+        ) from None
+    if not sha:
+        raise RevisionError(f"the Hub gave no commit sha for {model}@{revision}")
+    return sha

@@ -1,0 +1,141 @@
+"""Cache keys: a stable digest of a layer's facts with a prefix people can read. Pure: no I/O.
+
+The same facts give the same key on every machine, Python version and hash seed: the digest is
+SHA-256 over canonical JSON (sorted keys, fixed separators, ASCII), never over ``hash()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import facts as f
+from .errors import UnknownKeyError
+from .facts import Facts, FactValue, Source, thaw
+from .layers import DEFAULT_LAYERS, Layer
+
+# Bump when the derivation below changes, so that no old key can collide with a new one.
+KEY_SCHEMA = 1
+DIGEST_LENGTH = 16
+_LABEL_LIMIT = 64
+_KEY = re.compile(r"(?P<layer>[a-z][a-z0-9_]*)-(?:(?P<label>[a-z0-9._-]+)-)?(?P<digest>[0-9a-f]{16})")
+_UNSAFE = re.compile(r"[^a-z0-9._]+")
+
+ABSENT = "(absent)"  # what explain shows for a fact one side does not have
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    """``compile-sm90-cu130-vllm0.33.0-3f9a1c2b7e4d5a60``: layer, readable label, digest.
+
+    ``facts`` are the facts the digest was made of, with their sources; they do not take part in
+    equality, which is the key string's alone.
+    """
+
+    layer: str
+    label: str
+    digest: str
+    facts: Facts = field(default=Facts(), compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return "-".join(part for part in (self.layer, self.label, self.digest) if part)
+
+    @property
+    def unverified(self) -> tuple[str, ...]:
+        """Names of the facts nobody could tell, which make this key a guess."""
+        return tuple(fact.name for fact in self.facts if fact.source is Source.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class FactChange:
+    name: str
+    old: FactValue
+    new: FactValue
+
+    def __str__(self) -> str:
+        return f"{self.name}: {_show(self.old)} → {_show(self.new)}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fact": self.name, "old": thaw(self.old), "new": thaw(self.new)}
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def derive_key(layer: Layer, facts: Facts) -> CacheKey:
+    keyed = layer.keyed(facts)
+    payload = {"schema": KEY_SCHEMA, "layer": layer.name, "facts": {n: thaw(v) for n, v in keyed.values().items()}}
+    digest = hashlib.sha256(canonical_json(payload).encode("ascii")).hexdigest()[:DIGEST_LENGTH]
+    return CacheKey(layer.name, _label(layer, keyed), digest, keyed)
+
+
+def derive_keys(facts: Facts, layers: Iterable[Layer] = DEFAULT_LAYERS) -> dict[str, CacheKey]:
+    return {layer.name: derive_key(layer, facts) for layer in layers}
+
+
+def explain(old: CacheKey, new: CacheKey) -> tuple[FactChange, ...]:
+    """The facts that differ between two keys, old value → new value, in name order."""
+    changes = []
+    if old.layer != new.layer:
+        changes.append(FactChange("layer", old.layer, new.layer))
+    before, after = old.facts.values(), new.facts.values()
+    for name in sorted(before.keys() | after.keys()):
+        was, now = before.get(name, ABSENT), after.get(name, ABSENT)
+        if was != now or type(was) is not type(now):
+            changes.append(FactChange(name, was, now))
+    return tuple(changes)
+
+
+def parse_key(text: str) -> tuple[str, str]:
+    """(layer, digest) of a key string; raises UnknownKeyError when it is not shaped like one."""
+    match = _KEY.fullmatch(text)
+    if match is None:
+        raise UnknownKeyError(
+            f"{text!r} is not a cache key (expected LAYER-LABEL-DIGEST, such as "
+            "compile-sm90-cu130-vllm0.33.0-3f9a1c2b7e4d5a60)"
+        )
+    return match.group("layer"), match.group("digest")
+
+
+def _label(layer: Layer, keyed: Facts) -> str:
+    parts = []
+    for part in layer.label:
+        for name in (part,) if isinstance(part, str) else part:
+            shown = _label_part(name, keyed.value(name, f.NONE))
+            if shown:
+                parts.append(shown)
+                break
+    label = "-".join(part for part in (_UNSAFE.sub("-", p.lower()).strip("-") for p in parts) if part)
+    return label[:_LABEL_LIMIT].strip("-.")
+
+
+def _label_part(name: str, value: FactValue) -> str:
+    if value == f.UNKNOWN:
+        return ""
+    text = "" if value in (f.NONE, None) else str(value)
+    if name == f.GPU_ARCH:
+        return text.replace("_", "") or "cpu"
+    if not text:
+        return text
+    if name == f.CUDA_RUNTIME:
+        return "" if text == "cpu" else "cu" + text.replace(".", "") if text[0].isdigit() else text
+    if name in (f.VLLM, f.TORCH):
+        return name + text.split("+")[0]
+    if name == f.DRIVER:
+        return "drv" + text
+    if name == f.MODEL:
+        return text.rsplit("/", 1)[-1]
+    if name == f.MODEL_REVISION:
+        return text[:8]
+    return text
+
+
+def _show(value: FactValue) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(thaw(value))

@@ -1,0 +1,300 @@
+"""``activate()``: the cache layers of one boot, inside ``@modal.enter`` or any Python process.
+
+::
+
+    with cachekeeper.activate(root="/cache", model="Qwen/Qwen2.5-0.5B-Instruct",
+                              revision="main", engine={"max_model_len": 4096}) as ck:
+        llm = vllm.LLM(model=..., revision=ck.facts.value("model.revision"), ...)
+
+On entry: fingerprint this process (NVML and package metadata, no torch or vllm import), derive
+each layer's key, point the cache variables at the key's directories, and say per layer whether
+it was a hit. On a clean exit: publish what was built (sidecar last) and journal what happened.
+On an exception: publish nothing, and remove what was half built.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import facts as f
+from . import journal
+from .facts import Fact, Facts, observe
+from .keys import CacheKey, FactChange, derive_keys
+from .layers import COMPILE, DEFAULT_LAYERS, WEIGHTS, Layer
+from .leases import DEFAULT_TTL, FileLeases, Lease
+from .store import Artifact, Root, Roots, builder_id, default_root, measure, publish, read_sidecar, remove_tree
+from .target import Target, load_target
+
+logger = logging.getLogger("cachekeeper")
+
+HIT = "hit"  # a published artifact is in use
+BUILD = "build"  # nothing published yet: this process builds it in place and publishes on exit
+PRIVATE = "private"  # another process is building it: this one boots cold in a private directory
+DOWNLOAD = "download"  # weights not recorded yet: huggingface_hub downloads into the shared cache
+
+_POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class LayerUse:
+    layer: str
+    key: CacheKey
+    status: str  # HIT, BUILD, PRIVATE or DOWNLOAD
+    path: Path  # the directory this layer's variables point into
+
+    @property
+    def hit(self) -> bool:
+        return self.status == HIT
+
+
+@dataclass
+class Activation:
+    """What ``activate()`` gives the caller: facts, keys, and each active layer's use."""
+
+    facts: Facts
+    keys: dict[str, CacheKey]
+    layers: dict[str, LayerUse]
+    env: dict[str, str]
+    mismatches: tuple[FactChange, ...]
+    _discarded: bool = field(default=False, repr=False)
+
+    @property
+    def hits(self) -> dict[str, bool]:
+        return {name: use.hit for name, use in self.layers.items()}
+
+    def hit(self, layer: str) -> bool:
+        return self.layers[layer].hit
+
+    def discard(self) -> None:
+        """Publish nothing on exit, as if the block had failed (``cachekeeper run`` on exit ≠ 0)."""
+        self._discarded = True
+
+
+@contextmanager
+def activate(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    target: str | os.PathLike[str] | Target | None = None,
+    model: str | None = None,
+    revision: str | None = None,
+    engine: Mapping[str, Any] | None = None,
+    image: str | None = None,
+    layers: Sequence[str] | None = None,
+    on_busy: Literal["wait", "cold"] = "wait",
+    wait_timeout: float = 900.0,
+    lease_ttl: float = DEFAULT_TTL,
+) -> Iterator[Activation]:
+    """Use the cache for one boot. Arguments override what ``target`` declares.
+
+    ``layers`` chooses the layers to use (default: the target's, else weights when a model is
+    given, and compile). When another process is building a key, ``on_busy="wait"`` waits up to
+    ``wait_timeout`` seconds for it to publish, then boots cold; ``"cold"`` boots cold at once.
+    Either way this process never writes into a directory another is building.
+    """
+    started = time.monotonic()
+    if target is not None and not isinstance(target, Target):
+        target = load_target(Path(target))
+    roots = Roots.at(Path(root) if root is not None else default_root(), target.roots if target else None)
+    model = model if model is not None else (target.model if target else None)
+    revision = revision if revision is not None else (target.revision if target else None)
+    engine = engine if engine is not None else (target.engine if target else {})
+    image = image if image is not None else (target.image if target else None)
+    facts = observe(
+        model=model, revision=revision, engine=engine, image=image,
+        hf_cache=roots.for_layer(WEIGHTS).layer_dir(WEIGHTS),
+    )  # fmt: skip
+    known = target.layers if target else DEFAULT_LAYERS
+    keys = derive_keys(facts, known)
+    mismatches = contradictions(target.declared_facts(), facts) if target else ()
+    chosen = _chosen_layers(layers, target, model, known)
+
+    writer = journal.Journal(roots.main)
+    writer.append(journal.OBSERVED, facts=facts.to_json(), host=builder_id())
+    for change in mismatches:
+        logger.warning(
+            "cachekeeper: this process does not match its target %s: %s; its caches are keyed by "
+            "what was observed, so the deploy check did not verify them",
+            target.source if target else "", change,  # type: ignore[union-attr]
+        )  # fmt: skip
+        writer.append(journal.MISMATCH, fact=change.name, declared=f.thaw(change.old), observed=f.thaw(change.new))
+
+    claims: list[_Claim] = []
+    previous_env: dict[str, str | None] = {}
+    try:
+        for layer in chosen:
+            claims.append(_claim(layer, keys[layer.name], roots.for_layer(layer.name), on_busy, wait_timeout, lease_ttl))
+        env = _point_env(claims, previous_env)
+        activation = Activation(
+            facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches
+        )
+        yield activation
+    except BaseException:
+        _restore_env(previous_env)
+        for claim in claims:
+            claim.abandon()
+        writer.close()
+        raise
+    else:
+        boot_seconds = time.monotonic() - started
+        for claim in claims:
+            if activation._discarded:
+                claim.abandon()
+            else:
+                claim.finish(writer, facts, boot_seconds)
+        writer.close()
+
+
+def contradictions(declared: Iterable[Fact], observed: Facts) -> tuple[FactChange, ...]:
+    """Declared facts that the running process contradicts: declared value → observed value."""
+    changes = []
+    for fact in declared:
+        seen = observed.get(fact.name)
+        if seen is not None and seen.value != fact.value:
+            changes.append(FactChange(fact.name, fact.value, seen.value))
+    return tuple(changes)
+
+
+def _chosen_layers(
+    names: Sequence[str] | None, target: Target | None, model: str | None, known: tuple[Layer, ...]
+) -> list[Layer]:
+    from .layers import layer_named
+
+    if names is None:
+        names = target.needs if target else ((WEIGHTS, COMPILE) if model else (COMPILE,))
+    chosen = [layer_named(name, known) for name in names]
+    return [layer for layer in chosen if not (layer.name == WEIGHTS and not model)]
+
+
+@dataclass
+class _Claim:
+    """One layer's part in a boot, and what must happen to it on exit."""
+
+    layer: Layer
+    use: LayerUse
+    root: Root
+    lease: Lease | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def finish(self, writer: journal.Journal, facts: Facts, boot_seconds: float) -> None:
+        name, key = self.layer.name, str(self.use.key)
+        model = str(facts.value(f.MODEL, f.NONE))
+        event = {"layer": name, "key": key, "model": model, "seconds": boot_seconds}
+        try:
+            if self.use.status == HIT:
+                writer.append(journal.HIT, **event)
+            elif self.use.status == BUILD:
+                artifact = _artifact(self.use, f"{name}/{key}", self.use.path, facts, follow_links=False)
+                if publish(self.root, artifact):
+                    writer.append(journal.PUBLISHED, **event, bytes=artifact.bytes)
+            elif self.use.status == DOWNLOAD:
+                self._publish_weights(writer, facts, event)
+            else:
+                writer.append(journal.MISS, **event)
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+
+    def _publish_weights(self, writer: journal.Journal, facts: Facts, event: dict[str, Any]) -> None:
+        model, sha = str(facts.value(f.MODEL)), str(facts.value(f.MODEL_REVISION))
+        relpath = f"{WEIGHTS}/{f.hf_repo_folder(model)}/snapshots/{sha}"
+        snapshot = self.root.path / relpath
+        if not snapshot.is_dir() or not any(snapshot.iterdir()):
+            writer.append(journal.MISS, **event)  # the boot never downloaded them: nothing to record
+            return
+        artifact = _artifact(self.use, relpath, snapshot, facts, follow_links=True)
+        if publish(self.root, artifact):
+            writer.append(journal.PUBLISHED, **event, bytes=artifact.bytes)
+        else:
+            writer.append(journal.HIT, **event)
+
+    def abandon(self) -> None:
+        """Publish nothing; remove what this process half built under its lease."""
+        try:
+            if self.use.status == BUILD:
+                remove_tree(self.root, f"{self.layer.name}/{self.use.key}")
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+
+
+def _artifact(use: LayerUse, relpath: str, path: Path, facts: Facts, *, follow_links: bool) -> Artifact:
+    size, count = _measure_following(path) if follow_links else measure(path)
+    now = time.time()
+    return Artifact(
+        key=str(use.key), layer=use.layer, model=str(facts.value(f.MODEL, f.NONE)), relpath=relpath,
+        bytes=size, files=count, created_at=now, last_used_at=now, builder=builder_id(),
+        facts=use.key.facts.values(),
+    )  # fmt: skip
+
+
+def _measure_following(path: Path) -> tuple[int, int]:
+    """Size of a Hub snapshot, whose files are links into the repo's blobs."""
+    total = count = 0
+    for directory, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(directory, name)).st_size
+                count += 1
+            except FileNotFoundError:
+                continue
+    return total, count
+
+
+def _claim(layer: Layer, key: CacheKey, root: Root, on_busy: str, wait_timeout: float, ttl: float) -> _Claim:
+    if layer.name == WEIGHTS:
+        status = HIT if read_sidecar(root, WEIGHTS, str(key)) is not None else DOWNLOAD
+        return _Claim(layer, LayerUse(WEIGHTS, key, status, root.layer_dir(WEIGHTS)), root)
+    leases = FileLeases(root, ttl)
+    directory = root.artifact_dir(layer.name, str(key))
+    deadline = time.monotonic() + wait_timeout
+    while True:
+        if read_sidecar(root, layer.name, str(key)) is not None:
+            return _Claim(layer, LayerUse(layer.name, key, HIT, directory), root)
+        lease = leases.acquire(layer.name, str(key))
+        if lease is not None:
+            # Another builder may have published between our look and our lease.
+            if read_sidecar(root, layer.name, str(key)) is not None:
+                lease.release()
+                continue
+            # Whatever is here was left by a build that died: never trusted, so start afresh.
+            remove_tree(root, f"{layer.name}/{key}")
+            directory.mkdir(parents=True)
+            return _Claim(layer, LayerUse(layer.name, key, BUILD, directory), root, lease)
+        if on_busy == "cold" or time.monotonic() >= deadline:
+            private = Path(tempfile.mkdtemp(prefix=f"cachekeeper-{layer.name}-"))
+            atexit.register(shutil.rmtree, private, ignore_errors=True)
+            return _Claim(layer, LayerUse(layer.name, key, PRIVATE, private), root)
+        time.sleep(_POLL_SECONDS)
+
+
+def _point_env(claims: list[_Claim], previous: dict[str, str | None]) -> dict[str, str]:
+    """Set each layer's variables. They stay set after a clean exit, so that code compiled lazily
+    later in the same process (a new batch size) lands in the same artifact."""
+    env: dict[str, str] = {}
+    for claim in claims:
+        for variable, subdirectory in claim.layer.env:
+            path = claim.use.path / subdirectory if subdirectory else claim.use.path
+            path.mkdir(parents=True, exist_ok=True)
+            env[variable] = str(path)
+    for variable, value in env.items():
+        previous.setdefault(variable, os.environ.get(variable))
+        os.environ[variable] = value
+    return env
+
+
+def _restore_env(previous: Mapping[str, str | None]) -> None:
+    for variable, value in previous.items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value

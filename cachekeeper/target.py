@@ -1,0 +1,246 @@
+"""Targets: what a deploy will run, read from ``cachekeeper.toml`` or ``[tool.cachekeeper]``.
+
+::
+
+    [target]
+    gpu = "H100"                       # a Modal GPU type, optionally ":COUNT", or "cpu"
+    model = "Qwen/Qwen2.5-0.5B-Instruct"
+    revision = "main"                  # resolved to a commit sha
+    layers = ["weights", "compile"]    # what the deploy needs warm
+
+    [target.packages]
+    vllm = "0.33.0"
+
+    [target.engine]
+    max_model_len = 8192
+
+A target declares what the deployer knows. What it leaves out (the driver, usually) is inherited
+from the newest fingerprint observed on the same GPU type; see check.py.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import facts as f
+from .errors import TargetError, UsageError
+from .facts import Fact, Source
+from .gpus import CPU, GpuType, parse_gpu
+from .layers import COMPILE, DEFAULT_LAYERS, WEIGHTS, Layer, custom_layer
+
+TARGET_FILE = "cachekeeper.toml"
+
+_TARGET_KEYS = {
+    "gpu", "model", "revision", "python", "cuda", "driver", "image", "layers",
+    "packages", "engine", "env",
+}  # fmt: skip
+_TOP_KEYS = {"target", "roots", "layers"}
+
+
+@dataclass(frozen=True)
+class Target:
+    source: str  # where it was read from, for messages
+    gpu: GpuType
+    gpu_count: int
+    model: str | None = None
+    revision: str | None = None
+    python: str | None = None
+    cuda: str | None = None
+    driver: str | None = None
+    image: str | None = None
+    packages: Mapping[str, str] = field(default_factory=dict)
+    engine: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    layers: tuple[Layer, ...] = DEFAULT_LAYERS
+    needs: tuple[str, ...] = (WEIGHTS, COMPILE)
+    roots: Mapping[str, Path] = field(default_factory=dict)
+
+    def declared_facts(self) -> list[Fact]:
+        """Every fact the target states, except the model revision (which must be resolved)."""
+        declared = Source.DECLARED
+        facts = [Fact(f.GPU_TYPE, self.gpu.name, declared)]
+        facts.append(Fact(f.GPU_COUNT, self.gpu_count, declared))
+        if self.gpu.arch is not None:
+            facts.append(Fact(f.GPU_ARCH, self.gpu.arch, declared))
+        if self.gpu is CPU:
+            # A machine without a GPU has none of these; nothing needs to be inherited.
+            for name in (f.GPU_NAME, f.DRIVER, f.DRIVER_BRANCH, f.CUDA_DRIVER):
+                facts.append(Fact(name, f.NONE, declared))
+            facts.append(Fact(f.GPU_MEMORY, 0, declared))
+        if self.driver:
+            facts.append(Fact(f.DRIVER, self.driver, declared))
+            facts.append(Fact(f.DRIVER_BRANCH, self.driver.split(".")[0], declared))
+        if self.python:
+            facts.append(Fact(f.PYTHON, self.python, declared))
+        if self.cuda:
+            facts.append(Fact(f.CUDA_RUNTIME, self.cuda, declared))
+        if self.image:
+            facts.append(Fact(f.IMAGE, self.image, declared))
+        facts.extend(Fact(name, version, declared) for name, version in self.packages.items())
+        facts.extend(f.engine_facts(self.engine))
+        facts.extend(f.env_facts(self.env, Source.DECLARED))
+        if self.model is None:
+            facts.append(Fact(f.MODEL, f.NONE, declared))
+            facts.append(Fact(f.MODEL_REVISION, f.NONE, declared))
+        else:
+            facts.append(Fact(f.MODEL, self.model, declared))
+        return facts
+
+
+def find_target(path: Path | None, cwd: Path | None = None) -> Target | None:
+    """The target at ``path``, else ./cachekeeper.toml, else ./pyproject.toml's [tool.cachekeeper]."""
+    if path is not None:
+        if not path.is_file():
+            raise UsageError(f"target file {path} does not exist")
+        return load_target(path)
+    cwd = Path.cwd() if cwd is None else cwd
+    if (cwd / TARGET_FILE).is_file():
+        return load_target(cwd / TARGET_FILE)
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file() and "cachekeeper" in _read_toml(pyproject).get("tool", {}):
+        return load_target(pyproject)
+    return None
+
+
+def load_target(path: Path) -> Target:
+    document = _read_toml(path)
+    if path.name == "pyproject.toml":
+        document = document.get("tool", {}).get("cachekeeper")
+        if not isinstance(document, dict):
+            raise TargetError(path, "no [tool.cachekeeper] table")
+        return parse_target(document, path, prefix="tool.cachekeeper.")
+    return parse_target(document, path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise TargetError(path, f"not valid TOML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TargetError(path, f"cannot be read: {error}") from None
+
+
+def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> Target:
+    """A Target from a parsed document; every problem names the table and setting at fault."""
+    _reject_unknown(document, _TOP_KEYS, path, prefix.rstrip(".") or "the top level")
+    table = document.get("target")
+    if not isinstance(table, dict):
+        raise TargetError(path, f"no [{prefix}target] table: add one with at least gpu = \"H100\" (or \"cpu\")")
+    where = f"[{prefix}target]"
+    _reject_unknown(table, _TARGET_KEYS, path, where)
+    text = _StringReader(table, path, where)
+    gpu_spec = text("gpu")
+    if gpu_spec is None:
+        raise TargetError(path, f"{where} needs gpu = \"H100\" (a Modal GPU type, or \"cpu\")")
+    try:
+        gpu, count = parse_gpu(gpu_spec)
+        engine_table = _table(table, "engine", path, where)
+        f.engine_facts(engine_table)  # validates the values
+    except UsageError as error:
+        raise TargetError(path, f"{where} {error}") from None
+    packages = _string_table(table, "packages", path, where)
+    unknown_packages = set(packages) - set(f.PACKAGES)
+    if unknown_packages:
+        raise TargetError(
+            path,
+            f"[{prefix}target.packages] does not key {', '.join(sorted(unknown_packages))}: "
+            f"use {', '.join(f.PACKAGES)}",
+        )
+    layers = DEFAULT_LAYERS + tuple(
+        custom_layer(name, body if isinstance(body, dict) else {}, str(path))
+        for name, body in _table(document, "layers", path, "the top level").items()
+    )
+    model = text("model")
+    if model is not None and not f.REPO_ID.fullmatch(model):
+        raise TargetError(path, f"{where} model {model!r} is not a Hugging Face repo id such as org/name")
+    needs = _needs(table, layers, model, path, where)
+    roots = {
+        name: (path.parent / Path(value).expanduser())
+        for name, value in _string_table(document, "roots", path, "the top level").items()
+    }
+    unknown_roots = set(roots) - {layer.name for layer in layers}
+    if unknown_roots:
+        raise TargetError(path, f"[{prefix}roots] names unknown layer(s) {', '.join(sorted(unknown_roots))}")
+    return Target(
+        source=str(path),
+        gpu=gpu,
+        gpu_count=count,
+        model=model,
+        revision=text("revision"),
+        python=text("python"),
+        cuda=text("cuda"),
+        driver=text("driver"),
+        image=text("image"),
+        packages=packages,
+        engine=engine_table,
+        env={name: str(value) for name, value in _env_table(table, path, where).items()},
+        layers=layers,
+        needs=needs,
+        roots=roots,
+    )
+
+
+class _StringReader:
+    def __init__(self, table: Mapping[str, Any], path: Path, where: str) -> None:
+        self.table, self.path, self.where = table, path, where
+
+    def __call__(self, name: str) -> str | None:
+        value = self.table.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise TargetError(self.path, f"{self.where} {name} must be a non-empty string, not {value!r}")
+        return value.strip()
+
+
+def _reject_unknown(table: Mapping[str, Any], known: set[str], path: Path, where: str) -> None:
+    unknown = set(table) - known
+    if unknown:
+        raise TargetError(
+            path, f"unknown setting(s) {', '.join(sorted(unknown))} in {where}: use {', '.join(sorted(known))}"
+        )
+
+
+def _table(parent: Mapping[str, Any], name: str, path: Path, where: str) -> dict[str, Any]:
+    value = parent.get(name, {})
+    if not isinstance(value, dict):
+        raise TargetError(path, f"{name} in {where} must be a table, not {value!r}")
+    return value
+
+
+def _string_table(parent: Mapping[str, Any], name: str, path: Path, where: str) -> dict[str, str]:
+    table = _table(parent, name, path, where)
+    for key, value in table.items():
+        if not isinstance(value, str) or not value.strip():
+            raise TargetError(path, f"{name}.{key} in {where} must be a non-empty string, not {value!r}")
+    return table
+
+
+def _env_table(parent: Mapping[str, Any], path: Path, where: str) -> dict[str, str | int]:
+    table = _table(parent, "env", path, where)
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise TargetError(path, f"env.{key} in {where} must be a string, not {value!r}")
+    return table
+
+
+def _needs(
+    table: Mapping[str, Any], layers: tuple[Layer, ...], model: str | None, path: Path, where: str
+) -> tuple[str, ...]:
+    if "layers" not in table:
+        return (WEIGHTS, COMPILE) if model else (COMPILE,)
+    needs = table["layers"]
+    if not isinstance(needs, list) or not needs or not all(isinstance(n, str) for n in needs):
+        raise TargetError(path, f"{where} layers must be a non-empty list of layer names")
+    known = {layer.name for layer in layers}
+    unknown = [name for name in needs if name not in known]
+    if unknown:
+        raise TargetError(path, f"{where} layers names unknown layer(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
+    if WEIGHTS in needs and model is None:
+        raise TargetError(path, f"{where} needs a model for the weights layer")
+    return tuple(needs)

@@ -1,0 +1,68 @@
+"""Durations, sizes and ages: parsing what people type, printing what people read."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import UsageError
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``90m``, ``12h``, ``7d``, ``2w`` or ``1d12h``."""
+    cleaned = text.strip().lower()
+    parts = _DURATION_PART.findall(cleaned)
+    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
+        raise UsageError(
+            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, such as 90m, 12h, 7d"
+        )
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``500MB``, ``20GiB`` or ``1.5T`` (k/M/G/T are powers of 1000)."""
+    match = _SIZE.fullmatch(text.strip().lower())
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise UsageError(f"invalid size {text!r}: use a number and a unit such as 500MB, 20GiB, 1.5TB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def format_bytes(count: int) -> str:
+    """``1.2 GB``, ``340 kB``, ``12 B``: decimal units, as ``du --si`` and huggingface_hub print."""
+    size = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_age(seconds: float) -> str:
+    """``just now``, ``5 minutes ago``, ``3 days ago``."""
+    if seconds < 60:
+        return "just now"
+    for unit, length in (("week", 7 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= length:
+            count = int(seconds // length)
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    raise AssertionError("unreachable")
