@@ -7,12 +7,10 @@ from the text of ``torch/version.py``, and the model revision from the Hugging F
 
 from __future__ import annotations
 
-import ast
-import importlib.metadata
 import importlib.util
 import os
-import platform
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -167,7 +165,7 @@ def observe(
     facts = [
         *gpu_facts(environ),
         *package_facts(),
-        Fact(PYTHON, platform.python_version(), Source.OBSERVED),
+        Fact(PYTHON, sys.version.split()[0], Source.OBSERVED),
         Fact(IMAGE, image or NONE, Source.DECLARED if image else Source.OBSERVED),
         *env_facts(environ),
         *engine_facts(engine or {}),
@@ -178,12 +176,15 @@ def observe(
 
 def gpu_facts(environ: Mapping[str, str]) -> list[Fact]:
     """GPU and driver facts through NVML; a machine without NVML or GPUs says so in the values."""
+    no_gpu = _gpu_fact_list(name=NONE, arch=NONE, memory_mib=0, count=0, driver=NONE, cuda=NONE)
+    if _no_nvidia_driver():
+        return no_gpu  # and pynvml's import, a third of cachekeeper's boot cost, is skipped
     try:
         import pynvml
 
         pynvml.nvmlInit()
     except Exception:  # no library, no driver, no permission: all mean "no GPU here"
-        return _gpu_fact_list(name=NONE, arch=NONE, memory_mib=0, count=0, driver=NONE, cuda=NONE)
+        return no_gpu
     try:
         handles = _visible_handles(pynvml, environ.get("CUDA_VISIBLE_DEVICES"))
         driver = _text(pynvml.nvmlSystemGetDriverVersion())
@@ -205,6 +206,12 @@ def gpu_facts(environ: Mapping[str, str]) -> list[Fact]:
         raise FingerprintError(f"NVML answered but could not describe the GPU: {error}") from error
     finally:
         pynvml.nvmlShutdown()
+
+
+def _no_nvidia_driver() -> bool:
+    """On Linux NVML reaches the kernel driver through /dev/nvidiactl (/dev/dxg under WSL); with
+    neither, there is no NVIDIA driver to ask."""
+    return sys.platform == "linux" and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/dxg"))
 
 
 def _gpu_fact_list(
@@ -245,21 +252,55 @@ def _text(value: str | bytes) -> str:
 
 
 def package_facts() -> list[Fact]:
-    facts = [Fact(name, _installed_version(dists), Source.OBSERVED) for name, dists in PACKAGES.items()]
+    found = _dist_info_versions()
+    facts = []
+    for name, dists in PACKAGES.items():
+        version = next((found[_normalize(d)] for d in dists if _normalize(d) in found), None)
+        facts.append(Fact(name, version or _metadata_version(name, dists), Source.OBSERVED))
     facts.append(Fact(CUDA_RUNTIME, torch_cuda_runtime(), Source.OBSERVED))
     return facts
 
 
-def _installed_version(dists: tuple[str, ...]) -> str:
+def _dist_info_versions() -> dict[str, str]:
+    """Installed versions read from ``NAME-VERSION.dist-info`` directory names on sys.path.
+
+    The wheel spec puts the version in the name, so one listing per path entry replaces
+    importlib.metadata, whose import alone costs more than the rest of a boot's fingerprint.
+    The first entry on sys.path wins, as it does for imports.
+    """
+    versions: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".dist-info"):
+                dist, _, version = name[: -len(".dist-info")].rpartition("-")
+                versions.setdefault(_normalize(dist), version)
+    return versions
+
+
+def _metadata_version(module: str, dists: tuple[str, ...]) -> str:
+    """The slow path, for a package importable without a dist-info directory (an egg install)."""
+    if importlib.util.find_spec(module) is None:
+        return NONE
+    from importlib import metadata
+
     for dist in dists:
         try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
             continue
-    return NONE
+    return UNKNOWN
 
 
-_VERSION_ASSIGNMENT = re.compile(r"^(cuda|hip)\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
+def _normalize(dist: str) -> str:
+    return re.sub(r"[-_.]+", "_", dist).lower()
+
+
+# ``cuda: Optional[str] = '12.8'`` or ``hip = None``: the quoted value, empty when None.
+_VERSION_ASSIGNMENT = re.compile(r"""^(cuda|hip)\s*(?::[^=]*)?=\s*(['"]?)([^'"\n]*)\2\s*$""", re.MULTILINE)
 
 
 def torch_cuda_runtime() -> str:
@@ -279,14 +320,9 @@ def torch_cuda_runtime() -> str:
 
 def cuda_runtime_in(version_py: str) -> str:
     """The runtime named by the text of a torch/version.py."""
-    found = {}
-    for name, expression in _VERSION_ASSIGNMENT.findall(version_py):
-        try:
-            found[name] = ast.literal_eval(expression.strip())
-        except (ValueError, SyntaxError):
-            found[name] = None
+    found = {name: value for name, quote, value in _VERSION_ASSIGNMENT.findall(version_py) if quote}
     if found.get("cuda"):
-        return str(found["cuda"])
+        return found["cuda"]
     if found.get("hip"):
         return f"rocm{found['hip']}"
     return "cpu"

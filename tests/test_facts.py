@@ -185,3 +185,21 @@ def test_unknown_gpu_types_are_refused_with_the_list(spec):
 )
 def test_nvml_device_names_map_to_modal_types(device, modal_type):
     assert modal_gpu_type(device) == modal_type
+
+
+def test_versions_read_from_dist_info_names_agree_with_importlib_metadata():
+    import importlib.metadata
+    import re
+
+    found = f._dist_info_versions()
+    for dist in importlib.metadata.distributions():
+        name = re.sub(r"[-_.]+", "_", dist.metadata["Name"]).lower()
+        assert found[name] == dist.version, dist.metadata["Name"]
+
+
+def test_a_package_earlier_on_sys_path_wins(tmp_path, monkeypatch):
+    (tmp_path / "flashinfer_python-0.7.2.post1.dist-info").mkdir()
+    (tmp_path / "torch-9.0.0.dist-info").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    versions = {fact.name: fact.value for fact in f.package_facts()}
+    assert versions["flashinfer"] == "0.7.2.post1" and versions["torch"] == "9.0.0"
