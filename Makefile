@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	# torch==2.13.0 is the CPU build this machine keeps on disk; asking for plain torch would
 	# download a CUDA build of several GB.
 	$(BIN)/pip install --quiet torch==2.13.0 numpy
-	$(BIN)/pip install --quiet -e '.[torch,test,postgres]'
+	$(BIN)/pip install --quiet -e '.[torch,test,postgres,modal]'
 	touch $@
 
 demo: $(VENV)/.installed

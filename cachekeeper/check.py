@@ -17,7 +17,7 @@ from . import facts as f
 from .facts import Fact, Facts, Source
 from .keys import CacheKey, FactChange, derive_keys, explain
 from .layers import WEIGHTS
-from .leases import FileLeases
+from .leases import leases_for
 from .manifest import Manifest, Observation
 from .store import Roots, read_sidecar
 from .sync import sync
@@ -89,7 +89,7 @@ def _layer_report(layer: str, key: CacheKey, roots: Roots, manifest: Manifest) -
     root = roots.for_layer(layer)
     if read_sidecar(root, layer, str(key)) is not None:
         return LayerReport(layer, key, Status.WARM)
-    if FileLeases(root).holder(layer, str(key)) is not None:
+    if leases_for(root, manifest).holder(layer, str(key)) is not None:
         return LayerReport(layer, key, Status.BUILDING)
     model = str(key.facts.value(f.MODEL, f.NONE))
     for artifact in manifest.artifacts(layer=layer, model=model):

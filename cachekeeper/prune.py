@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .errors import CachekeeperError
 from .layers import WEIGHTS
-from .leases import FileLeases
+from .leases import leases_for
 from .manifest import DELETING, PUBLISHED, Manifest
 from .store import Artifact, Root, Roots, builder_id, remove_tree, unpublish
 
@@ -49,7 +49,7 @@ def execute_prune(plan: PrunePlan, manifest: Manifest, roots: Roots) -> PruneRes
     removed, skipped = [], []
     for artifact in plan.removals:
         root = roots.for_layer(artifact.layer)
-        if FileLeases(root).holder(artifact.layer, artifact.key) is not None:
+        if leases_for(root, manifest).holder(artifact.layer, artifact.key) is not None:
             skipped.append((artifact, "a process holds its lease"))
             continue
         try:
