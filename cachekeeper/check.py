@@ -57,6 +57,11 @@ class CheckReport:
         return tuple(sorted(names))
 
 
+def needs_rebuild(report: CheckReport) -> bool:
+    """Whether a warm-up would help: a layer is cold or stale (one being built will appear)."""
+    return any(layer.status in (Status.COLD, Status.STALE) for layer in report.layers)
+
+
 def target_facts(
     target: Target, observation: Observation | None, roots: Roots, environ: Mapping[str, str] | None = None
 ) -> Facts:

@@ -60,7 +60,8 @@ LEASES_DIR = "leases"
 
 @dataclass(frozen=True, slots=True)
 class LeaseInfo:
-    """One holder's claim: who, a random token, and until when (Unix seconds; 0 once released)."""
+    """One holder's claim: who, a random token, and until when (Unix seconds; once released, the
+    time it was released)."""
 
     owner: str  # host:pid, for people
     token: str
@@ -167,7 +168,7 @@ class Lease:
 
     def held(self) -> bool:
         """Whether this process still holds the lease: asks the mechanism, not only memory."""
-        if self._lost.is_set() or time.time() >= self.info.expires_at:
+        if self._stop.is_set() or self._lost.is_set() or time.time() >= self.info.expires_at:
             return False
         try:
             return self._keeper.holds(self.info)
@@ -270,7 +271,8 @@ class _GenerationKeeper:
 
     def release(self, info: LeaseInfo) -> None:
         if self.holds(info):
-            self.slots.write(_slot(self.stem, self.generation), replace(info, expires_at=0.0))
+            # Expired as of now: prune can tell a lease released long ago from one released just now.
+            self.slots.write(_slot(self.stem, self.generation), replace(info, expires_at=time.time()))
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -356,7 +358,7 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LeaseCleanup:
-    removed: int  # keys whose dead leases were removed
+    leases: int  # keys whose dead leases were removed
     temporary_files: int  # leftovers of writers killed mid-write
 
 
