@@ -149,10 +149,13 @@ def snapshot_facts(
     """The facts a deploy's memory snapshot is keyed by, from the target alone: no GPU needed.
 
     What the target leaves out (usually the exact driver) is keyed as unknown; Modal itself
-    takes new snapshots when its hosts' runtime changes.
+    takes new snapshots when its hosts' runtime changes. A revision name is resolved in
+    ``hf_cache`` (default: $HF_HUB_CACHE), else on the Hub.
     """
     target = target if isinstance(target, Target) else load_target(Path(target))
     environ = os.environ if environ is None else environ
+    if hf_cache is None and environ.get("HF_HUB_CACHE"):
+        hf_cache = Path(environ["HF_HUB_CACHE"])
     facts = Facts(tuple(target.declared_facts()))
     if target.model is not None:
         revision = f.resolve_revision(target.model, target.revision or "main", hf_cache, environ)

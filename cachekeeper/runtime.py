@@ -92,6 +92,7 @@ def activate(
     root: str | os.PathLike[str] | None = None,
     *,
     target: str | os.PathLike[str] | Target | None = None,
+    roots: Mapping[str, str | os.PathLike[str]] | None = None,
     model: str | None = None,
     revision: str | None = None,
     engine: Mapping[str, Any] | None = None,
@@ -108,6 +109,7 @@ def activate(
 ) -> Iterator[Activation]:
     """Use the cache for one boot. Arguments override what ``target`` declares.
 
+    ``roots`` puts layers on roots of their own (a Volume each), over the target's ``[roots]``.
     ``layers`` chooses the layers to use (default: the target's, else weights when a model is
     given, and compile). When another process is building a key, ``on_busy="wait"`` waits up to
     ``wait_timeout`` seconds for it to publish, then boots cold; ``"cold"`` boots cold at once.
@@ -123,7 +125,8 @@ def activate(
     started = time.monotonic()
     if target is not None and not isinstance(target, Target):
         target = load_target(Path(target))
-    roots = Roots.at(Path(root) if root is not None else default_root(), target.roots if target else None)
+    per_layer = {**(target.roots if target else {}), **{k: Path(v) for k, v in (roots or {}).items()}}
+    roots = Roots.at(Path(root) if root is not None else default_root(), per_layer)  # type: ignore[assignment]
     model = model if model is not None else (target.model if target else None)
     revision = revision if revision is not None else (target.revision if target else None)
     engine = engine if engine is not None else (target.engine if target else {})
