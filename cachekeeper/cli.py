@@ -181,7 +181,7 @@ def run(
         raise UsageError(f"cannot run {command[0]!r}: no such executable (check the name and PATH)")
     settings = _settings(ctx)
     found = _find_target(target, required=False)
-    with activate(settings.root, target=found, on_busy=busy) as ck:  # type: ignore[arg-type]
+    with activate(settings.root, target=found, on_busy=busy, db=settings.db) as ck:  # type: ignore[arg-type]
         for change in ck.mismatches:
             stderr.print(f"[bold red]cachekeeper: mismatch[/] with {found.source}: {change}")
         for use in ck.layers.values():

@@ -131,3 +131,14 @@ def test_a_restored_process_that_differs_from_its_snapshot_is_loud(tmp_path, cap
         ckm.verify_restore(environ=environ, strict=True)
     with pytest.raises(SnapshotMismatch, match="CACHEKEEPER_SNAPSHOT_FACTS is not set"):
         ckm.verify_restore(environ={})
+
+
+def test_a_boot_through_the_modal_seam_imports_neither_modal_nor_sqlalchemy_nor_torch(root):
+    script = (
+        "import sys, cachekeeper.modal as ckm\n"
+        "with ckm.activate(sys.argv[1], layers=['compile']):\n"
+        "    pass\n"
+        "print(sorted(m for m in ('modal', 'sqlalchemy', 'torch', 'vllm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

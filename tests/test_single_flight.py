@@ -101,3 +101,20 @@ def test_containers_sharing_a_modal_dict_build_once(root):
         thread.join()
     assert sorted(statuses) == [BUILD] + [HIT] * 5
     assert not (root / ".cachekeeper" / "leases").exists()  # no lease files: the Dict held them
+
+
+def test_a_boot_writes_a_server_manifest_directly_and_never_a_sqlite_one(root, db_url, manifest):
+    with cachekeeper.activate(root, layers=["compile"], db=db_url) as ck:
+        (ck.layers["compile"].path / "kernel").write_text("k")
+    key = str(ck.keys["compile"])
+    journals = list(journal.journal_files(Root(root)))
+    if manifest.is_server:  # many containers may write it at once: each does, and leases live there too
+        assert manifest.artifact(key) is not None and journals == []
+        assert manifest.count_events(journal.PUBLISHED) == 1
+    else:  # a SQLite file may sit on a Volume: only its single writer, sync, touches it
+        assert manifest.artifact(key) is None and len(journals) == 1
+        from cachekeeper.store import Roots
+        from cachekeeper.sync import sync
+
+        sync(manifest, Roots.at(root))
+        assert manifest.artifact(key) is not None
