@@ -126,14 +126,14 @@ def activate(
     if target is not None and not isinstance(target, Target):
         target = load_target(Path(target))
     per_layer = {**(target.roots if target else {}), **{k: Path(v) for k, v in (roots or {}).items()}}
-    roots = Roots.at(Path(root) if root is not None else default_root(), per_layer)  # type: ignore[assignment]
+    cache_roots = Roots.at(Path(root) if root is not None else default_root(), per_layer)
     model = model if model is not None else (target.model if target else None)
     revision = revision if revision is not None else (target.revision if target else None)
     engine = engine if engine is not None else (target.engine if target else {})
     image = image if image is not None else (target.image if target else None)
     facts = observe(
         model=model, revision=revision, engine=engine, image=image,
-        hf_cache=roots.for_layer(WEIGHTS).layer_dir(WEIGHTS),
+        hf_cache=cache_roots.for_layer(WEIGHTS).layer_dir(WEIGHTS),
         gpu=None if probe_gpu else declared_gpu_facts(target),
     )  # fmt: skip
     known = target.layers if target else DEFAULT_LAYERS
@@ -144,7 +144,7 @@ def activate(
     mismatches = contradictions(declared, facts)
     chosen = _chosen_layers(layers, target, model, known)
 
-    writer, manifest = _open_writer(roots, db if db is not None else os.environ.get("CACHEKEEPER_DB"))
+    writer, manifest = _open_writer(cache_roots, db if db is not None else os.environ.get("CACHEKEEPER_DB"))
     writer.append(journal.OBSERVED, facts=facts.to_json(), host=builder_id())
     for change in mismatches:
         logger.warning(
@@ -161,7 +161,7 @@ def activate(
         try:
             waiting.refresh()
             for layer in chosen:
-                root_of_layer = roots.for_layer(layer.name)
+                root_of_layer = cache_roots.for_layer(layer.name)
                 mechanism = leases if leases is not None else leases_for(root_of_layer, manifest, lease_ttl)
                 claims.append(_claim(layer, keys[layer.name], root_of_layer, mechanism, waiting))
             env = _point_env(claims, previous_env)
