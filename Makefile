@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch==2.13.0 is the CPU build this machine keeps on disk; asking for plain torch would
 	# download a CUDA build of several GB.
 	$(BIN)/pip install --quiet torch==2.13.0 numpy
-	$(BIN)/pip install --quiet -e '.[torch,test,postgres]'
+	$(BIN)/pip install --quiet -e '.[torch,test,postgres,modal]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -17,7 +17,7 @@ from . import facts as f
 from .facts import Fact, Facts, Source
 from .keys import CacheKey, FactChange, derive_keys, explain
 from .layers import WEIGHTS
-from .leases import FileLeases
+from .leases import leases_for
 from .manifest import Manifest, Observation
 from .store import Roots, read_sidecar
 from .sync import sync
@@ -57,6 +57,11 @@ class CheckReport:
         return tuple(sorted(names))
 
 
+def needs_rebuild(report: CheckReport) -> bool:
+    """Whether a warm-up would help: a layer is cold or stale (one being built will appear)."""
+    return any(layer.status in (Status.COLD, Status.STALE) for layer in report.layers)
+
+
 def target_facts(
     target: Target, observation: Observation | None, roots: Roots, environ: Mapping[str, str] | None = None
 ) -> Facts:
@@ -89,7 +94,7 @@ def _layer_report(layer: str, key: CacheKey, roots: Roots, manifest: Manifest) -
     root = roots.for_layer(layer)
     if read_sidecar(root, layer, str(key)) is not None:
         return LayerReport(layer, key, Status.WARM)
-    if FileLeases(root).holder(layer, str(key)) is not None:
+    if leases_for(root, manifest).holder(layer, str(key)) is not None:
         return LayerReport(layer, key, Status.BUILDING)
     model = str(key.facts.value(f.MODEL, f.NONE))
     for artifact in manifest.artifacts(layer=layer, model=model):

@@ -181,7 +181,7 @@ def run(
         raise UsageError(f"cannot run {command[0]!r}: no such executable (check the name and PATH)")
     settings = _settings(ctx)
     found = _find_target(target, required=False)
-    with activate(settings.root, target=found, on_busy=busy) as ck:  # type: ignore[arg-type]
+    with activate(settings.root, target=found, on_busy=busy, db=settings.db) as ck:  # type: ignore[arg-type]
         for change in ck.mismatches:
             stderr.print(f"[bold red]cachekeeper: mismatch[/] with {found.source}: {change}")
         for use in ck.layers.values():
@@ -207,10 +207,10 @@ def run(
     raise typer.Exit(code)
 
 
-def _run_child(command: list[str]) -> int:
+def _run_child(command: list[str], stdout: Any = None) -> int:
     """Run the command, passing on SIGINT and SIGTERM; its exit code (128+N when killed by N)."""
     try:
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, stdout=stdout)
     except (FileNotFoundError, PermissionError) as error:
         raise UsageError(f"cannot run {command[0]!r}: {error.strerror}") from None
 
@@ -230,22 +230,58 @@ def _run_child(command: list[str]) -> int:
 
 
 @app.command()
-def check(ctx: typer.Context, target: TargetOption = None, as_json: JsonOption = False) -> None:
+def check(
+    ctx: typer.Context,
+    target: TargetOption = None,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="When a layer is cold or stale, run the target's warmup command, then check again.",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
     """Say, per layer, whether the deploy a target describes will find its caches warm.
 
-    Exit 0 when every layer is warm, 1 when not, 2 on bad input.
+    Exit 0 when every layer is warm, 1 when not, 2 on bad input. With --rebuild the exit code is
+    the second check's.
     """
     from .check import check as check_target
+    from .check import needs_rebuild
 
     settings = _settings(ctx)
     found = _find_target(target, required=True)
+    if rebuild and not found.warmup:
+        raise UsageError(f"{found.source} names no warmup command: add warmup = [...] to its [target] table")
     roots = settings.roots(found)
-    report = check_target(found, roots, settings.manifest(roots))
+    manifest = settings.manifest(roots)
+    report = check_target(found, roots, manifest)
+    first = None
+    if rebuild and needs_rebuild(report):
+        first = report
+        if not as_json:
+            _print_check(report, out=stderr)  # stdout holds only the final answer
+        stderr.print(f"cachekeeper: running the warmup: {' '.join(found.warmup)}")
+        code = _run_warmup(found.warmup)
+        if code != 0:
+            stderr.print(f"[bold red]cachekeeper: the warmup exited with {code}[/]")
+        report = check_target(found, roots, manifest)
     if as_json:
-        _print_json(_check_json(report))
+        data = _check_json(report)
+        if first is not None:
+            data["before_rebuild"] = _check_json(first)
+        _print_json(data)
     else:
         _print_check(report)
     raise typer.Exit(errors.OK if report.ready else errors.NOT_READY)
+
+
+def _run_warmup(command: tuple[str, ...]) -> int:
+    if shutil.which(command[0]) is None:
+        raise UsageError(f"cannot run the warmup {command[0]!r}: no such executable (check the name and PATH)")
+    # Its output is the user's to read; stdout stays ours for --json.
+    return _run_child(list(command), stdout=sys.stderr)
 
 
 def _check_json(report: Any) -> dict[str, Any]:
@@ -275,30 +311,52 @@ def _check_json(report: Any) -> dict[str, Any]:
 _STATUS_STYLE = {"warm": "green", "cold": "yellow", "stale": "red", "building": "cyan"}
 
 
-def _print_check(report: Any) -> None:
+def _print_check(report: Any, out: Console = console) -> None:
     table = Table("layer", "status", _key_column(), title=f"Check of {report.target.source}", title_justify="left")
     for layer in report.layers:
         style = _STATUS_STYLE[str(layer.status)]
         table.add_row(layer.layer, f"[{style}]{layer.status}[/]", str(layer.key))
-    console.print(table)
+    out.print(table)
     for layer in report.layers:
         if layer.changes:
-            console.print(f"[red]{layer.layer}[/] is stale against {layer.nearest}:")
+            out.print(f"[red]{layer.layer}[/] is stale against {layer.nearest}:")
             for change in layer.changes:
-                console.print(f"  {change}")
+                out.print(f"  {change}")
     inherited = sorted(fact.name for fact in report.facts if str(fact.source) == "inherited")
     if report.observation is not None and inherited:
         seen = format_age(time.time() - report.observation.last_seen_at)
-        console.print(
+        out.print(
             f"Inherited from the fingerprint seen on {report.observation.gpu_type} "
             f"({report.observation.host}, {seen}): {', '.join(inherited)}"
         )
     if report.unverified:
-        console.print(
+        out.print(
             f"[yellow]Unverified:[/] nothing observed or declared {', '.join(report.unverified)}; "
             "boot once on this GPU type (or declare them) to verify these keys."
         )
-    console.print("[green]ready[/]" if report.ready else "[red]not ready[/]")
+    out.print("[green]ready[/]" if report.ready else "[red]not ready[/]")
+
+
+# --- snapshot-tag -----------------------------------------------------------------------------
+
+
+@app.command("snapshot-tag")
+def snapshot_tag(ctx: typer.Context, target: TargetOption = None, as_json: JsonOption = False) -> None:
+    """Print the key a deploy's memory snapshot is made under, computed from the target (no GPU).
+
+    Put it in the image's environment: a new key is a new config, so Modal takes a new snapshot.
+    With --json, also the variables that cachekeeper.modal.snapshot_env() would set.
+    """
+    from .layers import WEIGHTS
+    from .modal import SNAPSHOT_KEY_ENV, snapshot_env
+
+    settings = _settings(ctx)
+    found = _find_target(target, required=True)
+    env = snapshot_env(found, hf_cache=settings.roots(found).for_layer(WEIGHTS).layer_dir(WEIGHTS))
+    if as_json:
+        _print_json({"key": env[SNAPSHOT_KEY_ENV], "env": env})
+    else:
+        print(env[SNAPSHOT_KEY_ENV])
 
 
 # --- ls ---------------------------------------------------------------------------------------
@@ -442,27 +500,32 @@ def prune(
     manifest = settings.manifest(roots)
     sync(manifest, roots)
     plan = plan_prune(manifest, older_than=seconds)
-    if dry_run or not plan.removals:
+    if dry_run:
         _print_prune(plan.removals, (), dry_run=True, as_json=as_json)
         return
-    if not yes and not as_json and sys.stdin.isatty():
+    if plan.removals and not yes and not as_json and sys.stdin.isatty():
         _print_prune(plan.removals, (), dry_run=True, as_json=False)
         if not typer.confirm(f"Remove {len(plan.removals)} artifact(s), {format_bytes(plan.bytes)}?"):
             raise typer.Exit(errors.NOT_READY)
-    result = execute_prune(plan, manifest, roots)
-    _print_prune(result.removed, result.skipped, dry_run=False, as_json=as_json)
+    result = execute_prune(plan, manifest, roots)  # with nothing planned, it still clears leftovers
+    _print_prune(result.removed, result.skipped, dry_run=False, as_json=as_json, leftovers=result.leftovers)
 
 
-def _print_prune(removed: Any, skipped: Any, *, dry_run: bool, as_json: bool) -> None:
+def _print_prune(removed: Any, skipped: Any, *, dry_run: bool, as_json: bool, leftovers: Any = None) -> None:
     if as_json:
-        _print_json(
-            {
-                "dry_run": dry_run,
-                "removed": [{"key": a.key, "layer": a.layer, "model": a.model, "bytes": a.bytes} for a in removed],
-                "skipped": [{"key": a.key, "reason": reason} for a, reason in skipped],
-                "bytes": sum(a.bytes for a in removed),
+        data = {
+            "dry_run": dry_run,
+            "removed": [{"key": a.key, "layer": a.layer, "model": a.model, "bytes": a.bytes} for a in removed],
+            "skipped": [{"key": a.key, "reason": reason} for a, reason in skipped],
+            "bytes": sum(a.bytes for a in removed),
+        }
+        if leftovers is not None:
+            data["leftovers"] = {
+                "partial_builds": list(leftovers.partial_builds),
+                "temporary_files": leftovers.temporary_files,
+                "leases": leftovers.leases,
             }
-        )
+        _print_json(data)
         return
     verb = "would remove" if dry_run else "removed"
     for artifact in removed:
@@ -471,6 +534,11 @@ def _print_prune(removed: Any, skipped: Any, *, dry_run: bool, as_json: bool) ->
         console.print(f"[yellow]kept[/] {artifact.key}: {reason}")
     total = format_bytes(sum(a.bytes for a in removed))
     console.print(f"{'Would free' if dry_run else 'Freed'} {total} in {len(removed)} artifact(s).")
+    if leftovers is not None and (leftovers.partial_builds or leftovers.temporary_files or leftovers.leases):
+        console.print(
+            f"Cleared what killed processes left: {len(leftovers.partial_builds)} unfinished build(s), "
+            f"{leftovers.temporary_files} temporary file(s), {leftovers.leases} dead lease(s)."
+        )
 
 
 # --- sync -------------------------------------------------------------------------------------

@@ -70,3 +70,7 @@ class StoreError(CachekeeperError):
 
 class UnsafePath(StoreError):
     """A path recorded in a sidecar or the manifest points outside its cache root."""
+
+
+class SnapshotMismatch(CachekeeperError):
+    """A process restored from a memory snapshot does not match the facts the snapshot was keyed by."""

@@ -159,11 +159,16 @@ def observe(
     hf_cache: Path | None = None,
     image: str | None = None,
     environ: Mapping[str, str] | None = None,
+    gpu: Iterable[Fact] | None = None,
 ) -> Facts:
-    """The fingerprint of this process's environment, plus the model and engine it will run."""
+    """The fingerprint of this process's environment, plus the model and engine it will run.
+
+    ``gpu`` replaces what NVML would say: where probing is not allowed (a ``snap=True`` hook of
+    a CPU-only memory snapshot), the GPU facts a target declares.
+    """
     environ = os.environ if environ is None else environ
     facts = [
-        *gpu_facts(environ),
+        *(gpu_facts(environ) if gpu is None else gpu),
         *package_facts(),
         Fact(PYTHON, sys.version.split()[0], Source.OBSERVED),
         Fact(IMAGE, image or NONE, Source.DECLARED if image else Source.OBSERVED),

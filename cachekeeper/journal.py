@@ -24,6 +24,7 @@ from .store import Root
 OBSERVED = "observed"  # facts: the environment this process ran in
 HIT = "hit"  # a layer's artifact was found and used
 MISS = "miss"  # a layer had nothing to use
+PUBLISHING = "publishing"  # about to write a sidecar: if the writer dies right after, sync finds it
 PUBLISHED = "published"  # this process built and published an artifact (its sidecar exists)
 MISMATCH = "mismatch"  # observed facts contradicted what the target declared
 CLOSED = "closed"  # the writer finished; nothing more will be appended

@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, func
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, delete, func, update
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from . import facts as f
 from .errors import ManifestError, ManifestUnreachable, SchemaOutOfDate, SchemaTooNew
 from .facts import Facts
 from .keys import canonical_json
+from .leases import LeaseInfo
 from .store import Artifact, Roots
 
 PUBLISHED = "published"
@@ -89,6 +90,21 @@ class JournalCursorRow(SQLModel, table=True):
     closed: bool = False
 
 
+class LeaseRow(SQLModel, table=True):
+    """A build lease, when the manifest is a server database (see leases.DbLeases)."""
+
+    __tablename__ = "lease"
+    __table_args__ = (UniqueConstraint("layer", "key", name="uq_lease_layer_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    layer: str
+    key: str
+    owner: str
+    token: str
+    expires_at: float = Field(index=True)
+    process: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """An environment fingerprint seen at run time: machine and software, no model or engine."""
@@ -124,6 +140,11 @@ class Manifest:
     def __init__(self, url: str, engine: Engine) -> None:
         self.url = url
         self.engine = engine
+
+    @property
+    def is_server(self) -> bool:
+        """A database server that many containers may write at once (not a SQLite file)."""
+        return self.engine.dialect.name != "sqlite"
 
     # --- opening and schema --------------------------------------------------------------------
 
@@ -367,6 +388,48 @@ class Manifest:
             return session.exec(query).one()
 
 
+    # --- build leases (leases.DbLeases) -----------------------------------------------------------
+
+    def lease(self, layer: str, key: str) -> LeaseInfo | None:
+        with self.session() as session:
+            row = session.exec(select(LeaseRow).where(LeaseRow.layer == layer, LeaseRow.key == key)).first()
+            return None if row is None else LeaseInfo(row.owner, row.token, row.expires_at, row.process)
+
+    def insert_lease(self, layer: str, key: str, info: LeaseInfo) -> bool:
+        """Create the lease row; False when one exists already (the unique key decides)."""
+        try:
+            with self.session() as session:
+                session.add(LeaseRow(layer=layer, key=key, **_lease_fields(info)))
+        except IntegrityError:
+            return False
+        return True
+
+    def replace_lease(self, layer: str, key: str, token: str, info: LeaseInfo) -> bool:
+        """Overwrite the lease only if it still carries ``token``: one statement, one winner."""
+        statement = (
+            update(LeaseRow)
+            .where(LeaseRow.layer == layer, LeaseRow.key == key, LeaseRow.token == token)
+            .values(**_lease_fields(info))
+        )
+        with self.session() as session:
+            return session.exec(statement).rowcount == 1  # type: ignore[call-overload]
+
+    def drop_lease(self, layer: str, key: str, token: str) -> None:
+        statement = delete(LeaseRow).where(LeaseRow.layer == layer, LeaseRow.key == key, LeaseRow.token == token)
+        with self.session() as session:
+            session.exec(statement)  # type: ignore[call-overload]
+
+    def drop_dead_leases(self, *, expired_before: float) -> int:
+        """Remove leases that expired before ``expired_before``; how many."""
+        statement = delete(LeaseRow).where(LeaseRow.expires_at < expired_before)
+        with self.session() as session:
+            return session.exec(statement).rowcount  # type: ignore[call-overload]
+
+
+def _lease_fields(info: LeaseInfo) -> dict[str, Any]:
+    return {"owner": info.owner, "token": info.token, "expires_at": info.expires_at, "process": info.process}
+
+
 @dataclass(frozen=True, slots=True)
 class FoldResult:
     records: int  # journal records applied for the first time
@@ -378,8 +441,13 @@ def _artifact_row_for(session: Session, key: str) -> ArtifactRow | None:
 
 
 def _insert_artifact(session: Session, artifact: Artifact) -> bool:
-    if _artifact_row_for(session, artifact.key) is not None:
-        return False
+    row = _artifact_row_for(session, artifact.key)
+    if row is not None:
+        if row.state != DELETING or row.created_at == artifact.created_at:
+            return False
+        # Rebuilt after a prune was killed half way through removing it: this is a new artifact.
+        session.delete(row)
+        session.flush()
     session.add(_artifact_row(artifact))
     session.flush()
     return True

@@ -22,20 +22,25 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import facts as f
 from . import journal
+from .errors import CachekeeperError, UsageError
 from .facts import Fact, Facts, observe
 from .keys import CacheKey, FactChange, derive_keys
 from .layers import COMPILE, DEFAULT_LAYERS, WEIGHTS, Layer
-from .leases import DEFAULT_TTL, FileLeases, Lease
+from .leases import DEFAULT_TTL, Lease, Leases, leases_for
 from .store import Artifact, Root, Roots, builder_id, default_root, measure, publish, read_sidecar, remove_tree
 from .target import Target, load_target
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
 
 logger = logging.getLogger("cachekeeper")
 
@@ -44,7 +49,9 @@ BUILD = "build"  # nothing published yet: this process builds it in place and pu
 PRIVATE = "private"  # another process is building it: this one boots cold in a private directory
 DOWNLOAD = "download"  # weights not recorded yet: huggingface_hub downloads into the shared cache
 
-_POLL_SECONDS = 0.5
+# A waiter looks again after 0.2 s, then less and less often: on a Modal Volume each look is a reload.
+_FIRST_POLL_SECONDS = 0.2
+_LAST_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,7 @@ def activate(
     root: str | os.PathLike[str] | None = None,
     *,
     target: str | os.PathLike[str] | Target | None = None,
+    roots: Mapping[str, str | os.PathLike[str]] | None = None,
     model: str | None = None,
     revision: str | None = None,
     engine: Mapping[str, Any] | None = None,
@@ -95,32 +103,50 @@ def activate(
     on_busy: Literal["wait", "cold"] = "wait",
     wait_timeout: float = 900.0,
     lease_ttl: float = DEFAULT_TTL,
+    leases: Leases | None = None,
+    db: str | None = None,
+    probe_gpu: bool = True,
+    refresh: Callable[[], object] | None = None,
+    commit: Callable[[], object] | None = None,
 ) -> Iterator[Activation]:
     """Use the cache for one boot. Arguments override what ``target`` declares.
 
+    ``roots`` puts layers on roots of their own (a Volume each), over the target's ``[roots]``.
     ``layers`` chooses the layers to use (default: the target's, else weights when a model is
     given, and compile). When another process is building a key, ``on_busy="wait"`` waits up to
     ``wait_timeout`` seconds for it to publish, then boots cold; ``"cold"`` boots cold at once.
     Either way this process never writes into a directory another is building.
+
+    ``leases`` is the lease mechanism (default: files in each root, or the manifest's table when
+    ``db`` / ``$CACHEKEEPER_DB`` is a server database, which this process then also writes
+    directly instead of a journal). ``probe_gpu=False`` takes the GPU facts from the target
+    instead of NVML: for a ``snap=True`` hook of a CPU-only memory snapshot. ``refresh`` is
+    called before every look at the shared roots and ``commit`` after publishing, before any
+    lease is released (on Modal: ``Volume.reload`` and ``Volume.commit``; see cachekeeper.modal).
     """
     started = time.monotonic()
     if target is not None and not isinstance(target, Target):
         target = load_target(Path(target))
-    roots = Roots.at(Path(root) if root is not None else default_root(), target.roots if target else None)
+    per_layer = {**(target.roots if target else {}), **{k: Path(v) for k, v in (roots or {}).items()}}
+    cache_roots = Roots.at(Path(root) if root is not None else default_root(), per_layer)
     model = model if model is not None else (target.model if target else None)
     revision = revision if revision is not None else (target.revision if target else None)
     engine = engine if engine is not None else (target.engine if target else {})
     image = image if image is not None else (target.image if target else None)
     facts = observe(
         model=model, revision=revision, engine=engine, image=image,
-        hf_cache=roots.for_layer(WEIGHTS).layer_dir(WEIGHTS),
+        hf_cache=cache_roots.for_layer(WEIGHTS).layer_dir(WEIGHTS),
+        gpu=None if probe_gpu else declared_gpu_facts(target),
     )  # fmt: skip
     known = target.layers if target else DEFAULT_LAYERS
     keys = derive_keys(facts, known)
-    mismatches = contradictions(target.declared_facts(), facts) if target else ()
+    declared = target.declared_facts() if target else []
+    if not probe_gpu:  # the GPU facts were copied from the target: comparing them proves nothing
+        declared = [fact for fact in declared if not _is_gpu_fact(fact.name)]
+    mismatches = contradictions(declared, facts)
     chosen = _chosen_layers(layers, target, model, known)
 
-    writer = journal.Journal(roots.main)
+    writer, manifest = _open_writer(cache_roots, db if db is not None else os.environ.get("CACHEKEEPER_DB"))
     writer.append(journal.OBSERVED, facts=facts.to_json(), host=builder_id())
     for change in mismatches:
         logger.warning(
@@ -130,23 +156,25 @@ def activate(
         )  # fmt: skip
         writer.append(journal.MISMATCH, fact=change.name, declared=f.thaw(change.old), observed=f.thaw(change.new))
 
+    waiting = _Waiting(on_busy, wait_timeout, refresh)
     claims: list[_Claim] = []
     previous_env: dict[str, str | None] = {}
     try:
-        for layer in chosen:
-            claims.append(_claim(layer, keys[layer.name], roots.for_layer(layer.name), on_busy, wait_timeout, lease_ttl))
-        env = _point_env(claims, previous_env)
-        activation = Activation(
-            facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches
-        )
-        yield activation
-    except BaseException:
-        _restore_env(previous_env)
-        for claim in claims:
-            claim.abandon()
-        writer.close()
-        raise
-    else:
+        try:
+            waiting.refresh()
+            for layer in chosen:
+                root_of_layer = cache_roots.for_layer(layer.name)
+                mechanism = leases if leases is not None else leases_for(root_of_layer, manifest, lease_ttl)
+                claims.append(_claim(layer, keys[layer.name], root_of_layer, mechanism, waiting))
+            env = _point_env(claims, previous_env)
+            activation = Activation(facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches)
+            yield activation
+        except BaseException:
+            _restore_env(previous_env)
+            for claim in claims:
+                claim.abandon()
+            writer.close()
+            raise
         boot_seconds = time.monotonic() - started
         for claim in claims:
             if activation._discarded:
@@ -154,6 +182,22 @@ def activate(
             else:
                 claim.finish(writer, facts, boot_seconds)
         writer.close()
+        # Before any lease is released: a container that takes the lease next must already be
+        # able to see the sidecar, or it would build the same key again.
+        if commit is not None:
+            _commit(commit)
+    finally:
+        for claim in claims:
+            claim.release()
+
+
+def declared_gpu_facts(target: Target | None) -> list[Fact]:
+    """The GPU facts a target declares (type, count, arch; the driver if it names one)."""
+    return [fact for fact in (target.declared_facts() if target else []) if _is_gpu_fact(fact.name)]
+
+
+def _is_gpu_fact(name: str) -> bool:
+    return name.startswith(("gpu.", "driver.")) or name == f.CUDA_DRIVER
 
 
 def contradictions(declared: Iterable[Fact], observed: Facts) -> tuple[FactChange, ...]:
@@ -187,26 +231,28 @@ class _Claim:
     lease: Lease | None = None
     started: float = field(default_factory=time.monotonic)
 
-    def finish(self, writer: journal.Journal, facts: Facts, boot_seconds: float) -> None:
+    def finish(self, writer: _Writer, facts: Facts, boot_seconds: float) -> None:
         name, key = self.layer.name, str(self.use.key)
         model = str(facts.value(f.MODEL, f.NONE))
         event = {"layer": name, "key": key, "model": model, "seconds": boot_seconds}
-        try:
-            if self.use.status == HIT:
-                writer.append(journal.HIT, **event)
-            elif self.use.status == BUILD:
-                artifact = _artifact(self.use, f"{name}/{key}", self.use.path, facts, follow_links=False)
-                if publish(self.root, artifact):
-                    writer.append(journal.PUBLISHED, **event, bytes=artifact.bytes)
-            elif self.use.status == DOWNLOAD:
-                self._publish_weights(writer, facts, event)
-            else:
+        if self.use.status == HIT:
+            writer.append(journal.HIT, **event)
+        elif self.use.status == BUILD:
+            if self.lease is not None and not self.lease.held():
+                # Taken over while this process stalled: the directory is another builder's now.
+                logger.warning("cachekeeper: lost the build lease of %s; not publishing it", key)
                 writer.append(journal.MISS, **event)
-        finally:
-            if self.lease is not None:
-                self.lease.release()
+                return
+            artifact = _artifact(self.use, f"{name}/{key}", self.use.path, facts, follow_links=False)
+            writer.append(journal.PUBLISHING, **event)
+            if publish(self.root, artifact):
+                writer.append(journal.PUBLISHED, **event, bytes=artifact.bytes)
+        elif self.use.status == DOWNLOAD:
+            self._publish_weights(writer, facts, event)
+        else:
+            writer.append(journal.MISS, **event)
 
-    def _publish_weights(self, writer: journal.Journal, facts: Facts, event: dict[str, Any]) -> None:
+    def _publish_weights(self, writer: _Writer, facts: Facts, event: dict[str, Any]) -> None:
         model, sha = str(facts.value(f.MODEL)), str(facts.value(f.MODEL_REVISION))
         relpath = f"{WEIGHTS}/{f.hf_repo_folder(model)}/snapshots/{sha}"
         snapshot = self.root.path / relpath
@@ -214,19 +260,20 @@ class _Claim:
             writer.append(journal.MISS, **event)  # the boot never downloaded them: nothing to record
             return
         artifact = _artifact(self.use, relpath, snapshot, facts, follow_links=True)
+        writer.append(journal.PUBLISHING, **event)
         if publish(self.root, artifact):
             writer.append(journal.PUBLISHED, **event, bytes=artifact.bytes)
         else:
             writer.append(journal.HIT, **event)
 
     def abandon(self) -> None:
-        """Publish nothing; remove what this process half built under its lease."""
-        try:
-            if self.use.status == BUILD:
-                remove_tree(self.root, f"{self.layer.name}/{self.use.key}")
-        finally:
-            if self.lease is not None:
-                self.lease.release()
+        """Publish nothing; remove what this process half built while it still holds the lease."""
+        if self.use.status == BUILD and (self.lease is None or self.lease.held()):
+            remove_tree(self.root, f"{self.layer.name}/{self.use.key}")
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
 
 
 def _artifact(use: LayerUse, relpath: str, path: Path, facts: Facts, *, follow_links: bool) -> Artifact:
@@ -252,13 +299,35 @@ def _measure_following(path: Path) -> tuple[int, int]:
     return total, count
 
 
-def _claim(layer: Layer, key: CacheKey, root: Root, on_busy: str, wait_timeout: float, ttl: float) -> _Claim:
+class _Waiting:
+    """How a boot waits for another builder, and how it looks again at the shared roots."""
+
+    def __init__(self, on_busy: str, timeout: float, refresh: Callable[[], object] | None) -> None:
+        if on_busy not in ("wait", "cold"):
+            raise UsageError(f"on_busy must be 'wait' or 'cold', not {on_busy!r}")
+        self.on_busy = on_busy
+        self.deadline = time.monotonic() + timeout
+        self._refresh = refresh
+        self._pause = _FIRST_POLL_SECONDS
+
+    def refresh(self) -> None:
+        if self._refresh is not None:
+            self._refresh()
+
+    def gives_up(self) -> bool:
+        return self.on_busy == "cold" or time.monotonic() >= self.deadline
+
+    def pause(self) -> None:
+        time.sleep(max(0.0, min(self._pause, self.deadline - time.monotonic())))
+        self._pause = min(self._pause * 1.5, _LAST_POLL_SECONDS)
+        self.refresh()
+
+
+def _claim(layer: Layer, key: CacheKey, root: Root, leases: Leases, waiting: _Waiting) -> _Claim:
     if layer.name == WEIGHTS:
         status = HIT if read_sidecar(root, WEIGHTS, str(key)) is not None else DOWNLOAD
         return _Claim(layer, LayerUse(WEIGHTS, key, status, root.layer_dir(WEIGHTS)), root)
-    leases = FileLeases(root, ttl)
     directory = root.artifact_dir(layer.name, str(key))
-    deadline = time.monotonic() + wait_timeout
     while True:
         if read_sidecar(root, layer.name, str(key)) is not None:
             return _Claim(layer, LayerUse(layer.name, key, HIT, directory), root)
@@ -272,11 +341,72 @@ def _claim(layer: Layer, key: CacheKey, root: Root, on_busy: str, wait_timeout: 
             remove_tree(root, f"{layer.name}/{key}")
             directory.mkdir(parents=True)
             return _Claim(layer, LayerUse(layer.name, key, BUILD, directory), root, lease)
-        if on_busy == "cold" or time.monotonic() >= deadline:
+        if waiting.gives_up():
             private = Path(tempfile.mkdtemp(prefix=f"cachekeeper-{layer.name}-"))
             atexit.register(shutil.rmtree, private, ignore_errors=True)
             return _Claim(layer, LayerUse(layer.name, key, PRIVATE, private), root)
-        time.sleep(_POLL_SECONDS)
+        waiting.pause()
+
+
+def _commit(commit: Callable[[], object]) -> None:
+    try:
+        commit()
+    except Exception as error:  # what was published is on disk; the platform commits it later
+        logger.warning("cachekeeper: committing the cache after publishing failed: %s", error)
+
+
+class _Writer(Protocol):
+    def append(self, kind: str, **fields: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _open_writer(roots: Roots, url: str | None) -> tuple[_Writer, Manifest | None]:
+    """A journal of this process's own; with a server database, the manifest itself.
+
+    A SQLite manifest is never written from here: it may sit on a Volume other containers write.
+    """
+    if not url or url.startswith("sqlite"):
+        return journal.Journal(roots.main), None
+    from .manifest import Manifest
+
+    try:
+        manifest = Manifest.open(url)
+    except CachekeeperError as error:
+        logger.warning("cachekeeper: the manifest database is not usable, journaling instead: %s", error)
+        return journal.Journal(roots.main), None
+    return _ManifestWriter(manifest, roots), manifest
+
+
+class _ManifestWriter:
+    """Records straight into a server manifest; if it fails mid-boot, into a journal from then on."""
+
+    def __init__(self, manifest: Manifest, roots: Roots) -> None:
+        self.manifest = manifest
+        self.roots = roots
+        self.fallback: journal.Journal | None = None
+
+    def append(self, kind: str, **fields: Any) -> None:
+        if self.fallback is None:
+            if kind == journal.PUBLISHING:
+                return  # the intent only helps a later sync of a journal
+            record = {"uid": uuid.uuid4().hex, "kind": kind, "at": time.time(), **fields}
+            artifacts = []
+            if kind == journal.PUBLISHED:
+                layer, key = str(fields["layer"]), str(fields["key"])
+                artifact = read_sidecar(self.roots.for_layer(layer), layer, key)
+                artifacts = [artifact] if artifact is not None else []
+            try:
+                self.manifest.fold([record], artifacts, {})
+                return
+            except CachekeeperError as error:
+                logger.warning("cachekeeper: writing the manifest failed, journaling instead: %s", error)
+                self.fallback = journal.Journal(self.roots.main)
+        self.fallback.append(kind, **fields)
+
+    def close(self) -> None:
+        if self.fallback is not None:
+            self.fallback.close()
 
 
 def _point_env(claims: list[_Claim], previous: dict[str, str | None]) -> dict[str, str]:

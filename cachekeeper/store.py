@@ -73,9 +73,6 @@ class Root:
     def sidecar_path(self, layer: str, key: str) -> Path:
         return self.state_dir / "sidecars" / layer / f"{key}.json"
 
-    def lease_path(self, layer: str, key: str) -> Path:
-        return self.state_dir / "leases" / layer / f"{key}.lease"
-
     def inside(self, relpath: str) -> Path:
         """``relpath`` under this root, refusing anything that could lead out of it.
 

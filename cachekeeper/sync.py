@@ -46,13 +46,15 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
             finished.append(path)
     published = []
     for record in records:
-        if record.get("kind") == journal.PUBLISHED:
+        # A writer killed between its sidecar and its "published" record left only the intent.
+        if record.get("kind") in (journal.PUBLISHING, journal.PUBLISHED):
             layer, key = str(record.get("layer")), str(record.get("key"))
             # The sidecar, not the journal, says what exists: a prune may have removed it since.
             artifact = read_sidecar(roots.for_layer(layer), layer, key)
             if artifact is not None:
                 published.append(artifact)
-    result = manifest.fold(records, published, new_cursors)
+    events = [record for record in records if record.get("kind") != journal.PUBLISHING]
+    result = manifest.fold(events, published, new_cursors)
     if finished:
         folded = roots.main.journal_dir / FOLDED_DIR
         folded.mkdir(exist_ok=True)

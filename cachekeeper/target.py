@@ -7,6 +7,7 @@
     model = "Qwen/Qwen2.5-0.5B-Instruct"
     revision = "main"                  # resolved to a commit sha
     layers = ["weights", "compile"]    # what the deploy needs warm
+    warmup = ["modal", "run", "app.py::warm"]  # boots once to build what is cold (check --rebuild)
 
     [target.packages]
     vllm = "0.33.0"
@@ -20,6 +21,7 @@ from the newest fingerprint observed on the same GPU type; see check.py.
 
 from __future__ import annotations
 
+import shlex
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ TARGET_FILE = "cachekeeper.toml"
 
 _TARGET_KEYS = {
     "gpu", "model", "revision", "python", "cuda", "driver", "image", "layers",
-    "packages", "engine", "env",
+    "packages", "engine", "env", "warmup",
 }  # fmt: skip
 _TOP_KEYS = {"target", "roots", "layers"}
 
@@ -58,6 +60,7 @@ class Target:
     layers: tuple[Layer, ...] = DEFAULT_LAYERS
     needs: tuple[str, ...] = (WEIGHTS, COMPILE)
     roots: Mapping[str, Path] = field(default_factory=dict)
+    warmup: tuple[str, ...] = ()  # the command that boots once inside activate(); see check --rebuild
 
     def declared_facts(self) -> list[Fact]:
         """Every fact the target states, except the model revision (which must be resolved)."""
@@ -182,6 +185,7 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         layers=layers,
         needs=needs,
         roots=roots,
+        warmup=_warmup(table.get("warmup"), path, where),
     )
 
 
@@ -227,6 +231,20 @@ def _env_table(parent: Mapping[str, Any], path: Path, where: str) -> dict[str, s
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise TargetError(path, f"env.{key} in {where} must be a string, not {value!r}")
     return table
+
+
+def _warmup(value: Any, path: Path, where: str) -> tuple[str, ...]:
+    """A command as a list of arguments, or one string split the way a shell would."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as error:
+            raise TargetError(path, f"{where} warmup cannot be split into arguments: {error}") from None
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+        raise TargetError(path, f"{where} warmup must be a command: a list of strings such as [\"modal\", \"run\", \"app.py::warm\"]")
+    return tuple(value)
 
 
 def _needs(

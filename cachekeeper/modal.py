@@ -1,0 +1,230 @@
+"""cachekeeper on Modal: Volumes reloaded before a lookup and committed after a publish, build
+leases in a ``modal.Dict``, and memory snapshots keyed by cachekeeper.
+
+::
+
+    import modal
+    import cachekeeper.modal as ckm
+
+    weights = modal.Volume.from_name("huggingface-cache", create_if_missing=True)
+    compiled = modal.Volume.from_name("vllm-cache", create_if_missing=True)
+    leases = modal.Dict.from_name("cachekeeper-leases", create_if_missing=True)
+
+    @app.cls(gpu="H100", volumes={"/vol/weights": weights, "/vol/compile": compiled})
+    class Server:
+        @modal.enter()
+        def boot(self):
+            with ckm.activate("/vol/compile", target="cachekeeper.toml",
+                              volumes=[weights, compiled], leases=leases) as ck:
+                self.llm = LLM(...)
+
+This module is the seam between cachekeeper and Modal's servers: it uses only ``reload()`` and
+``commit()`` of a Volume and ``get()`` / ``put(..., skip_if_exists=True)`` of a Dict, which real
+``modal.Volume`` and ``modal.Dict`` objects provide as they are. It never imports ``modal``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import facts as f
+from .errors import SnapshotMismatch
+from .facts import Facts, Source, observe
+from .keys import FactChange, derive_key
+from .layers import SNAPSHOT, layer_named
+from .leases import DEFAULT_TTL, DictStore, Leases, ModalDictLeases
+from .runtime import Activation
+from .runtime import activate as _activate
+from .target import Target, load_target
+
+logger = logging.getLogger("cachekeeper")
+
+SNAPSHOT_KEY_ENV = "CACHEKEEPER_SNAPSHOT_KEY"
+SNAPSHOT_FACTS_ENV = "CACHEKEEPER_SNAPSHOT_FACTS"
+
+RELOAD_ATTEMPTS = 4
+_FIRST_RELOAD_PAUSE = 0.25
+
+
+class VolumeLike(Protocol):
+    """What cachekeeper needs of a ``modal.Volume``."""
+
+    def reload(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+def reload(volume: VolumeLike, *, attempts: int = RELOAD_ATTEMPTS) -> bool:
+    """See other containers' commits. False when the Volume could not be reloaded.
+
+    ``reload()`` fails while this container has files open on the Volume (a model being read,
+    a log being written). That is retried a few times with growing pauses, then the boot goes on
+    with the view it has, and says so: it may find a key cold that another container published
+    since, and build it again in place of waiting for it, which costs time and is never wrong.
+    """
+    pause = _FIRST_RELOAD_PAUSE
+    for attempt in range(1, attempts + 1):
+        try:
+            volume.reload()
+            return True
+        except RuntimeError as error:  # "there are open files preventing the operation"
+            problem: Exception = error
+            if attempt < attempts:
+                time.sleep(pause)
+                pause *= 2
+        except Exception as error:  # the platform itself: no use retrying at boot
+            problem = error
+            break
+    logger.warning(
+        "cachekeeper: could not reload a Volume (%s); going on with this container's view of it, "
+        "which may miss what other containers published since it started",
+        problem,
+    )
+    return False
+
+
+def commit(volume: VolumeLike) -> None:
+    volume.commit()
+
+
+@contextmanager
+def activate(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    volumes: Sequence[VolumeLike] = (),
+    leases: DictStore | Leases | None = None,
+    snap: bool = False,
+    lease_ttl: float = DEFAULT_TTL,
+    **options: Any,
+) -> Iterator[Activation]:
+    """``cachekeeper.activate`` for a Modal container.
+
+    ``volumes`` are the Volumes the roots live on: reloaded before every look, committed after
+    publishing. ``leases`` is a ``modal.Dict`` (or any lease mechanism): without one, containers
+    cannot see each other's builds and several may build the same key. ``snap=True`` inside an
+    ``@modal.enter(snap=True)`` hook of a CPU-only memory snapshot: the GPU facts come from the
+    target, and neither NVML nor CUDA is touched. Other options go to ``cachekeeper.activate``.
+    """
+    if leases is not None and not hasattr(leases, "acquire"):
+        leases = ModalDictLeases(leases, lease_ttl)  # type: ignore[arg-type]
+    elif leases is None and volumes:
+        logger.warning(
+            "cachekeeper: no lease Dict given: containers booting at once on a cold key will each "
+            "build it; pass leases=modal.Dict.from_name(...)"
+        )
+
+    def refresh() -> None:
+        for volume in volumes:
+            reload(volume)
+
+    def commit_all() -> None:
+        for volume in volumes:
+            commit(volume)
+
+    with _activate(
+        root,
+        leases=leases,  # type: ignore[arg-type]
+        lease_ttl=lease_ttl,
+        probe_gpu=not snap,
+        refresh=refresh if volumes else None,
+        commit=commit_all if volumes else None,
+        **options,
+    ) as activation:
+        yield activation
+
+
+# --- memory snapshots -----------------------------------------------------------------------
+
+
+def snapshot_facts(
+    target: Target | str | os.PathLike[str], *, hf_cache: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Facts:
+    """The facts a deploy's memory snapshot is keyed by, from the target alone: no GPU needed.
+
+    What the target leaves out (usually the exact driver) is keyed as unknown; Modal itself
+    takes new snapshots when its hosts' runtime changes. A revision name is resolved in
+    ``hf_cache`` (default: $HF_HUB_CACHE), else on the Hub.
+    """
+    target = target if isinstance(target, Target) else load_target(Path(target))
+    environ = os.environ if environ is None else environ
+    if hf_cache is None and environ.get("HF_HUB_CACHE"):
+        hf_cache = Path(environ["HF_HUB_CACHE"])
+    facts = Facts(tuple(target.declared_facts()))
+    if target.model is not None:
+        revision = f.resolve_revision(target.model, target.revision or "main", hf_cache, environ)
+        facts = facts.merged([revision])
+    return layer_named(SNAPSHOT, target.layers).keyed(facts)
+
+
+def snapshot_tag(target: Target | str | os.PathLike[str], *, hf_cache: Path | None = None) -> str:
+    """The snapshot layer's key for a deploy. Put it in the image's environment (see
+    ``snapshot_env``) so that a change of key is a change of config, which makes Modal take a new
+    memory snapshot; Modal offers no other way to drop one."""
+    target = target if isinstance(target, Target) else load_target(Path(target))
+    facts = snapshot_facts(target, hf_cache=hf_cache)
+    return str(derive_key(layer_named(SNAPSHOT, target.layers), facts))
+
+
+def snapshot_env(target: Target | str | os.PathLike[str], *, hf_cache: Path | None = None) -> dict[str, str]:
+    """``image.env(snapshot_env(target))``: the snapshot's key, and the facts it was made of for
+    ``verify_restore`` to compare against after a restore."""
+    target = target if isinstance(target, Target) else load_target(Path(target))
+    facts = snapshot_facts(target, hf_cache=hf_cache)
+    known = {fact.name: f.thaw(fact.value) for fact in facts if fact.source is not Source.UNKNOWN}
+    return {
+        SNAPSHOT_KEY_ENV: str(derive_key(layer_named(SNAPSHOT, target.layers), facts)),
+        SNAPSHOT_FACTS_ENV: json.dumps(known, sort_keys=True, separators=(",", ":")),
+    }
+
+
+# Facts a running process can observe about itself; the model and engine are what it was told.
+_OBSERVABLE = ("gpu.", "driver.", "cuda.", f.PYTHON, f.TORCH, f.TRITON, f.VLLM, f.FLASHINFER, f.ENV_PREFIX)
+
+
+def verify_restore(
+    expected: Facts | Mapping[str, Any] | None = None,
+    *,
+    strict: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[FactChange, ...]:
+    """After a restore (``@modal.enter(snap=False)``): does this process still match the facts its
+    snapshot was keyed by? Each difference is logged as an error; ``strict`` raises instead.
+
+    ``expected`` defaults to the facts ``snapshot_env`` put in the environment. With a GPU
+    snapshot, pass ``ck.facts`` saved in the ``snap=True`` hook: what the process really was.
+    """
+    environ = os.environ if environ is None else environ
+    if expected is None:
+        if SNAPSHOT_FACTS_ENV not in environ:
+            raise SnapshotMismatch(
+                f"${SNAPSHOT_FACTS_ENV} is not set: put snapshot_env(target) in the image's environment"
+            )
+        expected = json.loads(environ[SNAPSHOT_FACTS_ENV])
+    values = expected.values() if isinstance(expected, Facts) else dict(expected)
+    observed = observe(environ=environ)
+    changes = tuple(
+        FactChange(name, f.freeze(value), observed.value(name, f.NONE))
+        for name, value in sorted(values.items())
+        if name.startswith(_OBSERVABLE) and value != f.UNKNOWN and observed.value(name, f.NONE) != f.freeze(value)
+    )
+    if changes:
+        message = "this process does not match the facts its memory snapshot was keyed by: " + "; ".join(
+            map(str, changes)
+        )
+        if strict:
+            raise SnapshotMismatch(message)
+        logger.error("cachekeeper: %s. Redeploy so that Modal takes a new snapshot.", message)
+    return changes
+
+
+__all__ = [
+    "SNAPSHOT_FACTS_ENV", "SNAPSHOT_KEY_ENV", "VolumeLike", "activate", "commit", "reload",
+    "snapshot_env", "snapshot_facts", "snapshot_tag", "verify_restore",
+]  # fmt: skip

@@ -1,0 +1,117 @@
+"""vLLM on Modal with cachekeeper: weights on one Volume, compile caches on another, keyed.
+
+    modal run examples/modal/vllm_app.py::warm          # boot once: builds what is cold
+    modal run examples/modal/vllm_app.py::check_cache   # warm / cold / stale, inside Modal
+    modal deploy examples/modal/vllm_app.py
+
+Containers that scale up together on a cold key share one build: the first takes the lease in a
+``modal.Dict`` and builds; the others wait for it (then hit) instead of compiling the same code.
+The engine is made by ``make_engine``, a small function, so that tests can put a tiny
+torch.compile model in vLLM's place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import modal
+
+import cachekeeper
+import cachekeeper.modal as ckm
+
+HERE = Path(__file__).resolve().parent
+TARGET = Path(os.environ.get("CACHEKEEPER_TARGET", HERE / "cachekeeper.toml" if modal.is_local() else "/root/cachekeeper.toml"))
+WEIGHTS_ROOT = os.environ.get("CACHEKEEPER_WEIGHTS_ROOT", "/vol/weights")
+COMPILE_ROOT = os.environ.get("CACHEKEEPER_COMPILE_ROOT", "/vol/compile")
+MINUTES = 60
+
+image = (
+    modal.Image.debian_slim(python_version="3.12")
+    .uv_pip_install("vllm==0.33.0", "cachekeeper[modal]")
+    .env({"HF_XET_HIGH_PERFORMANCE": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"})
+    .add_local_file(HERE / "cachekeeper.toml", "/root/cachekeeper.toml")
+)
+app = modal.App("cachekeeper-vllm", image=image)
+
+# Two Volumes, so that invalidating compile caches never touches the weights.
+weights_volume = modal.Volume.from_name("huggingface-cache", create_if_missing=True)
+compile_volume = modal.Volume.from_name("vllm-cache", create_if_missing=True)
+# The only lock containers share: Volumes have none.
+leases = modal.Dict.from_name("cachekeeper-leases", create_if_missing=True)
+VOLUMES = {WEIGHTS_ROOT: weights_volume, COMPILE_ROOT: compile_volume}
+
+
+def make_engine(ck):
+    """vLLM, reading weights and writing compile caches where cachekeeper pointed them."""
+    from vllm import LLM
+
+    target = cachekeeper.load_target(TARGET)
+    return LLM(model=target.model, revision=str(ck.facts.value("model.revision")), **target.engine)
+
+
+def complete(engine, prompt: str) -> str:
+    from vllm import SamplingParams
+
+    [output] = engine.generate([prompt], SamplingParams(max_tokens=64))
+    return output.outputs[0].text
+
+
+def boot():
+    """What @modal.enter runs: the engine, built inside the cache's keys. Returns (engine, hits)."""
+    with ckm.activate(
+        COMPILE_ROOT,
+        target=TARGET,
+        roots={"weights": WEIGHTS_ROOT},
+        volumes=[weights_volume, compile_volume],
+        leases=leases,
+    ) as ck:
+        engine = make_engine(ck)
+    return engine, ck.hits
+
+
+@app.cls(gpu="H100", volumes=VOLUMES, timeout=20 * MINUTES, scaledown_window=5 * MINUTES)
+class Server:
+    @modal.enter()
+    def start(self):
+        self.engine, self.hits = boot()
+
+    @modal.method()
+    def generate(self, prompt: str) -> str:
+        return complete(self.engine, prompt)
+
+    @modal.method()
+    def cache_hits(self) -> dict[str, bool]:
+        return self.hits
+
+
+# One at a time: the check folds the containers' journals into the SQLite manifest on the Volume,
+# which must have a single writer.
+@app.function(volumes=VOLUMES, timeout=5 * MINUTES, max_containers=1)
+def cache_report() -> dict:
+    """`cachekeeper check` where the Volumes are: the same report as the command's --json."""
+    from cachekeeper.check import check
+    from cachekeeper.manifest import Manifest, default_url
+    from cachekeeper.store import Roots
+
+    for volume in (weights_volume, compile_volume):
+        ckm.reload(volume)
+    target = cachekeeper.load_target(TARGET)
+    roots = Roots.at(Path(COMPILE_ROOT), {"weights": Path(WEIGHTS_ROOT)})
+    report = check(target, roots, Manifest.open(default_url(roots)))
+    compile_volume.commit()
+    return {"ready": report.ready, "layers": {r.layer: str(r.status) for r in report.layers}}
+
+
+@app.local_entrypoint()
+def warm():
+    """Boot one container: what is cold gets built and published."""
+    print("cache hits:", Server().cache_hits.remote())
+
+
+@app.local_entrypoint()
+def check_cache():
+    """Exit 0 when every layer the deploy needs is warm, 1 when not: a CI gate."""
+    report = cache_report.remote()
+    print(report)
+    raise SystemExit(0 if report["ready"] else 1)
