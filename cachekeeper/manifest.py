@@ -195,10 +195,7 @@ class Manifest:
                 self._run_alembic(connection, "upgrade", "head")
                 return
             if current not in self._known_revisions():
-                raise SchemaTooNew(
-                    f"the manifest at {_safe(self.url)} has schema revision {current}, newer than this "
-                    f"cachekeeper knows (head {head}): upgrade cachekeeper"
-                )
+                raise self._too_new(current)
             if self.engine.dialect.name != "sqlite" or not self.engine.url.database:
                 raise SchemaOutOfDate(
                     f"the manifest at {_safe(self.url)} has schema revision {current}, this cachekeeper "
@@ -208,6 +205,12 @@ class Manifest:
             database = Path(self.engine.url.database)
             _backup_sqlite(database, database.with_name(f"{database.name}.bak-{current}"))
             self._run_alembic(connection, "upgrade", "head")
+
+    def _too_new(self, current: str) -> SchemaTooNew:
+        return SchemaTooNew(
+            f"the manifest at {_safe(self.url)} has schema revision {current}, newer than this "
+            f"cachekeeper knows (head {self.head()}): upgrade cachekeeper"
+        )
 
     def _alembic_config(self) -> Any:
         from alembic.config import Config
@@ -247,6 +250,8 @@ class Manifest:
     def _migrate(self, direction: str, revision: str) -> tuple[str | None, str | None]:
         with self._schema_transaction() as connection:
             before = _revision(connection)
+            if before is not None and before not in self._known_revisions():
+                raise self._too_new(before)
             self._run_alembic(connection, direction, revision)
             return before, _revision(connection)
 
