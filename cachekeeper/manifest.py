@@ -1,8 +1,11 @@
 """The manifest: the SQL index of artifacts, observed fingerprints and events.
 
 SQLite at ``<root>/.cachekeeper/manifest.db`` by default, PostgreSQL for fleets; the schema is
-created and changed only by the alembic revisions in ``migrations/``. Row classes never leave this
-module: callers get the frozen values of store.py and facts.py.
+created and changed only by the alembic revisions in ``migrations/``. On PostgreSQL many processes
+write at once, so every write that can race is one statement whose outcome the database decides
+(a unique constraint, ON CONFLICT, a conditional UPDATE, an advisory lock), never a read followed
+by a write decided here. Row classes never leave this module: callers get the frozen values of
+store.py and facts.py.
 
 The manifest is an index, not the truth: sidecars say what exists, and ``doctor`` can rebuild
 the manifest from them and from the journals.
@@ -199,8 +202,8 @@ class Manifest:
             if self.engine.dialect.name != "sqlite" or not self.engine.url.database:
                 raise SchemaOutOfDate(
                     f"the manifest at {_safe(self.url)} has schema revision {current}, this cachekeeper "
-                    f"needs {head}: run `cachekeeper --db URL db upgrade` with this URL, once, when no "
-                    "older cachekeeper still writes to it"
+                    f"needs {head}: run `cachekeeper --db URL db upgrade` with this URL (cachekeepers "
+                    "older than this one will then refuse it until they are upgraded too)"
                 )
             database = Path(self.engine.url.database)
             _backup_sqlite(database, database.with_name(f"{database.name}.bak-{current}"))
@@ -463,10 +466,6 @@ def _artifact_row_for(session: Session, key: str) -> ArtifactRow | None:
     return session.exec(select(ArtifactRow).where(ArtifactRow.key == key)).first()
 
 
-# Writes that race with other processes are single statements whose outcome the database decides
-# (INSERT ... ON CONFLICT, conditional UPDATE): never read a row, decide here, and write it back.
-
-
 def _insert(session: Session, table: Any) -> Any:
     """An INSERT that can say ON CONFLICT, in the session's SQL dialect."""
     return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
@@ -511,15 +510,17 @@ def _upsert_observation(session: Session, values: Mapping[str, Any]) -> None:
     """One more sighting of a fingerprint: the newest sighting names the host."""
     table = ObservationRow.__table__
     statement = _insert(session, table).values(**values)
-    seen, newer = statement.excluded, statement.excluded.last_seen_at >= table.c.last_seen_at
+    sighting = statement.excluded
+    newer = sighting.last_seen_at >= table.c.last_seen_at
     statement = statement.on_conflict_do_update(
         index_elements=["digest"],
         set_={
             "seen": table.c.seen + 1,
-            "last_seen_at": case((newer, seen.last_seen_at), else_=table.c.last_seen_at),
-            "host": case((newer, seen.host), else_=table.c.host),
+            "last_seen_at": case((newer, sighting.last_seen_at), else_=table.c.last_seen_at),
+            "host": case((newer, sighting.host), else_=table.c.host),
             "first_seen_at": case(
-                (seen.first_seen_at < table.c.first_seen_at, seen.first_seen_at), else_=table.c.first_seen_at
+                (sighting.first_seen_at < table.c.first_seen_at, sighting.first_seen_at),
+                else_=table.c.first_seen_at,
             ),
         },
     )

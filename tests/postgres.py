@@ -80,7 +80,9 @@ def free_port() -> int:
 def running_server() -> Iterator[PostgresServer]:
     binaries = find_binaries()
     as_user = _server_user()
-    workdir = Path(tempfile.mkdtemp(prefix="cachekeeper-pg-"))
+    # Under /tmp: a short path keeps the unix socket's name within its limit (107 bytes), and the
+    # postgres user can reach it, as it may not reach a $TMPDIR inside root's home.
+    workdir = Path(tempfile.mkdtemp(prefix="cachekeeper-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
     try:
         if as_user is not None:
             os.chown(workdir, as_user.pw_uid, as_user.pw_gid)
