@@ -156,15 +156,18 @@ class Manifest:
             # journal, and wait for the lock instead of failing at once.
             engine = create_engine(url, connect_args={"timeout": 60})
         elif backend == "postgresql":
+            driver = parsed.get_driver_name()
             try:
-                engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(parsed.get_driver_name()))
+                engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(driver))
             except ImportError:
                 raise ManifestUnreachable(
-                    f"cannot use database URL {_safe(url)}: its driver {parsed.get_driver_name()} is not "
-                    "installed (cachekeeper's postgres extra installs psycopg: pip install 'cachekeeper[postgres]')"
+                    f"cannot use database URL {_safe(url)}: its driver {driver} is not installed "
+                    "(cachekeeper's postgres extra installs psycopg: pip install 'cachekeeper[postgres]')"
                 ) from None
             except (ArgumentError, SQLAlchemyError) as error:
-                raise ManifestUnreachable(f"cannot use database URL {_safe(url)}: {_first_line(error)}") from None
+                raise ManifestUnreachable(
+                    f"cannot use database URL {_safe(url)}: {_first_line(error)}"
+                ) from None
         else:
             raise ManifestUnreachable(f"unsupported database URL {_safe(url)}: {_URL_FORMS}")
         return cls(url, engine)
@@ -333,7 +336,8 @@ class Manifest:
             observations = [_observation_values(r) for r in observed if isinstance(r.get("facts"), dict)]
             for values in sorted(observations, key=lambda values: (values["digest"], values["last_seen_at"])):
                 _upsert_observation(session, values)
-            indexed = sum(_insert_artifact(session, artifact) for artifact in sorted(artifacts, key=lambda a: a.key))
+            by_key = sorted(artifacts, key=lambda artifact: artifact.key)
+            indexed = sum(_insert_artifact(session, artifact) for artifact in by_key)
             last_hit: dict[str, float] = {}
             for record in records:
                 if record.get("kind") == "hit" and record.get("key"):
@@ -422,7 +426,9 @@ class Manifest:
     def _mark_deleting(self, key: str) -> bool:
         table = ArtifactRow.__table__
         statement = (
-            update(table).where(table.c.key == key, table.c.state.in_((PUBLISHED, DELETING))).values(state=DELETING)
+            update(table)
+            .where(table.c.key == key, table.c.state.in_((PUBLISHED, DELETING)))
+            .values(state=DELETING)
         )
         with self.session() as session:
             return session.exec(statement).rowcount == 1
@@ -475,8 +481,9 @@ def _insert_artifact(session: Session, artifact: Artifact) -> bool:
     table = ArtifactRow.__table__
     data = artifact.to_json()
     data.pop("format")
-    statement = _insert(session, table).values(**data, state=PUBLISHED).on_conflict_do_nothing(index_elements=["key"])
-    return session.exec(statement.returning(table.c.id)).first() is not None
+    statement = _insert(session, table).values(**data, state=PUBLISHED)
+    statement = statement.on_conflict_do_nothing(index_elements=["key"]).returning(table.c.id)
+    return session.exec(statement).first() is not None
 
 
 def _insert_new_events(session: Session, records: Sequence[Mapping[str, Any]]) -> list[str]:

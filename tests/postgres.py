@@ -105,7 +105,9 @@ def running_server() -> Iterator[PostgresServer]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _start(as_user: pwd.struct_passwd | None, binaries: Path, data: Path, workdir: Path, password: str) -> PostgresServer:
+def _start(
+    as_user: pwd.struct_passwd | None, binaries: Path, data: Path, workdir: Path, password: str
+) -> PostgresServer:
     # A port that was free a moment ago can be taken before the server binds it: try another.
     for attempt in range(3):
         port = free_port()
@@ -135,10 +137,20 @@ def _server_user() -> pwd.struct_passwd | None:
     raise RuntimeError("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
 
 
-def _run(as_user: pwd.struct_passwd | None, *command: object, check: bool = True) -> subprocess.CompletedProcess:
+def _runuser() -> str:
+    # util-linux's runuser lives in sbin, which a root shell's PATH may leave out.
+    for candidate in (shutil.which("runuser"), "/usr/sbin/runuser", "/sbin/runuser"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("running as root needs runuser (util-linux) to start PostgreSQL as another user")
+
+
+def _run(
+    as_user: pwd.struct_passwd | None, *command: object, check: bool = True
+) -> subprocess.CompletedProcess:
     argv = [str(part) for part in command]
     if as_user is not None:
-        argv = ["runuser", "-u", as_user.pw_name, "--", *argv]
+        argv = [_runuser(), "-u", as_user.pw_name, "--", *argv]
     result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd="/")
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")

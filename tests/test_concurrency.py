@@ -38,7 +38,7 @@ def test_processes_racing_for_the_same_keys_index_each_exactly_once(db_url):
 
 
 def test_processes_folding_the_same_journals_at_once_apply_each_record_once(db_url):
-    """What happens when several ``sync`` runs fold the same journals while containers write more."""
+    """Several ``sync`` runs folding the same journals at once, each in batches of its own."""
     manifest = Manifest.open(db_url)
     now = time.time()
     environments = [facts(driver__version=f"580.{n}").to_json() for n in range(3)]
