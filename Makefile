@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test clean postgresql
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,20 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed postgresql
 	$(BIN)/python -m pytest
+
+# The tests start a throwaway PostgreSQL server of their own (tests/postgres.py) and need only its
+# binaries: initdb, pg_ctl, postgres. Where there are none, Debian's package brings them.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+postgresql:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "the tests need a PostgreSQL server (initdb, pg_ctl, postgres): install it, then run make test again" >&2; exit 1; \
+	fi; \
+	echo "installing Debian's postgresql package for the tests"; \
+	$(SUDO) apt-get update -qq && \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

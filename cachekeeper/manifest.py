@@ -1,8 +1,11 @@
 """The manifest: the SQL index of artifacts, observed fingerprints and events.
 
 SQLite at ``<root>/.cachekeeper/manifest.db`` by default, PostgreSQL for fleets; the schema is
-created and changed only by the alembic revisions in ``migrations/``. Row classes never leave this
-module: callers get the frozen values of store.py and facts.py.
+created and changed only by the alembic revisions in ``migrations/``. On PostgreSQL many processes
+write at once, so every write that can race is one statement whose outcome the database decides
+(a unique constraint, ON CONFLICT, a conditional UPDATE, an advisory lock), never a read followed
+by a write decided here. Row classes never leave this module: callers get the frozen values of
+store.py and facts.py.
 
 The manifest is an index, not the truth: sidecars say what exists, and ``doctor`` can rebuild
 the manifest from them and from the journals.
@@ -11,16 +14,18 @@ the manifest from them and from the journals.
 from __future__ import annotations
 
 import hashlib
-import shutil
+import re
+import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, delete, func, update
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, case, delete, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from . import facts as f
@@ -153,11 +158,14 @@ class Manifest:
         """A Manifest without any schema check: for ``db`` commands and migrations."""
         try:
             parsed = make_url(url)
-        except ArgumentError:
-            raise ManifestUnreachable(
-                f"invalid database URL {url!r}: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
-            ) from None
-        if parsed.get_backend_name() == "sqlite":
+        except (ArgumentError, ValueError):
+            raise ManifestUnreachable(f"invalid database URL {_safe(url)}: {_URL_FORMS}") from None
+        if parsed.drivername in ("postgresql", "postgres"):
+            # The URL a provider hands out names no driver; the postgres extra installs psycopg.
+            parsed = parsed.set(drivername="postgresql+psycopg")
+            url = parsed.render_as_string(hide_password=False)
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 try:
                     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -168,11 +176,21 @@ class Manifest:
             # SQLite on a network volume has no reliable shared memory for WAL: keep its rollback
             # journal, and wait for the lock instead of failing at once.
             engine = create_engine(url, connect_args={"timeout": 60})
-        else:
+        elif backend == "postgresql":
+            driver = parsed.get_driver_name()
             try:
-                engine = create_engine(url, pool_pre_ping=True)
-            except (ArgumentError, ImportError, SQLAlchemyError) as error:
-                raise ManifestUnreachable(f"cannot use database URL {_safe(url)}: {error}") from None
+                engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(driver))
+            except ImportError:
+                raise ManifestUnreachable(
+                    f"cannot use database URL {_safe(url)}: its driver {driver} is not installed "
+                    "(cachekeeper's postgres extra installs psycopg: pip install 'cachekeeper[postgres]')"
+                ) from None
+            except (ArgumentError, SQLAlchemyError) as error:
+                raise ManifestUnreachable(
+                    f"cannot use database URL {_safe(url)}: {_first_line(error)}"
+                ) from None
+        else:
+            raise ManifestUnreachable(f"unsupported database URL {_safe(url)}: {_URL_FORMS}")
         return cls(url, engine)
 
     @classmethod
@@ -184,30 +202,41 @@ class Manifest:
         because other deployers may still run the older cachekeeper against it.
         """
         manifest = cls.connect(url)
-        current, head = manifest.current(), manifest.head()
-        if current == head:
-            return manifest
-        if current is None:
-            if manifest._has_tables():
-                raise ManifestError(
-                    f"{_safe(url)} holds tables but no cachekeeper schema revision: it is not a "
-                    "cachekeeper manifest; point --db elsewhere or move the file away"
+        if manifest.current() != manifest.head():
+            manifest._adopt()
+        return manifest
+
+    def _adopt(self) -> None:
+        """Bring a database that is not at head to head, or say why not; one process at a time."""
+        head = self.head()
+        with self._schema_transaction() as connection:
+            current = _revision(connection)
+            if current == head:
+                return  # another process got there first
+            if current is None:
+                if _has_tables(connection):
+                    raise ManifestError(
+                        f"{_safe(self.url)} holds tables but no cachekeeper schema revision: it is not a "
+                        "cachekeeper manifest; point --db elsewhere or move the file away"
+                    )
+                self._run_alembic(connection, "upgrade", "head")
+                return
+            if current not in self._known_revisions():
+                raise self._too_new(current)
+            if self.engine.dialect.name != "sqlite" or not self.engine.url.database:
+                raise SchemaOutOfDate(
+                    f"the manifest at {_safe(self.url)} has schema revision {current}, this cachekeeper "
+                    f"needs {head}: run `cachekeeper --db URL db upgrade` with this URL (cachekeepers "
+                    "older than this one will then refuse it until they are upgraded too)"
                 )
-            manifest.upgrade()
-            return manifest
-        if current not in manifest._known_revisions():
-            raise SchemaTooNew(
-                f"the manifest at {_safe(url)} has schema revision {current}, newer than this "
-                f"cachekeeper knows (head {head}): upgrade cachekeeper"
-            )
-        if manifest.engine.dialect.name == "sqlite" and manifest.engine.url.database:
-            database = Path(manifest.engine.url.database)
-            shutil.copy2(database, database.with_name(f"{database.name}.bak-{current or 'none'}"))
-            manifest.upgrade()
-            return manifest
-        raise SchemaOutOfDate(
-            f"the manifest at {_safe(url)} has schema revision {current}, this cachekeeper needs "
-            f"{head}: run `cachekeeper --db URL db upgrade`"
+            database = Path(self.engine.url.database)
+            _backup_sqlite(database, database.with_name(f"{database.name}.bak-{current}"))
+            self._run_alembic(connection, "upgrade", "head")
+
+    def _too_new(self, current: str) -> SchemaTooNew:
+        return SchemaTooNew(
+            f"the manifest at {_safe(self.url)} has schema revision {current}, newer than this "
+            f"cachekeeper knows (head {self.head()}): upgrade cachekeeper"
         )
 
     def _alembic_config(self) -> Any:
@@ -231,16 +260,12 @@ class Manifest:
 
     def current(self) -> str | None:
         """The schema revision stamped in the database, or None when there is none."""
-        from alembic.runtime.migration import MigrationContext
-
         with self._connection() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            return _revision(connection)
 
     def _has_tables(self) -> bool:
-        from sqlalchemy import inspect
-
         with self._connection() as connection:
-            return bool(set(inspect(connection).get_table_names()) - {"alembic_version"})
+            return _has_tables(connection)
 
     def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
         """Run the migrations up to ``revision``; (before, after)."""
@@ -250,14 +275,47 @@ class Manifest:
         return self._migrate("downgrade", revision)
 
     def _migrate(self, direction: str, revision: str) -> tuple[str | None, str | None]:
+        with self._schema_transaction() as connection:
+            before = _revision(connection)
+            if before is not None and before not in self._known_revisions():
+                raise self._too_new(before)
+            self._run_alembic(connection, direction, revision)
+            return before, _revision(connection)
+
+    def _run_alembic(self, connection: Connection, direction: str, revision: str) -> None:
         from alembic import command
 
-        before = self.current()
         config = self._alembic_config()
-        with self._connection() as connection, connection.begin():
-            config.attributes["connection"] = connection
-            getattr(command, direction)(config, revision)
-        return before, self.current()
+        config.attributes["connection"] = connection
+        getattr(command, direction)(config, revision)
+
+    @contextmanager
+    def _schema_transaction(self) -> Iterator[Connection]:
+        """One transaction in which the schema is read and changed by this process alone.
+
+        PostgreSQL changes a schema transactionally: a transaction-scoped advisory lock makes
+        concurrent first opens and upgrades wait for each other, and the later ones then find the
+        work done. SQLite's file has one writer per machine; a lock file beside it does the same.
+        """
+        with self._connection() as connection, self._sqlite_lock(), connection.begin():
+            if connection.dialect.name == "postgresql":
+                connection.execute(select(func.pg_advisory_xact_lock(_lock_id("schema"))))
+            yield connection
+
+    @contextmanager
+    def _sqlite_lock(self) -> Iterator[None]:
+        """Exclusive use of ``<manifest.db>.lock`` for as long as the block runs; waits for it."""
+        if self.engine.dialect.name != "sqlite" or self.engine.url.database in (None, "", ":memory:"):
+            yield
+            return
+        import fcntl
+
+        with open(f"{self.engine.url.database}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:
+                pass  # a file system without locks: SQLite there has a single writer anyway
+            yield  # closing the file releases the lock, also when the process dies
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -286,29 +344,31 @@ class Manifest:
     ) -> FoldResult:
         """Apply journal records, newly published artifacts and journal cursors in one transaction.
 
-        Idempotent: a record whose uid is already stored is not applied again, an artifact already
-        indexed is left as it is, and ``last_used_at`` only moves forward.
+        Idempotent, also when several processes fold the same journals at once: a record is
+        applied by whoever stores its uid first (the unique constraint decides), an artifact
+        already indexed is left as it is, ``last_used_at`` and journal cursors only move forward.
+        Rows are written in key order, so that concurrent folds wait for each other rather than
+        deadlock.
         """
         with self.session() as session:
-            uids = [record["uid"] for record in records]
-            known: set[str] = set()
-            for start in range(0, len(uids), 500):
-                chunk = uids[start : start + 500]
-                known.update(session.exec(select(EventRow.uid).where(EventRow.uid.in_(chunk))))
-            fresh = {r["uid"]: r for r in records if r["uid"] not in known and r.get("kind") != "closed"}
-            session.add_all(EventRow(**_event_fields(record)) for record in fresh.values())
-            for record in fresh.values():
-                if record.get("kind") == "observed" and isinstance(record.get("facts"), dict):
-                    _upsert_observation(session, Facts.from_json(record["facts"]), record)
-            indexed = sum(_insert_artifact(session, artifact) for artifact in artifacts)
+            fresh = {r["uid"]: r for r in records if r.get("kind") != "closed"}
+            applied = _insert_new_events(session, [fresh[uid] for uid in sorted(fresh)])
+            observed = [fresh[uid] for uid in applied if fresh[uid].get("kind") == "observed"]
+            observations = [_observation_values(r) for r in observed if isinstance(r.get("facts"), dict)]
+            for values in sorted(observations, key=lambda values: (values["digest"], values["last_seen_at"])):
+                _upsert_observation(session, values)
+            by_key = sorted(artifacts, key=lambda artifact: artifact.key)
+            indexed = sum(_insert_artifact(session, artifact) for artifact in by_key)
+            last_hit: dict[str, float] = {}
             for record in records:
                 if record.get("kind") == "hit" and record.get("key"):
-                    _touch(session, str(record["key"]), float(record["at"]))
-            for name, (offset, closed) in cursors.items():
-                row = session.get(JournalCursorRow, name) or JournalCursorRow(name=name)
-                row.offset, row.closed = offset, closed
-                session.add(row)
-        return FoldResult(records=len(fresh), artifacts=indexed)
+                    key, at = str(record["key"]), float(record["at"])
+                    last_hit[key] = max(at, last_hit.get(key, at))
+            for key in sorted(last_hit):
+                _touch(session, key, last_hit[key])
+            for name in sorted(cursors):
+                _advance_cursor(session, name, *cursors[name])
+        return FoldResult(records=len(applied), artifacts=indexed)
 
     def journal_cursors(self) -> dict[str, tuple[int, bool]]:
         with self.session() as session:
@@ -359,6 +419,41 @@ class Manifest:
             if row is not None:
                 session.delete(row)
 
+    @contextmanager
+    def claim_removal(self, key: str) -> Iterator[bool]:
+        """Mark ``key`` deleting and hold it while the block removes it; False if it is not ours.
+
+        Exactly one process at a time holds a key's claim: another prune removing it, or an
+        artifact already gone, gives False. The mark is committed before the block runs, so a
+        prune killed inside the block leaves a ``deleting`` row; its claim dies with its process
+        (PostgreSQL: a session advisory lock, freed when the connection drops; SQLite: a lock
+        file) and the next prune takes the row over. Forget the row inside the block.
+        """
+        if self.engine.dialect.name != "postgresql":
+            with self._sqlite_lock():
+                yield self._mark_deleting(key)
+            return
+        lock = _lock_id(f"remove {key}")
+        with self._connection() as connection:
+            claimed = connection.execute(select(func.pg_try_advisory_lock(lock))).scalar_one()
+            connection.commit()
+            try:
+                yield claimed and self._mark_deleting(key)
+            finally:
+                if claimed:
+                    connection.execute(select(func.pg_advisory_unlock(lock)))
+                    connection.commit()
+
+    def _mark_deleting(self, key: str) -> bool:
+        table = ArtifactRow.__table__
+        statement = (
+            update(table)
+            .where(table.c.key == key, table.c.state.in_((PUBLISHED, DELETING)))
+            .values(state=DELETING)
+        )
+        with self.session() as session:
+            return session.exec(statement).rowcount == 1
+
     # --- observations and events ----------------------------------------------------------------
 
     def latest_observation(self, gpu_type: str) -> Observation | None:
@@ -387,7 +482,6 @@ class Manifest:
             query = select(func.count()).select_from(EventRow).where(EventRow.kind == kind)
             return session.exec(query).one()
 
-
     # --- build leases (leases.DbLeases) -----------------------------------------------------------
 
     def lease(self, layer: str, key: str) -> LeaseInfo | None:
@@ -397,12 +491,11 @@ class Manifest:
 
     def insert_lease(self, layer: str, key: str, info: LeaseInfo) -> bool:
         """Create the lease row; False when one exists already (the unique key decides)."""
-        try:
-            with self.session() as session:
-                session.add(LeaseRow(layer=layer, key=key, **_lease_fields(info)))
-        except IntegrityError:
-            return False
-        return True
+        table = LeaseRow.__table__
+        with self.session() as session:
+            statement = _insert(session, table).values(layer=layer, key=key, **_lease_fields(info))
+            statement = statement.on_conflict_do_nothing(index_elements=["layer", "key"]).returning(table.c.id)
+            return session.exec(statement).first() is not None
 
     def replace_lease(self, layer: str, key: str, token: str, info: LeaseInfo) -> bool:
         """Overwrite the lease only if it still carries ``token``: one statement, one winner."""
@@ -440,45 +533,84 @@ def _artifact_row_for(session: Session, key: str) -> ArtifactRow | None:
     return session.exec(select(ArtifactRow).where(ArtifactRow.key == key)).first()
 
 
+def _insert(session: Session, table: Any) -> Any:
+    """An INSERT that can say ON CONFLICT, in the session's SQL dialect."""
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+
+
 def _insert_artifact(session: Session, artifact: Artifact) -> bool:
-    row = _artifact_row_for(session, artifact.key)
-    if row is not None:
-        if row.state != DELETING or row.created_at == artifact.created_at:
-            return False
-        # Rebuilt after a prune was killed half way through removing it: this is a new artifact.
-        session.delete(row)
-        session.flush()
-    session.add(_artifact_row(artifact))
-    session.flush()
-    return True
+    table = ArtifactRow.__table__
+    data = artifact.to_json()
+    data.pop("format")
+    # Rebuilt after a prune was killed half way through removing it: this is a new artifact.
+    stale = (table.c.key == artifact.key, table.c.state == DELETING, table.c.created_at != artifact.created_at)
+    session.exec(delete(table).where(*stale))
+    statement = _insert(session, table).values(**data, state=PUBLISHED)
+    statement = statement.on_conflict_do_nothing(index_elements=["key"]).returning(table.c.id)
+    return session.exec(statement).first() is not None
+
+
+def _insert_new_events(session: Session, records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Store the records whose uid is not stored yet; the uids this call stored."""
+    table = EventRow.__table__
+    stored: list[str] = []
+    for start in range(0, len(records), 500):
+        rows = [_event_fields(record) for record in records[start : start + 500]]
+        statement = _insert(session, table).values(rows).on_conflict_do_nothing(index_elements=["uid"])
+        stored.extend(session.exec(statement.returning(table.c.uid)).scalars())
+    return stored
 
 
 def _touch(session: Session, key: str, at: float) -> None:
-    row = _artifact_row_for(session, key)
-    if row is not None and at > row.last_used_at:
-        row.last_used_at = at
-        session.add(row)
+    table = ArtifactRow.__table__
+    session.exec(update(table).where(table.c.key == key, table.c.last_used_at < at).values(last_used_at=at))
 
 
-def _upsert_observation(session: Session, facts: Facts, record: Mapping[str, Any]) -> None:
-    environment = environment_facts(facts)
+def _observation_values(record: Mapping[str, Any]) -> dict[str, Any]:
+    environment = environment_facts(Facts.from_json(record["facts"]))
     values = {name: f.thaw(value) for name, value in environment.values().items()}
-    digest = hashlib.sha256(canonical_json(values).encode()).hexdigest()
-    at, host = float(record["at"]), str(record.get("host", ""))
-    row = session.exec(select(ObservationRow).where(ObservationRow.digest == digest)).first()
-    if row is None:
-        session.add(
-            ObservationRow(
-                digest=digest, gpu_type=str(environment.value(f.GPU_TYPE, f.NONE)),
-                facts=environment.to_json(), host=host, first_seen_at=at, last_seen_at=at,
-            )
-        )  # fmt: skip
-        session.flush()
-        return
-    if at >= row.last_seen_at:
-        row.last_seen_at, row.host = at, host
-    row.seen += 1
-    session.add(row)
+    at = float(record["at"])
+    return {
+        "digest": hashlib.sha256(canonical_json(values).encode()).hexdigest(),
+        "gpu_type": str(environment.value(f.GPU_TYPE, f.NONE)), "facts": environment.to_json(),
+        "host": str(record.get("host", "")), "first_seen_at": at, "last_seen_at": at, "seen": 1,
+    }  # fmt: skip
+
+
+def _upsert_observation(session: Session, values: Mapping[str, Any]) -> None:
+    """One more sighting of a fingerprint: the newest sighting names the host."""
+    table = ObservationRow.__table__
+    statement = _insert(session, table).values(**values)
+    sighting = statement.excluded
+    newer = sighting.last_seen_at >= table.c.last_seen_at
+    statement = statement.on_conflict_do_update(
+        index_elements=["digest"],
+        set_={
+            "seen": table.c.seen + 1,
+            "last_seen_at": case((newer, sighting.last_seen_at), else_=table.c.last_seen_at),
+            "host": case((newer, sighting.host), else_=table.c.host),
+            "first_seen_at": case(
+                (sighting.first_seen_at < table.c.first_seen_at, sighting.first_seen_at),
+                else_=table.c.first_seen_at,
+            ),
+        },
+    )
+    session.exec(statement)
+
+
+def _advance_cursor(session: Session, name: str, offset: int, closed: bool) -> None:
+    """A journal's cursor only moves forward, so a slower concurrent sync never rewinds it."""
+    table = JournalCursorRow.__table__
+    statement = _insert(session, table).values(name=name, offset=offset, closed=closed)
+    theirs = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=["name"],
+        set_={
+            "offset": case((theirs.offset > table.c.offset, theirs.offset), else_=table.c.offset),
+            "closed": or_(table.c.closed, theirs.closed),
+        },
+    )
+    session.exec(statement)
 
 
 _EVENT_FIELDS = {"uid", "at", "kind", "layer", "key", "model", "seconds", "bytes", "host"}
@@ -486,12 +618,6 @@ _EVENT_FIELDS = {"uid", "at", "kind", "layer", "key", "model", "seconds", "bytes
 
 def _event_fields(event: Mapping[str, Any]) -> dict[str, Any]:
     return {name: event.get(name) for name in _EVENT_FIELDS}
-
-
-def _artifact_row(artifact: Artifact) -> ArtifactRow:
-    data = artifact.to_json()
-    data.pop("format")
-    return ArtifactRow(**data)
 
 
 def _artifact(row: ArtifactRow) -> Artifact:
@@ -502,12 +628,43 @@ def _artifact(row: ArtifactRow) -> Artifact:
     )  # fmt: skip
 
 
+_URL_FORMS = "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+
+
+def _connect_args(driver: str) -> dict[str, Any]:
+    # A server that never answers (a firewall dropping packets) fails in seconds, not minutes.
+    return {"connect_timeout": 10} if driver in ("psycopg", "psycopg2") else {}
+
+
+def _revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _has_tables(connection: Connection) -> bool:
+    from sqlalchemy import inspect
+
+    return bool(set(inspect(connection).get_table_names()) - {"alembic_version"})
+
+
+def _lock_id(name: str) -> int:
+    """A 64-bit PostgreSQL advisory lock number, from a name within cachekeeper's own space."""
+    return int.from_bytes(hashlib.sha256(f"cachekeeper: {name}".encode()).digest()[:8], "big", signed=True)
+
+
+def _backup_sqlite(database: Path, backup: Path) -> None:
+    """A consistent copy, even while another process writes: SQLite's own online backup."""
+    with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(backup)) as target:
+        source.backup(target)
+
+
 def _safe(url: str) -> str:
-    """The URL with any password hidden, for messages."""
+    """The URL with any password hidden, for messages; also when the URL cannot be parsed."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):
+        return re.sub(r"(//[^/:@]*:)[^/]*@", r"\1***@", url)
 
 
 def _first_line(error: Exception) -> str:

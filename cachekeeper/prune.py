@@ -1,6 +1,7 @@
 """``prune``: plan which artifacts to delete, then delete them without ever leaving a lie behind.
 
-Each removal goes: mark the manifest row ``deleting`` → remove the sidecar (no boot trusts the
+Each removal goes: claim the manifest row and mark it ``deleting`` (one prune per artifact, also
+across machines sharing a PostgreSQL manifest) → remove the sidecar (no boot trusts the
 artifact from here on) → remove the files → forget the row. A prune killed at any step leaves
 a row marked ``deleting`` that the next prune finishes, and never a sidecar without its files.
 A key rebuilt in between is a new artifact and is left alone.
@@ -77,13 +78,17 @@ def execute_prune(plan: PrunePlan, manifest: Manifest, roots: Roots) -> PruneRes
             continue
         try:
             root.inside(artifact.relpath)  # refuse before changing anything
-            manifest.set_state(artifact.key, DELETING)
-            unpublish(root, artifact.layer, artifact.key)
-            _remove_files(root, artifact)
+            with manifest.claim_removal(artifact.key) as claimed:
+                if claimed:
+                    unpublish(root, artifact.layer, artifact.key)
+                    _remove_files(root, artifact)
+                    manifest.forget(artifact.key)
         except CachekeeperError as error:
             skipped.append((artifact, str(error)))
             continue
-        manifest.forget(artifact.key)
+        if not claimed:
+            skipped.append((artifact, "another prune removed it or is removing it"))
+            continue
         manifest.record_events(
             [
                 {

@@ -11,7 +11,7 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """No test reads or writes the user's caches, reaches the Hub, or leaks variables it set."""
     saved = dict(os.environ)
     for name in list(os.environ):
-        if name.startswith(("VLLM_", "TORCHINDUCTOR_", "TRITON_", "CACHEKEEPER_", "HF_")):
+        if name.startswith(("VLLM_", "TORCHINDUCTOR_", "TRITON_", "CACHEKEEPER_", "HF_", "PG")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("CACHEKEEPER_ROOT", str(tmp_path / "default-root-must-not-be-used"))
@@ -28,10 +28,30 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL cluster for the whole session, started on first use."""
+    from .postgres import running_server
+
+    with running_server() as server:
+        yield server
+
+
 @pytest.fixture
-def db_url(root: Path) -> str:
-    """The manifest database the manifest tests run against."""
+def postgresql_url(postgres_server) -> str:
+    """A fresh, empty database of its own on the test server."""
+    return postgres_server.url(postgres_server.create_database())
+
+
+@pytest.fixture
+def sqlite_url(root: Path) -> str:
     return f"sqlite:///{root / '.cachekeeper' / 'manifest.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The manifest database the manifest tests run against: every such test runs on both backends."""
+    return request.getfixturevalue(f"{request.param}_url")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import cachekeeper
 from cachekeeper import facts as f
 from cachekeeper.check import Status, check
 from cachekeeper.facts import Source
-from cachekeeper.leases import FileLeases
+from cachekeeper.leases import leases_for
 from cachekeeper.store import Root, Roots
 from cachekeeper.target import load_target
 
@@ -60,7 +60,7 @@ def test_a_key_being_built_is_building(tmp_path, root, manifest):
     with cachekeeper.activate(root, target=target) as ck:
         ck.discard()
     check(target, Roots.at(root), manifest)  # folds the observation so the key is the same
-    lease = FileLeases(Root(root)).acquire("compile", str(ck.keys["compile"]))
+    lease = leases_for(Root(root), manifest).acquire("compile", str(ck.keys["compile"]))
     try:
         assert check(target, Roots.at(root), manifest).layers[0].status is Status.BUILDING
     finally:

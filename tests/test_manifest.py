@@ -103,3 +103,8 @@ def test_facts_round_trip_through_json_columns(manifest):
     assert manifest.artifact(record.key).facts == record.facts
     assert Facts.from_json(facts().to_json()) == facts()
     assert facts().to_json()["gpu.count"] == {"value": 1, "source": str(Source.OBSERVED)}
+
+
+def test_a_plain_postgresql_url_means_psycopg(postgresql_url):
+    manifest = Manifest.open(postgresql_url.replace("postgresql+psycopg://", "postgresql://"))
+    assert manifest.engine.dialect.driver == "psycopg" and manifest.current() == manifest.head()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import cachekeeper
-from cachekeeper.leases import FileLeases
+from cachekeeper.leases import leases_for
 from cachekeeper.manifest import DELETING
 from cachekeeper.prune import execute_prune, plan_prune
 from cachekeeper.store import Root, Roots, publish, read_sidecar
@@ -48,7 +48,7 @@ def test_a_plan_alone_touches_nothing(root, manifest):
 
 def test_an_artifact_being_built_or_used_under_a_lease_is_kept(root, manifest):
     old = put(root, manifest, "compile-a-00000000000000aa", age_days=10)
-    lease = FileLeases(Root(root)).acquire("compile", old.key)
+    lease = leases_for(Root(root), manifest).acquire("compile", old.key)
     try:
         result = execute_prune(plan_prune(manifest, older_than=DAY), manifest, Roots.at(root))
     finally:

@@ -1,0 +1,136 @@
+"""Many processes writing one manifest at once: no row lost, none applied twice, none deleted twice.
+
+Every race here is between real processes released at the same moment (``tests/workers.py``); the
+outcome rests on the database's own guarantees, so nothing waits or sleeps.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+from sqlalchemy import func, select, text
+
+from cachekeeper.manifest import DELETING, Manifest, _lock_id
+from cachekeeper.store import Root, publish, read_sidecar, unpublish
+
+from .helpers import facts
+from .test_store import artifact
+from .workers import Workers, run_workers
+
+
+def test_8_processes_registering_500_artifacts_each_lose_none(postgresql_url):
+    manifest = Manifest.open(postgresql_url)
+    args = [{"keys": [f"compile-w{worker}-{n:016x}" for n in range(500)]} for worker in range(8)]
+    indexed = run_workers("register", postgresql_url, args)
+    assert indexed == [500] * 8
+    with manifest.engine.connect() as connection:
+        assert connection.execute(text("select count(*), count(distinct key) from artifact")).one() == (4000, 4000)
+
+
+def test_processes_racing_for_the_same_keys_index_each_exactly_once(db_url):
+    manifest = Manifest.open(db_url)
+    keys = [f"compile-shared-{n:016x}" for n in range(150)]
+    indexed = run_workers("register", db_url, [{"keys": random.Random(w).sample(keys, len(keys))} for w in range(4)])
+    assert sum(indexed) == len(keys)
+    assert sorted(a.key for a in manifest.artifacts()) == keys
+
+
+def test_processes_folding_the_same_journals_at_once_apply_each_record_once(db_url):
+    """Several ``sync`` runs folding the same journals at once, each in batches of its own."""
+    manifest = Manifest.open(db_url)
+    now = time.time()
+    environments = [facts(driver__version=f"580.{n}").to_json() for n in range(3)]
+    keys = [f"compile-k-{n:016x}" for n in range(30)]
+    records = [
+        {"uid": uuid.uuid4().hex, "kind": "observed", "at": now - n, "host": f"h:{n}", "facts": environments[n % 3]}
+        for n in range(60)
+    ] + [
+        {"uid": uuid.uuid4().hex, "kind": "hit", "at": now + n, "host": "h:1", "key": keys[n % 30], "layer": "compile"}
+        for n in range(300)
+    ]  # fmt: skip
+
+    def batches(seed: int) -> list[dict]:
+        """Every record, in an order and grouping of this process's own; the artifacts come first,
+        as they are published before anything hits them."""
+        shuffled = random.Random(seed).sample(records, len(records))
+        artifacts = random.Random(seed).sample(keys, len(keys))
+        return [
+            {"records": shuffled[start : start + 40], "artifacts": artifacts if start == 0 else [],
+             "cursors": {"journal-a": [start, False], "journal-b": [len(records) - start, start > 200]}}
+            for start in range(0, len(records), 40)
+        ]  # fmt: skip
+
+    applied = run_workers("fold", db_url, [{"batches": batches(seed)} for seed in range(4)])
+    assert sum(records_applied for records_applied, _ in applied) == len(records)
+    assert sum(artifacts_indexed for _, artifacts_indexed in applied) == len(keys)
+    assert manifest.count_events("observed") == 60 and manifest.count_events("hit") == 300
+    with manifest.engine.connect() as connection:  # 20 sightings of each, none lost to a race
+        assert sorted(connection.execute(text("select seen from observation")).scalars()) == [20, 20, 20]
+    latest = manifest.latest_observation("H100")
+    assert (latest.facts.value("driver.version"), latest.host, latest.last_seen_at) == ("580.0", "h:0", now)
+    assert {a.key: a.last_used_at for a in manifest.artifacts()} == {key: now + 270 + n for n, key in enumerate(keys)}
+    assert manifest.journal_cursors() == {"journal-a": (320, False), "journal-b": (360, True)}
+
+
+def test_processes_pruning_at_once_remove_each_artifact_exactly_once(db_url, root):
+    manifest = Manifest.open(db_url)
+    old = time.time() - 86400
+    keys = [f"compile-p-{n:016x}" for n in range(24)]
+    for key in keys:
+        record = artifact(key, relpath=f"compile/{key}", created_at=old, last_used_at=old)
+        (root / record.relpath).mkdir(parents=True)
+        (root / record.relpath / "data").write_bytes(b"x")
+        publish(Root(root), record)
+        manifest.record_artifact(record)
+    for key in keys[:4]:  # left half removed by a prune that was killed
+        manifest.set_state(key, DELETING)
+        unpublish(Root(root), "compile", key)
+    removed = run_workers("prune", db_url, [{"root": str(root)}] * 4)
+    assert sorted(key for keys_removed in removed for key in keys_removed) == keys
+    assert manifest.count_events("pruned") == len(keys)
+    assert manifest.artifacts(state=None) == []
+    assert not any((root / "compile" / key).exists() or read_sidecar(Root(root), "compile", key) for key in keys)
+
+
+def test_processes_opening_an_empty_database_at_once_make_the_schema_once(db_url):
+    revisions = run_workers("open_manifest", db_url, [{}] * 4)
+    manifest = Manifest.connect(db_url)
+    assert revisions == [manifest.head()] * 4 and manifest.current() == manifest.head()
+
+
+def test_one_claim_at_a_time_and_a_claim_left_behind_is_taken_over(postgresql_url):
+    first, second = Manifest.open(postgresql_url), Manifest.open(postgresql_url)
+    record = artifact()
+    first.record_artifact(record)
+    with first.claim_removal(record.key) as claimed:
+        assert claimed and first.keys_in_state(DELETING) == [("compile", record.key)]
+    # Claimed and marked, then released without forgetting: a prune that failed half way.
+    with second.claim_removal(record.key) as taken_over:
+        assert taken_over
+        with first.claim_removal(record.key) as also:
+            assert not also
+        second.forget(record.key)
+    with first.claim_removal(record.key) as gone:
+        assert not gone
+
+
+def test_a_prune_killed_while_it_holds_a_claim_frees_it_with_its_process(postgresql_url):
+    manifest = Manifest.open(postgresql_url)
+    record = artifact()
+    manifest.record_artifact(record)
+    holder = Workers("hold_claim", postgresql_url, [{"key": record.key}])
+    try:
+        assert holder.next_result(timeout=60) == (0, True)
+        with manifest.claim_removal(record.key) as claimed:
+            assert not claimed
+    finally:
+        holder.kill()
+    # The server ends a dead client's session when its socket closes: wait for that lock to go.
+    with manifest.engine.connect() as connection:
+        connection.execute(text("set statement_timeout = '60s'"))
+        connection.execute(select(func.pg_advisory_lock(_lock_id(f"remove {record.key}"))))
+        connection.execute(select(func.pg_advisory_unlock(_lock_id(f"remove {record.key}"))))
+    with manifest.claim_removal(record.key) as claimed:
+        assert claimed and manifest.keys_in_state(DELETING) == [("compile", record.key)]

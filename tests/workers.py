@@ -1,0 +1,156 @@
+"""Real processes that act on one manifest at the same moment, for the concurrency tests.
+
+``run_workers(action, url, [args, ...])`` starts one process per args, lets every one of them
+reach the start line, releases them all at once, and returns what each action returned. An
+action is a function below, marked ``@action``, taking the database URL and its keyword
+arguments; to race something new (build leases, say), add a function and call it by name.
+
+The processes are forked from a server that imported cachekeeper once (multiprocessing's
+forkserver), so eight of them start in milliseconds instead of seconds of imports each. They
+see the environment of the moment the server started: pass anything a worker needs as arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+ACTIONS: dict[str, Callable[..., Any]] = {}
+
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["cachekeeper.manifest", "cachekeeper.prune", "tests.workers"])
+_START_TIMEOUT = 120.0
+
+
+def action(function: Callable[..., Any]) -> Callable[..., Any]:
+    ACTIONS[function.__name__] = function
+    return function
+
+
+class Workers:
+    """Processes released together; ``results()`` waits for all of them and checks they succeeded."""
+
+    def __init__(self, name: str, url: str, args: Sequence[dict[str, Any]]) -> None:
+        self._start = _CONTEXT.Barrier(len(args) + 1)
+        self._results = _CONTEXT.Queue()
+        self.processes = [
+            _CONTEXT.Process(target=_work, args=(name, url, arguments, self._start, self._results, index))
+            for index, arguments in enumerate(args)
+        ]
+        for process in self.processes:
+            process.start()
+        self._start.wait(timeout=_START_TIMEOUT)
+
+    def next_result(self, timeout: float) -> tuple[int, Any]:
+        """(worker index, what its action returned or reported), in the order they arrive."""
+        index, value, error = self._results.get(timeout=timeout)
+        assert error is None, f"worker {index} failed:\n{error}"
+        return index, value
+
+    def results(self, timeout: float = 240) -> list[Any]:
+        collected = dict(self.next_result(timeout) for _ in self.processes)
+        for process in self.processes:
+            process.join(timeout)
+            assert process.exitcode == 0, f"a worker exited with {process.exitcode}"
+        return [collected[index] for index in range(len(self.processes))]
+
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
+            process.join()
+
+
+def run_workers(name: str, url: str, args: Sequence[dict[str, Any]], *, timeout: float = 240) -> list[Any]:
+    """Run action ``name`` in ``len(args)`` processes released together; their results, in order."""
+    workers = Workers(name, url, args)
+    try:
+        return workers.results(timeout)
+    finally:
+        workers.kill()
+
+
+def _work(name: str, url: str, arguments: dict[str, Any], start: Any, results: Any, index: int) -> None:
+    start.wait(timeout=_START_TIMEOUT)
+    try:
+        outcome = ACTIONS[name](url, **arguments)
+        for value in outcome if inspect.isgenerator(outcome) else [outcome]:
+            results.put((index, value, None))
+    except BaseException:
+        results.put((index, None, traceback.format_exc()))
+        raise
+
+
+# --- actions: each returns its result, or yields results as it goes ------------------------------
+
+
+def _artifact(key: str) -> Any:
+    from cachekeeper.store import Artifact
+
+    now = time.time()
+    return Artifact(
+        key=key, layer=key.split("-", 1)[0], model="org/m", relpath=f"{key.split('-', 1)[0]}/{key}",
+        bytes=1, files=1, created_at=now, last_used_at=now, builder="worker", facts={"n": 1},
+    )  # fmt: skip
+
+
+@action
+def open_manifest(url: str) -> str | None:
+    """Open the manifest, making or upgrading its schema if needed; the revision it ends at."""
+    from cachekeeper.manifest import Manifest
+
+    return Manifest.open(url).current()
+
+
+@action
+def register(url: str, keys: list[str]) -> int:
+    """Index one artifact per key, one transaction each; how many this process indexed first."""
+    from cachekeeper.manifest import Manifest
+
+    manifest = Manifest.open(url)
+    return sum(manifest.record_artifact(_artifact(key)) for key in keys)
+
+
+@action
+def fold(url: str, batches: list[dict[str, Any]]) -> tuple[int, int]:
+    """Fold each batch of records and artifacts in its own transaction; (records, artifacts) applied."""
+    from cachekeeper.manifest import Manifest
+
+    manifest = Manifest.open(url)
+    records = artifacts = 0
+    for batch in batches:
+        result = manifest.fold(batch["records"], [_artifact(key) for key in batch["artifacts"]], batch["cursors"])
+        records, artifacts = records + result.records, artifacts + result.artifacts
+    return records, artifacts
+
+
+@action
+def prune(url: str, root: str) -> list[str]:
+    """Prune everything unused, as ``cachekeeper prune --older-than 0s`` does; the keys it removed."""
+    from pathlib import Path
+
+    from cachekeeper.manifest import Manifest
+    from cachekeeper.prune import execute_prune, plan_prune
+    from cachekeeper.store import Roots
+
+    manifest = Manifest.open(url)
+    plan = plan_prune(manifest, older_than=0, now=time.time() + 1)
+    result = execute_prune(plan, manifest, Roots.at(Path(root)))
+    assert not [reason for _, reason in result.skipped if "another prune" not in reason], result.skipped
+    return [artifact.key for artifact in result.removed]
+
+
+@action
+def hold_claim(url: str, key: str) -> Iterator[bool]:
+    """Claim ``key`` for removal, say whether it was claimed, and hold the claim until killed."""
+    import threading
+
+    from cachekeeper.manifest import Manifest
+
+    with Manifest.open(url).claim_removal(key) as claimed:
+        yield claimed
+        threading.Event().wait()
