@@ -32,6 +32,11 @@ from .store import Artifact, Roots
 PUBLISHED = "published"
 DELETING = "deleting"  # a prune removed the sidecar and is removing the files
 
+# Journal record kinds that change pins. The CLI journals them, like containers journal what they
+# do, so that ``doctor`` can rebuild the pins from the journals too.
+PINNED = "pinned"
+UNPINNED = "unpinned"
+
 # Facts that describe the machine and its software, as opposed to what it was asked to run.
 _DEPLOY_PREFIXES = (f.MODEL, f.ENGINE_PREFIX)
 
@@ -51,6 +56,19 @@ class ArtifactRow(SQLModel, table=True):
     last_used_at: float = Field(index=True)
     builder: str
     facts: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    depends_on: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    checksum: str | None = None
+
+
+class PinRow(SQLModel, table=True):
+    """A key that prune must never remove; ``pinned`` false once unpinned (``at`` orders the two)."""
+
+    __tablename__ = "pin"
+
+    key: str = Field(primary_key=True)
+    pinned: bool
+    at: float
+    host: str
 
 
 class ObservationRow(SQLModel, table=True):
@@ -87,6 +105,20 @@ class JournalCursorRow(SQLModel, table=True):
     name: str = Field(primary_key=True)
     offset: int = Field(default=0, sa_type=BigInteger)
     closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the runtime or a command recorded: a hit, miss, publish or prune."""
+
+    at: float
+    kind: str
+    layer: str | None
+    key: str | None
+    model: str | None
+    seconds: float | None
+    bytes: int | None
+    host: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +311,8 @@ class Manifest:
             for record in fresh.values():
                 if record.get("kind") == "observed" and isinstance(record.get("facts"), dict):
                     _upsert_observation(session, Facts.from_json(record["facts"]), record)
+                elif record.get("kind") in (PINNED, UNPINNED) and record.get("key"):
+                    _set_pin(session, record)
             indexed = sum(_insert_artifact(session, artifact) for artifact in artifacts)
             for record in records:
                 if record.get("kind") == "hit" and record.get("key"):
@@ -338,6 +372,22 @@ class Manifest:
             if row is not None:
                 session.delete(row)
 
+    def dependents(self) -> dict[str, list[str]]:
+        """For each key that published artifacts depend on: the keys of those artifacts."""
+        query = select(ArtifactRow.key, ArtifactRow.depends_on).where(ArtifactRow.state == PUBLISHED)
+        found: dict[str, list[str]] = {}
+        with self.session() as session:
+            for key, depends_on in session.exec(query):
+                for dependency in depends_on or ():
+                    found.setdefault(dependency, []).append(key)
+        return found
+
+    # --- pins ---------------------------------------------------------------------------------
+
+    def pinned(self) -> set[str]:
+        with self.session() as session:
+            return set(session.exec(select(PinRow.key).where(PinRow.pinned == True)))  # noqa: E712
+
     # --- observations and events ----------------------------------------------------------------
 
     def latest_observation(self, gpu_type: str) -> Observation | None:
@@ -360,6 +410,19 @@ class Manifest:
     def record_events(self, events: Sequence[Mapping[str, Any]]) -> None:
         with self.session() as session:
             session.add_all(EventRow(**_event_fields(event)) for event in events)
+
+    def events(self, *, since: float | None = None, kinds: Sequence[str] | None = None) -> list[Event]:
+        """Events at or after ``since`` (Unix seconds), oldest first."""
+        query = select(EventRow).order_by(EventRow.at, EventRow.id)
+        if since is not None:
+            query = query.where(EventRow.at >= since)
+        if kinds is not None:
+            query = query.where(EventRow.kind.in_(list(kinds)))
+        with self.session() as session:
+            return [
+                Event(row.at, row.kind, row.layer, row.key, row.model, row.seconds, row.bytes, row.host)
+                for row in session.exec(query)
+            ]
 
     def count_events(self, kind: str) -> int:
         with self.session() as session:
@@ -389,6 +452,18 @@ def _touch(session: Session, key: str, at: float) -> None:
     row = _artifact_row_for(session, key)
     if row is not None and at > row.last_used_at:
         row.last_used_at = at
+        session.add(row)
+
+
+def _set_pin(session: Session, record: Mapping[str, Any]) -> None:
+    # The newest record wins, whatever order the journals are folded in.
+    at, pinned = float(record["at"]), record["kind"] == PINNED
+    row = session.get(PinRow, str(record["key"]))
+    if row is None:
+        session.add(PinRow(key=str(record["key"]), pinned=pinned, at=at, host=str(record.get("host", ""))))
+        session.flush()
+    elif at >= row.at:
+        row.pinned, row.at, row.host = pinned, at, str(record.get("host", ""))
         session.add(row)
 
 
@@ -431,6 +506,7 @@ def _artifact(row: ArtifactRow) -> Artifact:
         key=row.key, layer=row.layer, model=row.model, relpath=row.relpath, bytes=row.bytes,
         files=row.files, created_at=row.created_at, last_used_at=row.last_used_at,
         builder=row.builder, facts={name: f.freeze(value) for name, value in row.facts.items()},
+        depends_on=tuple(row.depends_on or ()), checksum=row.checksum,
     )  # fmt: skip
 
 

@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import facts as f
-from . import journal
+from . import journal, uses
 from .facts import Fact, Facts, observe
 from .keys import CacheKey, FactChange, derive_keys
-from .layers import COMPILE, DEFAULT_LAYERS, WEIGHTS, Layer
+from .layers import COMPILE, DEFAULT_LAYERS, SNAPSHOT, WEIGHTS, Layer
 from .leases import DEFAULT_TTL, FileLeases, Lease
-from .store import Artifact, Root, Roots, builder_id, default_root, measure, publish, read_sidecar, remove_tree
+from .store import (
+    Artifact, Contents, Root, Roots, builder_id, default_root, publish, read_sidecar, remove_tree, scan_contents,
+)  # fmt: skip
 from .target import Target, load_target
 
 logger = logging.getLogger("cachekeeper")
@@ -133,6 +135,7 @@ def activate(
     try:
         for layer in chosen:
             claims.append(_claim(layer, keys[layer.name], roots.for_layer(layer.name), on_busy, wait_timeout, lease_ttl))
+        _record_uses_and_dependencies(claims)
         env = _point_env(claims, previous_env)
         activation = Activation(
             facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches
@@ -184,6 +187,8 @@ class _Claim:
     root: Root
     lease: Lease | None = None
     started: float = field(default_factory=time.monotonic)
+    depends_on: tuple[str, ...] = ()  # keys a snapshot is built from
+    registration: uses.Registration | None = None
 
     def finish(self, writer: journal.Journal, facts: Facts, boot_seconds: float) -> None:
         name, key = self.layer.name, str(self.use.key)
@@ -193,8 +198,8 @@ class _Claim:
             if self.use.status == HIT:
                 writer.append(journal.HIT, **event)
             elif self.use.status == BUILD:
-                artifact = _artifact(self.use, f"{name}/{key}", self.use.path, facts, follow_links=False)
-                if publish(self.root, artifact):
+                artifact, contents = _artifact(self.use, f"{name}/{key}", self.use.path, facts, self.depends_on)
+                if publish(self.root, artifact, contents):
                     writer.append(journal.PUBLISHED, **event, bytes=artifact.bytes)
             elif self.use.status == DOWNLOAD:
                 self._publish_weights(writer, facts, event)
@@ -211,8 +216,8 @@ class _Claim:
         if not snapshot.is_dir() or not any(snapshot.iterdir()):
             writer.append(journal.MISS, **event)  # the boot never downloaded them: nothing to record
             return
-        artifact = _artifact(self.use, relpath, snapshot, facts, follow_links=True)
-        if publish(self.root, artifact):
+        artifact, contents = _artifact(self.use, relpath, snapshot, facts, within=self.root.path)
+        if publish(self.root, artifact, contents):
             writer.append(journal.PUBLISHED, **event, bytes=artifact.bytes)
         else:
             writer.append(journal.HIT, **event)
@@ -225,29 +230,23 @@ class _Claim:
         finally:
             if self.lease is not None:
                 self.lease.release()
+            if self.registration is not None:
+                self.registration.release()
 
 
-def _artifact(use: LayerUse, relpath: str, path: Path, facts: Facts, *, follow_links: bool) -> Artifact:
-    size, count = _measure_following(path) if follow_links else measure(path)
+def _artifact(
+    use: LayerUse, relpath: str, path: Path, facts: Facts, depends_on: tuple[str, ...] = (), *, within: Path | None = None
+) -> tuple[Artifact, Contents]:
+    """The record of what was built, with every file's checksum. A Hub snapshot's files are links
+    into the repo's blobs: ``within`` is the root they may be followed into, never out of."""
+    contents = scan_contents(path, follow_links_within=within)
     now = time.time()
-    return Artifact(
+    artifact = Artifact(
         key=str(use.key), layer=use.layer, model=str(facts.value(f.MODEL, f.NONE)), relpath=relpath,
-        bytes=size, files=count, created_at=now, last_used_at=now, builder=builder_id(),
-        facts=use.key.facts.values(),
+        bytes=contents.bytes, files=contents.count, created_at=now, last_used_at=now, builder=builder_id(),
+        facts=use.key.facts.values(), depends_on=depends_on, checksum=contents.checksum,
     )  # fmt: skip
-
-
-def _measure_following(path: Path) -> tuple[int, int]:
-    """Size of a Hub snapshot, whose files are links into the repo's blobs."""
-    total = count = 0
-    for directory, _, names in os.walk(path):
-        for name in names:
-            try:
-                total += os.stat(os.path.join(directory, name)).st_size
-                count += 1
-            except FileNotFoundError:
-                continue
-    return total, count
+    return artifact, contents
 
 
 def _claim(layer: Layer, key: CacheKey, root: Root, on_busy: str, wait_timeout: float, ttl: float) -> _Claim:
@@ -298,3 +297,13 @@ def _restore_env(previous: Mapping[str, str | None]) -> None:
             os.environ.pop(variable, None)
         else:
             os.environ[variable] = value
+
+
+def _record_uses_and_dependencies(claims: list[_Claim]) -> None:
+    """For housekeeping: this process uses its layers' artifacts until it exits (prune keeps them),
+    and a snapshot is built from the other layers' artifacts (kept as long as it lives)."""
+    for claim in claims:
+        if claim.use.status != PRIVATE:
+            claim.registration = uses.register(claim.root, claim.layer.name, str(claim.use.key))
+        if claim.layer.name == SNAPSHOT:
+            claim.depends_on = tuple(str(other.use.key) for other in claims if other is not claim)
