@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from . import facts as f
 from . import journal, uses
-from .errors import CachekeeperError, UnsafePath, UsageError
+from .errors import CachekeeperError, UnknownKeyError, UnsafePath, UsageError
 from .facts import Facts, Source
 from .keys import derive_key, derive_keys
 from .layers import WEIGHTS, layer_named
@@ -374,6 +374,28 @@ def execute_prune(
 
 def _sha(artifact: Artifact) -> str:
     return artifact.relpath.rstrip("/").rsplit("/", 1)[-1]
+
+
+def set_pinned(manifest: Manifest, roots: Roots, key: str, *, pinned: bool) -> Artifact:
+    """Pin or unpin ``key``: journaled like everything else, so that doctor can rebuild the pins,
+    then folded into the manifest at once."""
+    from .keys import parse_key
+    from .manifest import PINNED, UNPINNED
+    from .sync import sync
+
+    layer, _ = parse_key(key)
+    artifact = (
+        manifest.artifact(key)
+        or read_sidecar(roots.for_layer(layer), layer, key)
+        or next((a for a in hub_revisions(roots) if a.key == key), None)
+    )
+    if artifact is None:
+        raise UnknownKeyError(f"no artifact {key}: `cachekeeper ls` and `cachekeeper weights` list what there is")
+    writer = journal.Journal(roots.main)
+    writer.append(PINNED if pinned else UNPINNED, key=key, layer=layer, model=artifact.model, host=builder_id())
+    writer.close()
+    sync(manifest, roots)
+    return artifact
 
 
 def _prepare_removal(root: Root, artifact: Artifact) -> Callable[[], None]:
