@@ -785,7 +785,7 @@ def inspect_command(
     for d in found.aot:
         console.print(f"vLLM AOT compile {d.hash[:16]}…: {', '.join(d.ranks) or 'no rank'}, {d.files} file(s), {format_bytes(d.bytes)}")
     for d in found.inductor:
-        console.print(f"Inductor cache {d.relpath}: {d.fxgraph} FX graph(s), {d.aotautograd} AOTAutograd entr(ies), {format_bytes(d.bytes)}")
+        console.print(f"Inductor cache {d.relpath}/: FX graphs {d.fxgraph}, AOTAutograd entries {d.aotautograd}, {format_bytes(d.bytes)}")
     if found.triton_kernels:
         console.print(f"Triton: {found.triton_kernels} kernel(s)")
     if found.factor_changes:
@@ -886,12 +886,16 @@ def weights_command(ctx: typer.Context, target: TargetOption = None, as_json: Js
         _print_json({"revisions": rows})
         return
     now = time.time()
-    table = Table("model", "revision", Column("size", justify="right"), "last used", _key_column(), "notes")
+    if not rows:
+        console.print(f"No model revisions in {roots.for_layer('weights').layer_dir('weights')}")
+        return
+    table = Table(_key_column(), "revision", Column("size", justify="right"), "last used", "notes")
     for row, revision in zip(rows, revisions):
         notes = [n for n, on in (("pinned", row["pinned"]), ("not recorded", not row["recorded"])) if on]
-        notes += [f"snapshot {s}" for s in row["snapshots"]]
-        table.add_row(row["model"], row["revision"][:12], format_bytes(row["bytes"]),
-                      format_age(now - revision.last_used_at), row["key"], ", ".join(notes))  # fmt: skip
+        if row["snapshots"]:
+            notes.append(f"{len(row['snapshots'])} snapshot(s) built from it")
+        table.add_row(row["key"], row["revision"][:8], format_bytes(row["bytes"]),
+                      format_age(now - revision.last_used_at), ", ".join(notes))  # fmt: skip
     console.print(table)
 
 
