@@ -99,8 +99,8 @@ def plan_prune(
         a for a in candidates
         if (layer is None or a.layer == layer) and (model is None or a.model == model) and (not keys or a.key in keys)
     ]  # fmt: skip
-    wanted = _target_keys(targets, manifest, roots)
-    protected = _roots(in_scope, manifest, roots, targets, wanted, now)
+    wanted, unresolved = _target_keys(targets, manifest, roots, strict=stale)
+    protected = _roots(in_scope, manifest, roots, targets, wanted, unresolved, now)
     dependents = manifest.dependents()
 
     recent: set[str] = set()
@@ -265,16 +265,28 @@ def hub_revisions(roots: Roots) -> list[Artifact]:
     return found
 
 
-def _target_keys(targets: Sequence[Target], manifest: Manifest, roots: Roots) -> dict[str, set[str]]:
-    """Per layer, the keys the targets derive (facts they leave out inherited as ``check`` does)."""
+def _target_keys(
+    targets: Sequence[Target], manifest: Manifest, roots: Roots, *, strict: bool
+) -> tuple[dict[str, set[str]], set[str]]:
+    """Per layer, the keys the targets derive (facts they leave out inherited as ``check`` does),
+    and the models whose revision could not be resolved offline. ``strict`` (for ``--stale``,
+    which cannot judge without every key) lets that failure through."""
     from .check import target_facts
+    from .errors import RevisionError
 
     wanted: dict[str, set[str]] = {}
+    unresolved: set[str] = set()
     for target in targets:
-        facts = target_facts(target, manifest.latest_observation(target.gpu.name), roots)
+        try:
+            facts = target_facts(target, manifest.latest_observation(target.gpu.name), roots)
+        except RevisionError:
+            if strict:
+                raise
+            unresolved.add(str(target.model))
+            continue
         for name, key in derive_keys(facts, target.layers).items():
             wanted.setdefault(name, set()).add(str(key))
-    return wanted
+    return wanted, unresolved
 
 
 def _roots(
@@ -283,6 +295,7 @@ def _roots(
     roots: Roots,
     targets: Sequence[Target],
     wanted: Mapping[str, set[str]],
+    unresolved: set[str],
     now: float,
 ) -> dict[str, list[str]]:
     """Why each artifact must stay whatever the policy: key → reasons (none: it may go)."""
@@ -293,6 +306,9 @@ def _roots(
         reasons = blockers(artifact, roots, pinned, {}, now)
         if artifact.key in target_weights:
             reasons.append("a target names this weights revision")
+        elif artifact.layer == WEIGHTS and artifact.model in unresolved:
+            # Which revision the target means is unknown here: keep every revision it might mean.
+            reasons.append("a target names this model, and its revision cannot be resolved offline")
         found[artifact.key] = reasons
     return found
 
@@ -320,11 +336,11 @@ def _hub_freed(roots: Roots, weights: Sequence[Artifact]) -> int | None:
         return None
     from huggingface_hub import scan_cache_dir
 
-    weights_dir = roots.for_layer(WEIGHTS).layer_dir(WEIGHTS)
-    if not weights_dir.is_dir():
+    root = roots.for_layer(WEIGHTS)
+    shas = [_sha(a) for a in weights if os.path.lexists(root.path / a.relpath)]
+    if not shas:
         return 0
-    shas = [_sha(a) for a in weights]
-    return scan_cache_dir(weights_dir).delete_revisions(*shas).expected_freed_size
+    return scan_cache_dir(root.layer_dir(WEIGHTS)).delete_revisions(*shas).expected_freed_size
 
 
 def execute_prune(

@@ -9,7 +9,7 @@ import cachekeeper
 from cachekeeper import uses
 from cachekeeper.doctor import CREATED, HEALTHY, REPLACED, doctor
 from cachekeeper.errors import SchemaTooNew
-from cachekeeper.manifest import DELETING
+from cachekeeper.manifest import DELETING, Manifest
 from cachekeeper.prune import execute_prune, plan_prune, set_pinned
 from cachekeeper.store import Root, Roots
 from cachekeeper.sync import sync
@@ -28,7 +28,16 @@ def snapshot(manifest):
     return rows, manifest.pinned(), manifest.count_events("hit"), manifest.count_events("pruned")
 
 
-def test_a_deleted_manifest_is_rebuilt_as_it_was(root, manifest, db_url):
+@pytest.fixture
+def sqlite_manifest(root):
+    """Losing or damaging the manifest file is SQLite's case: a server database is restored from
+    its backups, and doctor then reconciles it like any other."""
+    url = f"sqlite:///{root / '.cachekeeper' / 'manifest.db'}"
+    return Manifest.open(url), url
+
+
+def test_a_deleted_manifest_is_rebuilt_as_it_was(root, sqlite_manifest):
+    manifest, db_url = sqlite_manifest
     kept, gone = boot(root, 1), boot(root, 2)
     boot(root, 1)  # a hit: moves last_used_at
     uses.release_all()
@@ -50,7 +59,8 @@ def test_a_deleted_manifest_is_rebuilt_as_it_was(root, manifest, db_url):
     assert again.manifest == HEALTHY and not again.changed
 
 
-def test_a_damaged_manifest_is_moved_aside_and_replaced(root, manifest, db_url):
+def test_a_damaged_manifest_is_moved_aside_and_replaced(root, sqlite_manifest):
+    manifest, db_url = sqlite_manifest
     key = boot(root, 1)
     sync(manifest, Roots.at(root))
     manifest.engine.dispose()

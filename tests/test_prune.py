@@ -230,6 +230,10 @@ def test_weights_go_through_huggingface_hub_and_a_target_revision_is_a_root(root
     assert [a.key for a in result.removed] == [record.key]
     assert not (weights / "models--org--gone").exists()
     assert (weights / "models--org--keep" / "snapshots" / keep_sha / "config.json").exists()
+    # A target whose revision cannot be resolved here keeps every revision of its model.
+    target_file.write_text('[target]\ngpu = "cpu"\nmodel = "org/keep"\nrevision = "no-such-branch"\n')
+    unresolved = plan(root, manifest, older_than=0, now=time.time() + 1, targets=[load_target(target_file)])
+    assert unresolved.removals == () and "cannot be resolved" in unresolved.reasons[untracked.key][0]
     # Without the target, the untracked revision (no boot recorded it) is pruned like any other.
     result = execute_prune(plan(root, manifest, older_than=0, now=time.time() + 1), manifest, Roots.at(root))
     assert [(a.model, a.builder) for a in result.removed] == [("org/keep", UNTRACKED)]
