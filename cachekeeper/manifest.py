@@ -38,6 +38,11 @@ from .store import Artifact, Roots
 PUBLISHED = "published"
 DELETING = "deleting"  # a prune removed the sidecar and is removing the files
 
+# Journal record kinds that change pins. The CLI journals them, like containers journal what they
+# do, so that ``doctor`` can rebuild the pins from the journals too.
+PINNED = "pinned"
+UNPINNED = "unpinned"
+
 # Facts that describe the machine and its software, as opposed to what it was asked to run.
 _DEPLOY_PREFIXES = (f.MODEL, f.ENGINE_PREFIX)
 
@@ -57,6 +62,19 @@ class ArtifactRow(SQLModel, table=True):
     last_used_at: float = Field(index=True)
     builder: str
     facts: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    depends_on: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    checksum: str | None = None
+
+
+class PinRow(SQLModel, table=True):
+    """A key that prune must never remove; ``pinned`` false once unpinned (``at`` orders the two)."""
+
+    __tablename__ = "pin"
+
+    key: str = Field(primary_key=True)
+    pinned: bool
+    at: float
+    host: str
 
 
 class ObservationRow(SQLModel, table=True):
@@ -108,6 +126,20 @@ class LeaseRow(SQLModel, table=True):
     token: str
     expires_at: float = Field(index=True)
     process: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the runtime or a command recorded: a hit, miss, publish or prune."""
+
+    at: float
+    kind: str
+    layer: str | None
+    key: str | None
+    model: str | None
+    seconds: float | None
+    bytes: int | None
+    host: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +389,9 @@ class Manifest:
             observations = [_observation_values(r) for r in observed if isinstance(r.get("facts"), dict)]
             for values in sorted(observations, key=lambda values: (values["digest"], values["last_seen_at"])):
                 _upsert_observation(session, values)
+            for uid in applied:
+                if fresh[uid].get("kind") in (PINNED, UNPINNED) and fresh[uid].get("key"):
+                    _set_pin(session, fresh[uid])
             by_key = sorted(artifacts, key=lambda artifact: artifact.key)
             indexed = sum(_insert_artifact(session, artifact) for artifact in by_key)
             last_hit: dict[str, float] = {}
@@ -454,6 +489,22 @@ class Manifest:
         with self.session() as session:
             return session.exec(statement).rowcount == 1
 
+    def dependents(self) -> dict[str, list[str]]:
+        """For each key that published artifacts depend on: the keys of those artifacts."""
+        query = select(ArtifactRow.key, ArtifactRow.depends_on).where(ArtifactRow.state == PUBLISHED)
+        found: dict[str, list[str]] = {}
+        with self.session() as session:
+            for key, depends_on in session.exec(query):
+                for dependency in depends_on or ():
+                    found.setdefault(dependency, []).append(key)
+        return found
+
+    # --- pins ---------------------------------------------------------------------------------
+
+    def pinned(self) -> set[str]:
+        with self.session() as session:
+            return set(session.exec(select(PinRow.key).where(PinRow.pinned == True)))  # noqa: E712
+
     # --- observations and events ----------------------------------------------------------------
 
     def latest_observation(self, gpu_type: str) -> Observation | None:
@@ -476,6 +527,19 @@ class Manifest:
     def record_events(self, events: Sequence[Mapping[str, Any]]) -> None:
         with self.session() as session:
             session.add_all(EventRow(**_event_fields(event)) for event in events)
+
+    def events(self, *, since: float | None = None, kinds: Sequence[str] | None = None) -> list[Event]:
+        """Events at or after ``since`` (Unix seconds), oldest first."""
+        query = select(EventRow).order_by(EventRow.at, EventRow.id)
+        if since is not None:
+            query = query.where(EventRow.at >= since)
+        if kinds is not None:
+            query = query.where(EventRow.kind.in_(list(kinds)))
+        with self.session() as session:
+            return [
+                Event(row.at, row.kind, row.layer, row.key, row.model, row.seconds, row.bytes, row.host)
+                for row in session.exec(query)
+            ]
 
     def count_events(self, kind: str) -> int:
         with self.session() as session:
@@ -566,6 +630,15 @@ def _touch(session: Session, key: str, at: float) -> None:
     session.exec(update(table).where(table.c.key == key, table.c.last_used_at < at).values(last_used_at=at))
 
 
+def _set_pin(session: Session, record: Mapping[str, Any]) -> None:
+    """The newest pin or unpin wins, whatever order journals are folded in and by whom."""
+    table = PinRow.__table__
+    values = {"key": str(record["key"]), "pinned": record["kind"] == PINNED, "at": float(record["at"]),
+              "host": str(record.get("host", ""))}  # fmt: skip
+    session.exec(_insert(session, table).values(**values).on_conflict_do_nothing(index_elements=["key"]))
+    session.exec(update(table).where(table.c.key == values["key"], table.c.at < values["at"]).values(**values))
+
+
 def _observation_values(record: Mapping[str, Any]) -> dict[str, Any]:
     environment = environment_facts(Facts.from_json(record["facts"]))
     values = {name: f.thaw(value) for name, value in environment.values().items()}
@@ -625,6 +698,7 @@ def _artifact(row: ArtifactRow) -> Artifact:
         key=row.key, layer=row.layer, model=row.model, relpath=row.relpath, bytes=row.bytes,
         files=row.files, created_at=row.created_at, last_used_at=row.last_used_at,
         builder=row.builder, facts={name: f.freeze(value) for name, value in row.facts.items()},
+        depends_on=tuple(row.depends_on or ()), checksum=row.checksum,
     )  # fmt: skip
 
 

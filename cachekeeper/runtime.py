@@ -30,13 +30,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import facts as f
-from . import journal
+from . import journal, uses
 from .errors import CachekeeperError, UsageError
 from .facts import Fact, Facts, observe
 from .keys import CacheKey, FactChange, derive_keys
-from .layers import COMPILE, DEFAULT_LAYERS, WEIGHTS, Layer
+from .layers import COMPILE, DEFAULT_LAYERS, SNAPSHOT, WEIGHTS, Layer
 from .leases import DEFAULT_TTL, Lease, Leases, leases_for
-from .store import Artifact, Root, Roots, builder_id, default_root, measure, publish, read_sidecar, remove_tree
+from .store import (
+    Artifact, Contents, Root, Roots, builder_id, default_root, publish, read_sidecar, remove_tree, scan_contents,
+)  # fmt: skip
 from .target import Target, load_target
 
 if TYPE_CHECKING:
@@ -166,6 +168,7 @@ def activate(
                 root_of_layer = cache_roots.for_layer(layer.name)
                 mechanism = leases if leases is not None else leases_for(root_of_layer, manifest, lease_ttl)
                 claims.append(_claim(layer, keys[layer.name], root_of_layer, mechanism, waiting))
+            _record_uses_and_dependencies(claims)
             env = _point_env(claims, previous_env)
             activation = Activation(facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches)
             yield activation
@@ -230,6 +233,8 @@ class _Claim:
     root: Root
     lease: Lease | None = None
     started: float = field(default_factory=time.monotonic)
+    depends_on: tuple[str, ...] = ()  # keys a snapshot is built from
+    registration: uses.Registration | None = None
 
     def finish(self, writer: _Writer, facts: Facts, boot_seconds: float) -> None:
         name, key = self.layer.name, str(self.use.key)
@@ -243,9 +248,9 @@ class _Claim:
                 logger.warning("cachekeeper: lost the build lease of %s; not publishing it", key)
                 writer.append(journal.MISS, **event)
                 return
-            artifact = _artifact(self.use, f"{name}/{key}", self.use.path, facts, follow_links=False)
+            artifact, contents = _artifact(self.use, f"{name}/{key}", self.use.path, facts, self.depends_on)
             writer.append(journal.PUBLISHING, **event)
-            if publish(self.root, artifact):
+            if publish(self.root, artifact, contents):
                 writer.append(journal.PUBLISHED, **event, bytes=artifact.bytes)
         elif self.use.status == DOWNLOAD:
             self._publish_weights(writer, facts, event)
@@ -259,15 +264,17 @@ class _Claim:
         if not snapshot.is_dir() or not any(snapshot.iterdir()):
             writer.append(journal.MISS, **event)  # the boot never downloaded them: nothing to record
             return
-        artifact = _artifact(self.use, relpath, snapshot, facts, follow_links=True)
+        artifact, contents = _artifact(self.use, relpath, snapshot, facts, within=self.root.path)
         writer.append(journal.PUBLISHING, **event)
-        if publish(self.root, artifact):
+        if publish(self.root, artifact, contents):
             writer.append(journal.PUBLISHED, **event, bytes=artifact.bytes)
         else:
             writer.append(journal.HIT, **event)
 
     def abandon(self) -> None:
         """Publish nothing; remove what this process half built while it still holds the lease."""
+        if self.registration is not None:
+            self.registration.release()
         if self.use.status == BUILD and (self.lease is None or self.lease.held()):
             remove_tree(self.root, f"{self.layer.name}/{self.use.key}")
 
@@ -276,27 +283,19 @@ class _Claim:
             self.lease.release()
 
 
-def _artifact(use: LayerUse, relpath: str, path: Path, facts: Facts, *, follow_links: bool) -> Artifact:
-    size, count = _measure_following(path) if follow_links else measure(path)
+def _artifact(
+    use: LayerUse, relpath: str, path: Path, facts: Facts, depends_on: tuple[str, ...] = (), *, within: Path | None = None
+) -> tuple[Artifact, Contents]:
+    """The record of what was built, with every file's checksum. A Hub snapshot's files are links
+    into the repo's blobs: ``within`` is the root they may be followed into, never out of."""
+    contents = scan_contents(path, follow_links_within=within)
     now = time.time()
-    return Artifact(
+    artifact = Artifact(
         key=str(use.key), layer=use.layer, model=str(facts.value(f.MODEL, f.NONE)), relpath=relpath,
-        bytes=size, files=count, created_at=now, last_used_at=now, builder=builder_id(),
-        facts=use.key.facts.values(),
+        bytes=contents.bytes, files=contents.count, created_at=now, last_used_at=now, builder=builder_id(),
+        facts=use.key.facts.values(), depends_on=depends_on, checksum=contents.checksum,
     )  # fmt: skip
-
-
-def _measure_following(path: Path) -> tuple[int, int]:
-    """Size of a Hub snapshot, whose files are links into the repo's blobs."""
-    total = count = 0
-    for directory, _, names in os.walk(path):
-        for name in names:
-            try:
-                total += os.stat(os.path.join(directory, name)).st_size
-                count += 1
-            except FileNotFoundError:
-                continue
-    return total, count
+    return artifact, contents
 
 
 class _Waiting:
@@ -452,3 +451,13 @@ def _restore_env(previous: Mapping[str, str | None]) -> None:
             os.environ.pop(variable, None)
         else:
             os.environ[variable] = value
+
+
+def _record_uses_and_dependencies(claims: list[_Claim]) -> None:
+    """For housekeeping: this process uses its layers' artifacts until it exits (prune keeps them),
+    and a snapshot is built from the other layers' artifacts (kept as long as it lives)."""
+    for claim in claims:
+        if claim.use.status != PRIVATE:
+            claim.registration = uses.register(claim.root, claim.layer.name, str(claim.use.key))
+        if claim.layer.name == SNAPSHOT:
+            claim.depends_on = tuple(str(other.use.key) for other in claims if other is not claim)

@@ -5,10 +5,11 @@
     <root>/weights/               HF_HUB_CACHE (huggingface_hub's own revision-addressed layout)
     <root>/compile/<key>/         VLLM_CACHE_ROOT, TORCHINDUCTOR_CACHE_DIR, ... point inside
     <root>/snapshot/<key>/        vLLM snapshot output, or nothing for a Modal snapshot
-    <root>/.cachekeeper/          manifest.db, sidecars/, journal/, leases/
+    <root>/.cachekeeper/          manifest.db, sidecars/, checksums/, journal/, leases/, uses/
 
 An artifact exists when, and only when, its sidecar does: the sidecar is written last, atomically,
-and removed first.
+and removed first. Its per-file checksums are written just before it, to a file of their own named
+by their digest, so that the sidecar a boot reads stays small whatever the artifact holds.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -73,6 +75,9 @@ class Root:
     def sidecar_path(self, layer: str, key: str) -> Path:
         return self.state_dir / "sidecars" / layer / f"{key}.json"
 
+    def checksums_path(self, layer: str, key: str, checksum: str) -> Path:
+        return self.state_dir / "checksums" / layer / f"{key}.{checksum}.json"
+
     def inside(self, relpath: str) -> Path:
         """``relpath`` under this root, refusing anything that could lead out of it.
 
@@ -116,7 +121,10 @@ class Artifact:
     """What a sidecar says, and what the manifest indexes: one published artifact.
 
     ``relpath`` is relative to the layer's root, so the same Volume mounted elsewhere still works.
-    Times are Unix seconds.
+    Times are Unix seconds. ``depends_on`` names the artifacts this one was built from (a snapshot's
+    weights and compile keys), which must live as long as it does. ``checksum`` is the digest of
+    the per-file checksums recorded at publish (see ``Contents``); None for artifacts published
+    before checksums were recorded.
     """
 
     key: str
@@ -129,6 +137,8 @@ class Artifact:
     last_used_at: float
     builder: str
     facts: Mapping[str, FactValue]
+    depends_on: tuple[str, ...] = ()
+    checksum: str | None = None
 
     def cache_key(self) -> CacheKey:
         layer, digest = parse_key(self.key)
@@ -157,6 +167,8 @@ class Artifact:
                 last_used_at=float(data["last_used_at"]),
                 builder=str(data["builder"]),
                 facts={str(k): freeze(v) for k, v in dict(data["facts"]).items()},
+                depends_on=tuple(str(key) for key in data.get("depends_on", ())),
+                checksum=None if data.get("checksum") is None else str(data["checksum"]),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"sidecar field missing or malformed: {error}") from None
@@ -195,12 +207,26 @@ def iter_sidecars(root: Root) -> Iterator[tuple[Path, Artifact | ValueError]]:
                 yield path, ValueError(f"{path}: {error}")
 
 
-def publish(root: Root, artifact: Artifact) -> bool:
+def publish(root: Root, artifact: Artifact, contents: Contents | None = None) -> bool:
     """Write the sidecar that makes ``artifact`` exist. False when another writer published first.
 
     The record goes to a temporary file that is then hard-linked into place: a link never
     replaces an existing file, so the first publisher wins and a crash leaves no partial sidecar.
+    ``contents`` (whose checksum must be ``artifact.checksum``) is written before the sidecar, so
+    a published artifact always has its checksums.
     """
+    if contents is not None:
+        write_checksums(root, artifact, contents)
+        if not _publish_sidecar(root, artifact):
+            winner = read_sidecar(root, artifact.layer, artifact.key)
+            if winner is None or winner.checksum != artifact.checksum:
+                root.checksums_path(artifact.layer, artifact.key, contents.checksum).unlink(missing_ok=True)
+            return False
+        return True
+    return _publish_sidecar(root, artifact)
+
+
+def _publish_sidecar(root: Root, artifact: Artifact) -> bool:
     path = root.sidecar_path(artifact.layer, artifact.key)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -291,3 +317,180 @@ def _ignore_vanished(function: Any, path: str, error: BaseException) -> None:
     # Another process deleting the same tree is not a failure: the files are gone either way.
     if not isinstance(error, FileNotFoundError):
         raise error
+
+
+# --- contents and checksums ---------------------------------------------------------------------
+
+CHECKSUM_ALGORITHM = "xxh3_128"
+CHECKSUMS_FORMAT = 1
+# Reads on a network Volume mostly wait; xxhash releases the GIL, so threads overlap both.
+_HASH_WORKERS = 8
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Contents:
+    """The files of an artifact directory: relative path → (size, xxh3-128 hex digest).
+
+    ``checksum`` digests the whole listing: it names the checksums file and is what the sidecar
+    records, so a damaged checksums file is told apart from a damaged artifact.
+    """
+
+    files: Mapping[str, tuple[int, str]]
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for size, _ in self.files.values())
+
+    @property
+    def count(self) -> int:
+        return len(self.files)
+
+    @property
+    def checksum(self) -> str:
+        return _listing_digest(self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CHECKSUMS_FORMAT,
+            "algorithm": CHECKSUM_ALGORITHM,
+            "files": {name: [size, digest] for name, (size, digest) in sorted(self.files.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Contents:
+        if data.get("format") != CHECKSUMS_FORMAT or data.get("algorithm") != CHECKSUM_ALGORITHM:
+            raise ValueError(f"not a checksums file of format {CHECKSUMS_FORMAT} ({CHECKSUM_ALGORITHM})")
+        try:
+            return cls({str(name): (int(size), str(digest)) for name, (size, digest) in dict(data["files"]).items()})
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"checksums file malformed: {error}") from None
+
+
+def _listing_digest(files: Mapping[str, tuple[int, str]]) -> str:
+    import xxhash
+
+    listing = "".join(f"{name}\0{size}\0{digest}\n" for name, (size, digest) in sorted(files.items()))
+    return xxhash.xxh3_128_hexdigest(listing.encode("utf-8", "surrogateescape"))
+
+
+def list_files(path: Path, *, follow_links_within: Path | None = None) -> dict[str, tuple[int, str]]:
+    """Regular files under ``path``: relative POSIX path → (size, the path to read).
+
+    Symbolic links are skipped, except, when ``follow_links_within`` is given, links that resolve
+    to a regular file inside that directory (a Hub snapshot's links into its blobs). Nothing is
+    ever followed out of it.
+    """
+    within = os.path.realpath(follow_links_within) if follow_links_within is not None else None
+    found: dict[str, tuple[int, str]] = {}
+    stack = [(Path(path), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            name = f"{prefix}{entry.name}"
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((Path(entry.path), f"{name}/"))
+                elif entry.is_file(follow_symlinks=False):
+                    found[name] = (entry.stat(follow_symlinks=False).st_size, entry.path)
+                elif entry.is_symlink() and within is not None:
+                    real = os.path.realpath(entry.path)
+                    if os.path.commonpath([real, within]) == within and os.path.isfile(real):
+                        found[name] = (os.stat(real).st_size, real)
+            except (FileNotFoundError, ValueError):
+                continue
+    return found
+
+
+def hash_files(
+    paths: Iterable[str], *, progress: Callable[[int], None] | None = None
+) -> dict[str, str | None]:
+    """xxh3-128 of each file, read at disk speed on a few threads; None where it cannot be read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = list(dict.fromkeys(paths))
+    lock = threading.Lock()
+
+    def one(path: str) -> str | None:
+        digest, size = _hash_file(path)
+        if progress is not None and size:
+            with lock:
+                progress(size)
+        return digest
+
+    if len(paths) <= 1:
+        return {path: one(path) for path in paths}
+    with ThreadPoolExecutor(min(_HASH_WORKERS, len(paths))) as pool:
+        return dict(zip(paths, pool.map(one, paths)))
+
+
+_buffers = threading.local()
+
+
+def _hash_file(path: str) -> tuple[str | None, int]:
+    import xxhash
+
+    hasher = xxhash.xxh3_128()
+    total = 0
+    try:
+        # O_NOFOLLOW: a file swapped for a link since it was listed is refused, not followed.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None, 0
+    with os.fdopen(descriptor, "rb", buffering=0) as handle:
+        buffer = getattr(_buffers, "buffer", None)
+        if buffer is None:
+            buffer = _buffers.buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
+        try:
+            while count := handle.readinto(buffer):
+                hasher.update(view[:count])
+                total += count
+        except OSError:
+            return None, total
+    return hasher.hexdigest(), total
+
+
+def scan_contents(
+    path: Path, *, follow_links_within: Path | None = None, progress: Callable[[int], None] | None = None
+) -> Contents:
+    """Every file under ``path`` with its size and checksum (see ``list_files`` for links)."""
+    listed = list_files(path, follow_links_within=follow_links_within)
+    digests = hash_files((real for _, real in listed.values()), progress=progress)
+    return Contents(
+        {name: (size, digest) for name, (size, real) in listed.items() if (digest := digests[real]) is not None}
+    )
+
+
+def write_checksums(root: Root, artifact: Artifact, contents: Contents) -> Path:
+    path = root.checksums_path(artifact.layer, artifact.key, contents.checksum)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        # Same name, same content: a concurrent writer of the same listing replaces it harmlessly.
+        write_durably(temporary, json.dumps(contents.to_json(), separators=(",", ":")).encode())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def read_checksums(root: Root, artifact: Artifact) -> Contents | None:
+    """The checksums recorded when ``artifact`` was published; None if absent or damaged."""
+    if artifact.checksum is None:
+        return None
+    try:
+        data = json.loads(root.checksums_path(artifact.layer, artifact.key, artifact.checksum).read_bytes())
+        contents = Contents.from_json(data)
+    except (OSError, ValueError):
+        return None
+    return contents if contents.checksum == artifact.checksum else None
+
+
+def remove_checksums(root: Root, artifact: Artifact) -> None:
+    if artifact.checksum is not None:
+        root.checksums_path(artifact.layer, artifact.key, artifact.checksum).unlink(missing_ok=True)

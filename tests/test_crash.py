@@ -70,7 +70,7 @@ PRUNE = textwrap.dedent(
 
     roots = Roots.at(Path(sys.argv[1]))
     manifest = Manifest.open(default_url(roots))
-    execute_prune(plan_prune(manifest, older_than=86400), manifest, roots)
+    execute_prune(plan_prune(manifest, roots=roots, older_than=86400), manifest, roots)
     """
 )
 
@@ -227,7 +227,7 @@ def test_a_prune_killed_anywhere_never_lies_and_never_removes_a_rebuild(tmp_path
                 writer.close()
                 break
         sync(manifest, roots)
-        execute_prune(plan_prune(manifest, older_than=DAY), manifest, roots)
+        execute_prune(plan_prune(manifest, roots=roots, older_than=DAY), manifest, roots)
         survivors = {a.key for a in manifest.artifacts(state=None)}
         if rebuilt is None:
             assert survivors == set(), point

@@ -1,0 +1,177 @@
+"""``doctor``: rebuild the manifest from what the root itself says, and report what was found.
+
+The manifest is an index; the truth is on disk. Sidecars say which artifacts exist, and the
+journals (``journal/`` and ``journal/folded/``) hold every hit, miss, publish, prune, pin and
+observed fingerprint ever recorded. A lost manifest is created anew, a damaged SQLite manifest is
+moved aside (never deleted) and replaced, and either way both sources are folded in again:
+folding is idempotent, so on a healthy manifest doctor only adds what was missing.
+
+Doctor never deletes an artifact: it forgets manifest rows whose sidecar is gone (no boot would
+use them anyway), and leaves rows marked ``deleting`` for the next prune to finish.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+from . import journal
+from .errors import ManifestError, ManifestUnreachable, SchemaTooNew
+from .manifest import DELETING, PUBLISHED, Manifest
+from .store import Artifact, Roots, iter_sidecars
+from .sync import FOLDED_DIR, sync
+
+HEALTHY = "healthy"
+CREATED = "created"  # there was no manifest
+REPLACED = "replaced"  # the old one was damaged: moved aside, and a new one built
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorReport:
+    manifest: str  # HEALTHY, CREATED or REPLACED
+    damage: str | None  # what was wrong with the old manifest
+    moved_to: Path | None  # where the damaged manifest now is
+    sidecars: int  # sidecars read
+    indexed: tuple[str, ...]  # keys the manifest did not list
+    forgotten: tuple[str, ...]  # rows whose sidecar is gone
+    unreadable: tuple[Path, ...]  # sidecars that could not be parsed (left as they are)
+    unmounted: tuple[str, ...]  # layers whose root is absent: their rows were left alone
+    unfinished: tuple[str, ...]  # rows a killed prune left: the next prune finishes them
+    journals: int  # journal files read
+    records: int  # journal records applied that the manifest lacked
+
+    @property
+    def changed(self) -> bool:
+        return self.manifest != HEALTHY or bool(self.indexed or self.forgotten or self.records)
+
+
+def doctor(
+    url: str,
+    roots: Roots,
+    *,
+    progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
+) -> tuple[Manifest, DoctorReport]:
+    """Make the manifest at ``url`` agree with the sidecars and journals of ``roots``.
+
+    ``total`` is told how many files (journals and sidecars) will be read, ``progress`` each time
+    some are.
+    """
+    manifest, state, damage, moved_to = _open_or_replace(url)
+    journal_paths = _journal_paths(roots)
+    sidecar_paths = [(root, path, parsed) for root in roots.all() for path, parsed in iter_sidecars(root)]
+    if total is not None:
+        total(len(journal_paths) + len(sidecar_paths))
+
+    records = []
+    for path in journal_paths:
+        try:
+            records.extend(journal.read_journal(path).records)
+        except OSError:
+            pass  # moved to folded/ by a concurrent sync: read there
+        if progress is not None:
+            progress(1)
+    artifacts: dict[str, Artifact] = {}
+    unreadable = []
+    for root, path, parsed in sidecar_paths:
+        if isinstance(parsed, Artifact):
+            if roots.for_layer(parsed.layer) == root:
+                artifacts.setdefault(parsed.key, parsed)
+        else:
+            unreadable.append(path)
+        if progress is not None:
+            progress(1)
+
+    before = {a.key for a in manifest.artifacts(state=None)}
+    records.sort(key=lambda record: float(record.get("at") or 0))
+    folded = manifest.fold(records, list(artifacts.values()), {})
+    unreadable_keys = {(path.parent.name, path.stem) for path in unreadable}
+    forgotten, unmounted = [], set()
+    for artifact in manifest.artifacts(state=PUBLISHED):
+        if artifact.key in artifacts or (artifact.layer, artifact.key) in unreadable_keys:
+            continue
+        if not roots.for_layer(artifact.layer).path.is_dir():
+            unmounted.add(artifact.layer)  # a Volume not mounted here: its rows are not ours to judge
+            continue
+        manifest.forget(artifact.key)
+        forgotten.append(artifact.key)
+    sync(manifest, roots)  # journal cursors, and closed journals moved to folded/
+    report = DoctorReport(
+        manifest=state,
+        damage=damage,
+        moved_to=moved_to,
+        sidecars=len(sidecar_paths),
+        indexed=tuple(sorted(set(artifacts) - before)),
+        forgotten=tuple(sorted(forgotten)),
+        unreadable=tuple(unreadable),
+        unmounted=tuple(sorted(unmounted)),
+        unfinished=tuple(sorted(key for _, key in manifest.keys_in_state(DELETING))),
+        journals=len(journal_paths),
+        records=folded.records,
+    )
+    return manifest, report
+
+
+def _journal_paths(roots: Roots) -> list[Path]:
+    folded = roots.main.journal_dir / FOLDED_DIR
+    older = sorted(p for p in folded.glob(f"*{journal.SUFFIX}") if p.is_file()) if folded.is_dir() else []
+    return older + list(journal.journal_files(roots.main))
+
+
+def _open_or_replace(url: str) -> tuple[Manifest, str, str | None, Path | None]:
+    parsed = make_url(url)
+    path = (
+        Path(parsed.database)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        else None
+    )
+    if path is not None and not path.exists():
+        return Manifest.open(url), CREATED, None, None
+    manifest: Manifest | None = None
+    try:
+        manifest = Manifest.open(url)
+        damage = _damage(manifest)
+    except (SchemaTooNew, ManifestUnreachable):
+        raise  # a newer cachekeeper's manifest, or one that is only locked: not damaged
+    except (ManifestError, DatabaseError) as error:
+        if isinstance(error, OperationalError) and "locked" in str(error):
+            raise ManifestUnreachable(f"the manifest is locked by another process: {error}") from None
+        damage = _first_line(error)
+    if damage is None and manifest is not None:
+        return manifest, HEALTHY, None, None
+    if path is None:
+        raise ManifestError(
+            f"the manifest database is damaged ({damage}); doctor replaces only SQLite files: "
+            "restore the server's database from a backup, then run doctor again"
+        )
+    if manifest is not None:
+        manifest.engine.dispose()
+    moved_to = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, moved_to)
+    rollback = path.with_name(f"{path.name}-journal")
+    if rollback.exists():
+        os.replace(rollback, moved_to.with_name(f"{moved_to.name}-journal"))
+    return Manifest.open(url), REPLACED, damage, moved_to
+
+
+def _damage(manifest: Manifest) -> str | None:
+    """What is wrong with an open manifest, or None."""
+    with manifest.engine.connect() as connection:
+        if manifest.engine.dialect.name == "sqlite":
+            verdict = connection.execute(text("PRAGMA integrity_check")).scalar()
+            if verdict != "ok":
+                return f"SQLite integrity check: {verdict}"
+        connection.execute(text("SELECT count(*) FROM artifact")).scalar()
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    message = str(getattr(error, "orig", None) or error).strip()
+    return message.splitlines()[0] if message else type(error).__name__

@@ -1,0 +1,128 @@
+"""``stats``: what the cache did over a period, from the events the runtime and prune record.
+
+Per layer and model: hits, misses, builds (published artifacts), bytes built and pruned, and
+what is stored now. Per model: boots, and the boot time the cache saved.
+
+Every event of one boot carries that boot's duration (``activate()`` entry to exit) in
+``seconds``, so a boot is the set of events sharing host, model and duration. A boot in which no
+layer hit is *cold*; the time a boot with hits saved is the mean cold boot of its model minus its
+own, taken over all recorded history when the period has no cold boot of that model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .manifest import Event, Manifest
+
+HIT, MISS, PUBLISHED, PRUNED = "hit", "miss", "published", "pruned"
+_KINDS = (HIT, MISS, PUBLISHED, PRUNED)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerStats:
+    layer: str
+    model: str
+    hits: int
+    misses: int  # boots that found nothing and built nothing shared (or another process was building)
+    builds: int
+    built_bytes: int
+    pruned: int
+    pruned_bytes: int
+    stored: int  # artifacts there now
+    stored_bytes: int
+
+    @property
+    def hit_rate(self) -> float | None:
+        uses = self.hits + self.misses + self.builds
+        return self.hits / uses if uses else None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStats:
+    model: str
+    boots: int
+    warm_boots: int  # every layer hit
+    cold_boots: int  # no layer hit
+    mean_cold_seconds: float | None  # over the period, else over all history
+    mean_warm_seconds: float | None
+    saved_seconds: float | None  # None when no cold boot of this model was ever recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    since: float | None
+    until: float
+    layers: tuple[LayerStats, ...]
+    models: tuple[ModelStats, ...]
+
+    @property
+    def saved_seconds(self) -> float:
+        return sum(model.saved_seconds or 0.0 for model in self.models)
+
+
+def stats(manifest: Manifest, *, since: float | None = None, now: float | None = None) -> Stats:
+    """Statistics of the events at or after ``since`` (Unix seconds; None: all of them)."""
+    now = time.time() if now is None else now
+    events = manifest.events(since=since, kinds=_KINDS)
+    history = manifest.events(kinds=(HIT, MISS, PUBLISHED)) if since is not None else events
+    stored: dict[tuple[str, str], tuple[int, int]] = {}
+    for artifact in manifest.artifacts():
+        count, size = stored.get((artifact.layer, artifact.model), (0, 0))
+        stored[(artifact.layer, artifact.model)] = (count + 1, size + artifact.bytes)
+    return Stats(since, now, _layer_stats(events, stored), _model_stats(events, history))
+
+
+def _layer_stats(events: Iterable[Event], stored: dict[tuple[str, str], tuple[int, int]]) -> tuple[LayerStats, ...]:
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for event in events:
+        group = counts.setdefault((event.layer or "-", event.model or "-"), {})
+        group[event.kind] = group.get(event.kind, 0) + 1
+        if event.kind in (PUBLISHED, PRUNED):
+            group[f"{event.kind}_bytes"] = group.get(f"{event.kind}_bytes", 0) + (event.bytes or 0)
+    rows = []
+    for layer, model in sorted(counts.keys() | stored.keys()):
+        group = counts.get((layer, model), {})
+        count, size = stored.get((layer, model), (0, 0))
+        rows.append(
+            LayerStats(
+                layer, model, group.get(HIT, 0), group.get(MISS, 0), group.get(PUBLISHED, 0),
+                group.get("published_bytes", 0), group.get(PRUNED, 0), group.get("pruned_bytes", 0), count, size,
+            )
+        )  # fmt: skip
+    return tuple(rows)
+
+
+def _boots(events: Iterable[Event]) -> dict[str, list[tuple[float, bool, bool]]]:
+    """Per model: (seconds, any layer hit, every layer hit) of each boot."""
+    grouped: dict[tuple[str, str, float], list[str]] = {}
+    for event in events:
+        if event.kind in (HIT, MISS, PUBLISHED) and event.seconds is not None and event.model:
+            grouped.setdefault((event.model, event.host or "", event.seconds), []).append(event.kind)
+    boots: dict[str, list[tuple[float, bool, bool]]] = {}
+    for (model, _, seconds), kinds in grouped.items():
+        boots.setdefault(model, []).append((seconds, HIT in kinds, all(kind == HIT for kind in kinds)))
+    return boots
+
+
+def _model_stats(events: list[Event], history: list[Event]) -> tuple[ModelStats, ...]:
+    period, everything = _boots(events), _boots(history)
+    rows = []
+    for model, boots in sorted(period.items()):
+        cold = [seconds for seconds, hit, _ in boots if not hit]
+        warm = [seconds for seconds, _, all_hit in boots if all_hit]
+        baseline = cold or [seconds for seconds, hit, _ in everything.get(model, []) if not hit]
+        mean_cold = sum(baseline) / len(baseline) if baseline else None
+        saved = (
+            None
+            if mean_cold is None
+            else sum(max(0.0, mean_cold - seconds) for seconds, hit, _ in boots if hit)
+        )
+        rows.append(
+            ModelStats(
+                model, len(boots), len(warm), len(cold), mean_cold, sum(warm) / len(warm) if warm else None, saved
+            )
+        )  # fmt: skip
+    return tuple(rows)

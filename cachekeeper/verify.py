@@ -1,0 +1,210 @@
+"""``verify``: check every artifact against the sizes and checksums recorded when it was published.
+
+Findings, worst first:
+
+- ``corrupt``: a recorded file's size or content differs, or its checksum record is damaged;
+- ``missing``: a recorded file is gone while its artifact is still there;
+- ``ghost``: the manifest lists an artifact whose sidecar or directory is gone;
+- ``unindexed``: a sidecar the manifest does not list (``cachekeeper doctor`` indexes it);
+- ``orphan``: something on disk no sidecar or manifest row accounts for (a build that died, a
+  Hub revision nobody recorded, a checksum record left behind);
+- ``growth``: new files in a warm artifact (a batch size compiled lazily on a later boot). Not a
+  problem: a warm cache may grow, it must never change what it had;
+- ``unrecorded``: published before checksums were recorded; nothing to check it against.
+
+Nothing is changed: verify reads, and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UnsafePath
+from .layers import DEFAULT_LAYERS, WEIGHTS
+from .leases import leases_for
+from .manifest import DELETING, Manifest
+from .store import Artifact, Root, Roots, hash_files, iter_sidecars, list_files, read_checksums
+from .uses import users
+
+CORRUPT = "corrupt"
+MISSING = "missing"
+GHOST = "ghost"
+UNINDEXED = "unindexed"
+ORPHAN = "orphan"
+GROWTH = "growth"
+UNRECORDED = "unrecorded"
+PROBLEMS = (CORRUPT, MISSING, GHOST, UNINDEXED, ORPHAN)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str
+    layer: str
+    key: str | None  # None for an orphan that no key names
+    path: Path
+    detail: str
+    files: tuple[str, ...] = ()  # the files concerned, relative to ``path``
+
+    @property
+    def problem(self) -> bool:
+        return self.kind in PROBLEMS
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    findings: tuple[Finding, ...]
+    checked: int  # artifacts whose files were compared
+    hashed_bytes: int
+
+    @property
+    def ok(self) -> bool:
+        return not any(finding.problem for finding in self.findings)
+
+
+def verify(
+    manifest: Manifest,
+    roots: Roots,
+    *,
+    layer: str | None = None,
+    model: str | None = None,
+    keys: Sequence[str] = (),
+    layers: Iterable[str] = (),
+    progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Verify the artifacts in scope (all, or a layer, model or keys). ``layers`` adds layer names
+    to look for orphans in (a target's custom layers); ``total`` is told how many bytes will be
+    read, then ``progress`` each time some are."""
+    listed = [
+        a for a in manifest.artifacts(state=None)
+        if (layer is None or a.layer == layer) and (model is None or a.model == model) and (not keys or a.key in keys)
+    ]  # fmt: skip
+    deleting = {key for _, key in manifest.keys_in_state(DELETING)}
+    published = [a for a in listed if a.key not in deleting]
+    findings: list[Finding] = []
+    sidecars: dict[str, Artifact] = {}
+    for root in roots.all():
+        for path, parsed in iter_sidecars(root):
+            if isinstance(parsed, Artifact) and roots.for_layer(parsed.layer) == root:
+                sidecars[parsed.key] = parsed
+            elif not isinstance(parsed, Artifact):
+                findings.append(Finding(CORRUPT, path.parent.name, path.stem, path, f"unreadable sidecar: {parsed}"))
+    if total is not None:
+        total(sum(a.bytes for a in published if a.key in sidecars))
+    hashed = 0
+    for artifact in published:
+        found, read = _check(artifact, roots.for_layer(artifact.layer), sidecars.get(artifact.key), progress)
+        findings.extend(found)
+        hashed += read
+    if not (keys or model):  # orphans and unindexed sidecars belong to no model or key
+        indexed = {a.key for a in manifest.artifacts(state=None)}
+        for key, artifact in sorted(sidecars.items()):
+            if key not in indexed and (layer is None or artifact.layer == layer):
+                findings.append(
+                    Finding(UNINDEXED, artifact.layer, key, _path(roots, artifact),
+                            "published, but the manifest does not list it: run `cachekeeper doctor`")
+                )  # fmt: skip
+        names = {layer} if layer else {*(l.name for l in DEFAULT_LAYERS), *layers, *(a.layer for a in listed)}
+        known = {a.key for a in manifest.artifacts(state=None)} | set(sidecars)
+        findings.extend(_orphans(roots, manifest, sorted(names), known, {a.key: a for a in listed} | sidecars))
+    order = {kind: index for index, kind in enumerate((*PROBLEMS, GROWTH, UNRECORDED))}
+    findings.sort(key=lambda f: (order[f.kind], f.layer, f.key or "", str(f.path)))
+    return VerifyReport(tuple(findings), len(published), hashed)
+
+
+def _path(roots: Roots, artifact: Artifact) -> Path:
+    return roots.for_layer(artifact.layer).path / artifact.relpath
+
+
+def _check(
+    artifact: Artifact, root: Root, sidecar: Artifact | None, progress: Callable[[int], None] | None
+) -> tuple[list[Finding], int]:
+    def finding(kind: str, detail: str, files: Iterable[str] = ()) -> Finding:
+        return Finding(kind, artifact.layer, artifact.key, path, detail, tuple(sorted(files)))
+
+    path = root.path / artifact.relpath
+    try:
+        root.inside(artifact.relpath)
+    except UnsafePath as error:
+        return [finding(CORRUPT, f"its recorded path is unsafe: {error}")], 0
+    if sidecar is None:
+        return [finding(GHOST, "the manifest lists it, but its sidecar is gone: no boot will use it")], 0
+    if not path.is_dir():
+        return [finding(GHOST, "the manifest lists it, but its directory is gone")], 0
+    on_disk = list_files(path, follow_links_within=root.path if artifact.layer == WEIGHTS else None)
+    recorded = read_checksums(root, sidecar)
+    if recorded is None:
+        if sidecar.checksum is None:
+            return [finding(UNRECORDED, "published before checksums were recorded: sizes only")], 0
+        return [finding(CORRUPT, "its checksum record is missing or damaged: its files cannot be checked")], 0
+    missing = [name for name in recorded.files if name not in on_disk]
+    resized = [name for name, (size, _) in recorded.files.items() if name in on_disk and on_disk[name][0] != size]
+    to_hash = {on_disk[name][1]: name for name in recorded.files if name in on_disk and name not in resized}
+    digests = hash_files(to_hash, progress=progress)
+    changed = [to_hash[real] for real, digest in digests.items() if digest != recorded.files[to_hash[real]][1]]
+    grown = [name for name in on_disk if name not in recorded.files]
+    findings = []
+    if resized or changed:
+        detail = "; ".join(
+            part for part in (
+                f"{len(resized)} file(s) changed size" if resized else "",
+                f"{len(changed)} file(s) changed content" if changed else "",
+            ) if part
+        )  # fmt: skip
+        findings.append(finding(CORRUPT, detail, resized + changed))
+    if missing:
+        findings.append(finding(MISSING, f"{len(missing)} recorded file(s) are gone", missing))
+    if grown:
+        size = sum(on_disk[name][0] for name in grown)
+        findings.append(finding(GROWTH, f"{len(grown)} new file(s), {size} bytes, since it was published", grown))
+    return findings, sum(recorded.files[name][0] for name in to_hash.values())
+
+
+def _orphans(
+    roots: Roots, manifest: Manifest, layers: Sequence[str], known: set[str], artifacts: dict[str, Artifact]
+) -> list[Finding]:
+    findings = []
+    for name in layers:
+        root = roots.for_layer(name)
+        if name == WEIGHTS:
+            findings.extend(_hub_orphans(roots, manifest, known))
+            continue
+        directory = root.layer_dir(name)
+        if not directory.is_dir() or directory.is_symlink():
+            continue
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.name in known or _busy(root, manifest, name, entry.name):
+                continue
+            findings.append(
+                Finding(ORPHAN, name, None, Path(entry.path), "no sidecar or manifest row: a build that died, or a stray file")
+            )  # fmt: skip
+    for root in roots.all():
+        base = root.state_dir / "checksums"
+        if not base.is_dir():
+            continue
+        for path in sorted(base.glob("*/*.json")):
+            key, _, checksum = path.stem.rpartition(".")
+            owner = artifacts.get(key)
+            if owner is None or owner.checksum != checksum:
+                findings.append(Finding(ORPHAN, path.parent.name, key or None, path, "a checksum record no artifact uses"))
+    return findings
+
+
+def _hub_orphans(roots: Roots, manifest: Manifest, known: set[str]) -> list[Finding]:
+    from .prune import hub_revisions
+
+    root = roots.for_layer(WEIGHTS)
+    return [
+        Finding(ORPHAN, WEIGHTS, revision.key, root.path / revision.relpath,
+                f"a revision of {revision.model} in the Hub cache that no boot recorded")
+        for revision in hub_revisions(roots)
+        if revision.key not in known and not _busy(root, manifest, WEIGHTS, revision.key)
+    ]  # fmt: skip
+
+
+def _busy(root: Root, manifest: Manifest, layer: str, key: str) -> bool:
+    """Being built (a live lease) or downloaded (a live use): not an orphan yet."""
+    return leases_for(root, manifest).holder(layer, key) is not None or bool(users(root, layer, key))
