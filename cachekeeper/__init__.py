@@ -1,44 +1,49 @@
 """cachekeeper: cache keys, a manifest and housekeeping for LLM-server caches on serverless GPUs.
 
-The boot-time API (``activate``, ``observe``, keys) imports only the standard library and NVML;
-the manifest-backed operations load SQLAlchemy on first use.
+Every name below is imported on first use, so that a boot pays only for what it calls: the
+boot-time API (``activate``, ``observe``, keys) needs the standard library and NVML alone.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
-
-from .errors import CachekeeperError
-from .facts import Fact, Facts, Source, observe
-from .keys import CacheKey, FactChange, derive_key, derive_keys, explain
-from .layers import DEFAULT_LAYERS, Layer
-from .runtime import Activation, activate
-from .store import Artifact, Root, Roots
-from .target import Target, find_target, load_target
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Heavier parts, imported when first touched: name → module.
-_LAZY = {
-    "check": "check",
-    "CheckReport": "check",
+# Public name → the module that defines it.
+_EXPORTS = {
+    "CachekeeperError": "errors",
+    "Fact": "facts", "Facts": "facts", "Source": "facts", "observe": "facts",
+    "CacheKey": "keys", "FactChange": "keys", "derive_key": "keys", "derive_keys": "keys", "explain": "keys",
+    "DEFAULT_LAYERS": "layers", "Layer": "layers",
+    "Activation": "runtime", "activate": "runtime",
+    "Artifact": "store", "Root": "store", "Roots": "store",
+    "Target": "target", "find_target": "target", "load_target": "target",
+    "check": "check", "CheckReport": "check",
     "Manifest": "manifest",
-    "plan_prune": "prune",
-    "execute_prune": "prune",
+    "plan_prune": "prune", "execute_prune": "prune",
     "sync": "sync",
-}
+}  # fmt: skip
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'cachekeeper' has no attribute {name!r}")
 
 
-__all__ = [
-    "Activation", "Artifact", "CacheKey", "CachekeeperError", "CheckReport", "DEFAULT_LAYERS", "Fact",
-    "FactChange", "Facts", "Layer", "Manifest", "Root", "Roots", "Source", "Target", "activate", "check",
-    "derive_key", "derive_keys", "execute_prune", "explain", "find_target", "load_target", "observe",
-    "plan_prune", "sync",
-]  # fmt: skip
+if TYPE_CHECKING:
+    from .check import CheckReport, check
+    from .errors import CachekeeperError
+    from .facts import Fact, Facts, Source, observe
+    from .keys import CacheKey, FactChange, derive_key, derive_keys, explain
+    from .layers import DEFAULT_LAYERS, Layer
+    from .manifest import Manifest
+    from .prune import execute_prune, plan_prune
+    from .runtime import Activation, activate
+    from .store import Artifact, Root, Roots
+    from .sync import sync
+    from .target import Target, find_target, load_target

@@ -97,8 +97,7 @@ def _layer_report(layer: str, key: CacheKey, roots: Roots, manifest: Manifest) -
     if leases_for(root, manifest).holder(layer, str(key)) is not None:
         return LayerReport(layer, key, Status.BUILDING)
     model = str(key.facts.value(f.MODEL, f.NONE))
-    for artifact in manifest.artifacts(layer=layer, model=model):
-        if artifact.key != str(key):
-            nearest = artifact.cache_key()
-            return LayerReport(layer, key, Status.STALE, artifact.key, explain(nearest, key))
+    nearest = manifest.nearest(layer=layer, model=model, other_than=str(key))
+    if nearest is not None:
+        return LayerReport(layer, key, Status.STALE, nearest.key, explain(nearest.cache_key(), key))
     return LayerReport(layer, key, Status.COLD)

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Column, Table
 
 from . import errors
 from .errors import CachekeeperError, UnknownKeyError, UsageError
@@ -37,8 +35,25 @@ app = typer.Typer(
 db_app = typer.Typer(help="The manifest database: schema revision and upgrades.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-console = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _LazyConsole:
+    """rich's Console, made on first use: ``--json`` output never loads rich, and starts faster."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+console = _LazyConsole(highlight=False, soft_wrap=True)
+stderr = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 
 TargetOption = Annotated[
     Optional[Path],
@@ -138,7 +153,7 @@ def fingerprint(ctx: typer.Context, target: TargetOption = None, as_json: JsonOp
             }
         )
         return
-    table = Table("fact", "value", "source", title="Facts", title_justify="left")
+    table = _table("fact", "value", "source", title="Facts", title_justify="left")
     for fact in facts:
         table.add_row(fact.name, _show(fact.value), str(fact.source))
     console.print(table)
@@ -148,7 +163,7 @@ def fingerprint(ctx: typer.Context, target: TargetOption = None, as_json: JsonOp
 
 
 def _print_keys(keys: dict[str, Any]) -> None:
-    table = Table("layer", _key_column(), title="Keys", title_justify="left")
+    table = _table("layer", _key_column(), title="Keys", title_justify="left")
     for layer, key in keys.items():
         table.add_row(layer, str(key))
     console.print(table)
@@ -312,7 +327,7 @@ _STATUS_STYLE = {"warm": "green", "cold": "yellow", "stale": "red", "building": 
 
 
 def _print_check(report: Any, out: Console = console) -> None:
-    table = Table("layer", "status", _key_column(), title=f"Check of {report.target.source}", title_justify="left")
+    table = _table("layer", "status", _key_column(), title=f"Check of {report.target.source}", title_justify="left")
     for layer in report.layers:
         style = _STATUS_STYLE[str(layer.status)]
         table.add_row(layer.layer, f"[{style}]{layer.status}[/]", str(layer.key))
@@ -377,17 +392,14 @@ def list_artifacts(
     roots = settings.roots(_find_target(target, required=False))
     manifest = settings.manifest(roots)
     sync(manifest, roots)
-    artifacts = manifest.artifacts(layer=layer, model=model, state=None)
-    deleting = {key for _, key in manifest.keys_in_state("deleting")}
+    artifacts = manifest.summaries(layer=layer, model=model)
     if as_json:
         _print_json(
             {
                 "artifacts": [
                     {
-                        "key": a.key, "layer": a.layer, "model": a.model,
-                        "status": "deleting" if a.key in deleting else "published",
-                        "bytes": a.bytes, "files": a.files, "created_at": a.created_at,
-                        "last_used_at": a.last_used_at,
+                        "key": a.key, "layer": a.layer, "model": a.model, "status": a.state, "bytes": a.bytes,
+                        "files": a.files, "created_at": a.created_at, "last_used_at": a.last_used_at,
                         "path": str(roots.for_layer(a.layer).path / a.relpath),
                     }  # fmt: skip
                     for a in artifacts
@@ -396,11 +408,12 @@ def list_artifacts(
         )
         return
     now = time.time()
-    columns = [_key_column(), "model", Column("size", justify="right"), "last used"]
-    table = Table(*columns, *(["status"] if deleting else []))
+    deleting = any(a.state == "deleting" for a in artifacts)
+    columns = [_key_column(), "model", _column("size", justify="right"), "last used"]
+    table = _table(*columns, *(["status"] if deleting else []))
     for a in artifacts:
         row = [a.key, a.model if a.model != "none" else "-", format_bytes(a.bytes), format_age(now - a.last_used_at)]
-        table.add_row(*row, *(["[red]deleting[/]" if a.key in deleting else "published"] if deleting else []))
+        table.add_row(*row, *(["[red]deleting[/]" if a.state == "deleting" else "published"] if deleting else []))
     console.print(table)
     total = sum(a.bytes for a in artifacts)
     console.print(f"{len(artifacts)} artifact(s), {format_bytes(total)}")
@@ -726,7 +739,7 @@ def verify_command(
             }
         )
     else:
-        table = Table("finding", "layer", Column("artifact", overflow="fold"), "detail")
+        table = _table("finding", "layer", _column("artifact", overflow="fold"), "detail")
         for f in report.findings:
             style = "red" if f.problem else "cyan"
             shown = ", ".join(f.files[:3]) + (f" (+{len(f.files) - 3})" if len(f.files) > 3 else "")
@@ -845,7 +858,7 @@ def inspect_command(
     if a.depends_on:
         console.print(f"  built from {', '.join(a.depends_on)}")
     if found.vllm:
-        table = Table("vLLM hash", "rank", "prefix", Column("files", justify="right"), Column("size", justify="right"), "factors",
+        table = _table("vLLM hash", "rank", "prefix", _column("files", justify="right"), _column("size", justify="right"), "factors",
                       title="vLLM compile caches", title_justify="left")  # fmt: skip
         for d in found.vllm:
             table.add_row(d.hash, d.rank, d.prefix or "-", str(d.files), format_bytes(d.bytes),
@@ -903,7 +916,7 @@ def stats_command(
         )
         return
     right = {"justify": "right"}
-    table = Table("layer", "model", *(Column(n, **right) for n in ("hits", "misses", "builds", "hit rate", "built", "pruned", "stored")),
+    table = _table("layer", "model", *(_column(n, **right) for n in ("hits", "misses", "builds", "hit rate", "built", "pruned", "stored")),
                   title=f"Since {format_age(now - report.since) if report.since else 'the beginning'}", title_justify="left")  # fmt: skip
     for l in report.layers:
         rate = f"{l.hit_rate:.0%}" if l.hit_rate is not None else "-"
@@ -958,7 +971,7 @@ def weights_command(ctx: typer.Context, target: TargetOption = None, as_json: Js
     if not rows:
         console.print(f"No model revisions in {roots.for_layer('weights').layer_dir('weights')}")
         return
-    table = Table(_key_column(), "revision", Column("size", justify="right"), "last used", "notes")
+    table = _table(_key_column(), "revision", _column("size", justify="right"), "last used", "notes")
     for row, revision in zip(rows, revisions):
         notes = [n for n, on in (("pinned", row["pinned"]), ("not recorded", not row["recorded"])) if on]
         if row["snapshots"]:
@@ -1010,8 +1023,20 @@ class _Progress:
             self._bar.__exit__(*exc)
 
 
-def _key_column() -> Column:
-    return Column("key", no_wrap=True, overflow="fold")  # a key is copied and pasted: never cut it
+def _table(*columns: Any, **options: Any) -> Any:
+    from rich.table import Table
+
+    return Table(*columns, **options)
+
+
+def _column(header: str, **options: Any) -> Any:
+    from rich.table import Column
+
+    return Column(header, **options)
+
+
+def _key_column() -> Any:
+    return _column("key", no_wrap=True, overflow="fold")  # a key is copied and pasted: never cut it
 
 
 def _plain(value: Any) -> Any:

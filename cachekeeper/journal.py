@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,24 @@ class Journal:
         self.path = root.journal_dir / name
 
     def append(self, kind: str, **fields: Any) -> None:
-        record = {"uid": uuid.uuid4().hex, "kind": kind, "at": time.time(), **fields}
-        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        self.extend(kind, [fields])
+
+    def extend(self, kind: str, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append one record of ``kind`` per mapping, in one write and one fsync."""
+        if not records:
+            return
+        now = time.time()
+        lines = "".join(
+            json.dumps({"uid": uuid.uuid4().hex, "kind": kind, "at": now, **fields}, sort_keys=True, separators=(",", ":"))
+            + "\n"
+            for fields in records
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One write of a whole line with O_APPEND: a crash leaves at worst a torn last line,
+        # One write of whole lines with O_APPEND: a crash leaves at worst a torn last line,
         # which readers skip.
         descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(descriptor, line.encode())
+            os.write(descriptor, lines.encode())
             os.fsync(descriptor)
         finally:
             os.close(descriptor)

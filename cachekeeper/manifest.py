@@ -1,11 +1,11 @@
-"""The manifest: the SQL index of artifacts, observed fingerprints and events.
+"""The manifest: the SQL index of artifacts, observed fingerprints, pins, leases and events.
 
 SQLite at ``<root>/.cachekeeper/manifest.db`` by default, PostgreSQL for fleets; the schema is
-created and changed only by the alembic revisions in ``migrations/``. On PostgreSQL many processes
-write at once, so every write that can race is one statement whose outcome the database decides
-(a unique constraint, ON CONFLICT, a conditional UPDATE, an advisory lock), never a read followed
-by a write decided here. Row classes never leave this module: callers get the frozen values of
-store.py and facts.py.
+created and changed only by the alembic revisions in ``migrations/``. Reads are plain SQL over the
+database's own driver (stdlib ``sqlite3`` for the default), so that ``cachekeeper check`` and
+``ls`` start in a fraction of a second; SQLAlchemy, sqlmodel and alembic load only to write or to
+migrate, through the tables and statements in schema.py. Callers get the frozen values of store.py
+and facts.py, never rows.
 
 The manifest is an index, not the truth: sidecars say what exists, and ``doctor`` can rebuild
 the manifest from them and from the journals.
@@ -14,19 +14,14 @@ the manifest from them and from the journals.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, case, delete, func, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from typing import TYPE_CHECKING, Any
 
 from . import facts as f
 from .errors import ManifestError, ManifestUnreachable, SchemaOutOfDate, SchemaTooNew
@@ -34,6 +29,10 @@ from .facts import Facts
 from .keys import canonical_json
 from .leases import LeaseInfo
 from .store import Artifact, Roots
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+    from sqlmodel import Session
 
 PUBLISHED = "published"
 DELETING = "deleting"  # a prune removed the sidecar and is removing the files
@@ -46,86 +45,22 @@ UNPINNED = "unpinned"
 # Facts that describe the machine and its software, as opposed to what it was asked to run.
 _DEPLOY_PREFIXES = (f.MODEL, f.ENGINE_PREFIX)
 
+_ARTIFACT_COLUMNS = "key, layer, model, relpath, bytes, files, created_at, last_used_at, builder, facts, depends_on, checksum"
 
-class ArtifactRow(SQLModel, table=True):
-    __tablename__ = "artifact"
 
-    id: int | None = Field(default=None, primary_key=True)
-    key: str = Field(unique=True)
-    layer: str = Field(index=True)
-    model: str = Field(index=True)
+@dataclass(frozen=True, slots=True)
+class ArtifactSummary:
+    """An artifact as ``ls`` shows it: everything but its facts, which are slow to read in bulk."""
+
+    key: str
+    layer: str
+    model: str
+    state: str
     relpath: str
-    state: str = PUBLISHED
-    bytes: int = Field(sa_type=BigInteger)
+    bytes: int
     files: int
     created_at: float
-    last_used_at: float = Field(index=True)
-    builder: str
-    facts: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    depends_on: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    checksum: str | None = None
-
-
-class PinRow(SQLModel, table=True):
-    """A key that prune must never remove; ``pinned`` false once unpinned (``at`` orders the two)."""
-
-    __tablename__ = "pin"
-
-    key: str = Field(primary_key=True)
-    pinned: bool
-    at: float
-    host: str
-
-
-class ObservationRow(SQLModel, table=True):
-    __tablename__ = "observation"
-
-    id: int | None = Field(default=None, primary_key=True)
-    digest: str = Field(unique=True)
-    gpu_type: str = Field(index=True)
-    facts: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    host: str
-    first_seen_at: float
-    last_seen_at: float = Field(index=True)
-    seen: int = 1
-
-
-class EventRow(SQLModel, table=True):
-    __tablename__ = "event"
-
-    id: int | None = Field(default=None, primary_key=True)
-    uid: str = Field(unique=True)
-    at: float = Field(index=True)
-    kind: str = Field(index=True)
-    layer: str | None = None
-    key: str | None = None
-    model: str | None = None
-    seconds: float | None = None
-    bytes: int | None = Field(default=None, sa_type=BigInteger)
-    host: str | None = None
-
-
-class JournalCursorRow(SQLModel, table=True):
-    __tablename__ = "journal_cursor"
-
-    name: str = Field(primary_key=True)
-    offset: int = Field(default=0, sa_type=BigInteger)
-    closed: bool = False
-
-
-class LeaseRow(SQLModel, table=True):
-    """A build lease, when the manifest is a server database (see leases.DbLeases)."""
-
-    __tablename__ = "lease"
-    __table_args__ = (UniqueConstraint("layer", "key", name="uq_lease_layer_key"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    layer: str
-    key: str
-    owner: str
-    token: str
-    expires_at: float = Field(index=True)
-    process: str = ""
+    last_used_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +89,12 @@ class Observation:
     seen: int
 
 
+@dataclass(frozen=True, slots=True)
+class FoldResult:
+    records: int  # journal records applied for the first time
+    artifacts: int  # artifacts newly indexed
+
+
 def environment_facts(facts: Facts) -> Facts:
     return Facts(tuple(fact for fact in facts if not fact.name.startswith(_DEPLOY_PREFIXES)))
 
@@ -174,56 +115,43 @@ def migrations_dir() -> Path:
 class Manifest:
     """A connection to one manifest database. Open it with ``Manifest.open(url)``."""
 
-    def __init__(self, url: str, engine: Engine) -> None:
+    def __init__(self, url: str, sqlite_database: str | None, engine: Engine | None = None) -> None:
         self.url = url
-        self.engine = engine
+        self._sqlite_database = sqlite_database
+        self._engine = engine
 
     @property
     def is_server(self) -> bool:
         """A database server that many containers may write at once (not a SQLite file)."""
-        return self.engine.dialect.name != "sqlite"
+        return self._sqlite_database is None
+
+    @property
+    def engine(self) -> Engine:
+        """SQLAlchemy's engine, created on first use: for writes and migrations."""
+        if self._engine is None:
+            from sqlmodel import create_engine
+
+            # SQLite on a network volume has no reliable shared memory for WAL: keep its rollback
+            # journal, and wait for the lock instead of failing at once.
+            self._engine = create_engine(self.url, connect_args={"timeout": 60})
+        return self._engine
 
     # --- opening and schema --------------------------------------------------------------------
 
     @classmethod
     def connect(cls, url: str) -> Manifest:
         """A Manifest without any schema check: for ``db`` commands and migrations."""
-        try:
-            parsed = make_url(url)
-        except (ArgumentError, ValueError):
-            raise ManifestUnreachable(f"invalid database URL {_safe(url)}: {_URL_FORMS}") from None
-        if parsed.drivername in ("postgresql", "postgres"):
-            # The URL a provider hands out names no driver; the postgres extra installs psycopg.
-            parsed = parsed.set(drivername="postgresql+psycopg")
-            url = parsed.render_as_string(hide_password=False)
-        backend = parsed.get_backend_name()
-        if backend == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                try:
-                    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-                except OSError as error:
-                    raise ManifestUnreachable(
-                        f"cannot create the manifest's directory for {parsed.database}: {error.strerror}"
-                    ) from None
-            # SQLite on a network volume has no reliable shared memory for WAL: keep its rollback
-            # journal, and wait for the lock instead of failing at once.
-            engine = create_engine(url, connect_args={"timeout": 60})
-        elif backend == "postgresql":
-            driver = parsed.get_driver_name()
+        database = _sqlite_database(url)
+        if database is None:
+            return cls(*_server(url))
+        if database not in ("", ":memory:"):
             try:
-                engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(driver))
-            except ImportError:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
                 raise ManifestUnreachable(
-                    f"cannot use database URL {_safe(url)}: its driver {driver} is not installed "
-                    "(cachekeeper's postgres extra installs psycopg: pip install 'cachekeeper[postgres]')"
+                    f"cannot create the manifest's directory for {database}: {error.strerror}"
                 ) from None
-            except (ArgumentError, SQLAlchemyError) as error:
-                raise ManifestUnreachable(
-                    f"cannot use database URL {_safe(url)}: {_first_line(error)}"
-                ) from None
-        else:
-            raise ManifestUnreachable(f"unsupported database URL {_safe(url)}: {_URL_FORMS}")
-        return cls(url, engine)
+        return cls(url, database)
 
     @classmethod
     def open(cls, url: str) -> Manifest:
@@ -255,13 +183,13 @@ class Manifest:
                 return
             if current not in self._known_revisions():
                 raise self._too_new(current)
-            if self.engine.dialect.name != "sqlite" or not self.engine.url.database:
+            if self.is_server or self._sqlite_database in ("", ":memory:"):
                 raise SchemaOutOfDate(
                     f"the manifest at {_safe(self.url)} has schema revision {current}, this cachekeeper "
                     f"needs {head}: run `cachekeeper --db URL db upgrade` with this URL (cachekeepers "
                     "older than this one will then refuse it until they are upgraded too)"
                 )
-            database = Path(self.engine.url.database)
+            database = Path(str(self._sqlite_database))
             _backup_sqlite(database, database.with_name(f"{database.name}.bak-{current}"))
             self._run_alembic(connection, "upgrade", "head")
 
@@ -271,29 +199,26 @@ class Manifest:
             f"cachekeeper knows (head {self.head()}): upgrade cachekeeper"
         )
 
-    def _alembic_config(self) -> Any:
-        from alembic.config import Config
-
-        config = Config()
-        config.set_main_option("script_location", str(migrations_dir()))
-        config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
-        return config
-
     def head(self) -> str:
-        from alembic.script import ScriptDirectory
-
-        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        """The newest schema revision this code knows."""
+        revisions = _revisions()
+        heads = set(revisions) - set(revisions.values())
+        if len(heads) != 1:
+            raise ManifestError(f"cachekeeper's migrations in {migrations_dir()} have heads {sorted(heads)}, not one")
+        return heads.pop()
 
     def _known_revisions(self) -> set[str]:
-        from alembic.script import ScriptDirectory
-
-        script = ScriptDirectory.from_config(self._alembic_config())
-        return {rev.revision for rev in script.walk_revisions()}
+        return set(_revisions())
 
     def current(self) -> str | None:
         """The schema revision stamped in the database, or None when there is none."""
-        with self._connection() as connection:
-            return _revision(connection)
+        if self.is_server:
+            with self._connection() as connection:
+                return _revision(connection)
+        if not self._rows("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"):
+            return None
+        stamped = self._rows("SELECT version_num FROM alembic_version")
+        return stamped[0][0] if stamped else None
 
     def _has_tables(self) -> bool:
         with self._connection() as connection:
@@ -316,8 +241,11 @@ class Manifest:
 
     def _run_alembic(self, connection: Connection, direction: str, revision: str) -> None:
         from alembic import command
+        from alembic.config import Config
 
-        config = self._alembic_config()
+        config = Config()
+        config.set_main_option("script_location", str(migrations_dir()))
+        config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
         config.attributes["connection"] = connection
         getattr(command, direction)(config, revision)
 
@@ -329,6 +257,8 @@ class Manifest:
         concurrent first opens and upgrades wait for each other, and the later ones then find the
         work done. SQLite's file has one writer per machine; a lock file beside it does the same.
         """
+        from sqlalchemy import func, select
+
         with self._connection() as connection, self._sqlite_lock(), connection.begin():
             if connection.dialect.name == "postgresql":
                 connection.execute(select(func.pg_advisory_xact_lock(_lock_id("schema"))))
@@ -337,12 +267,12 @@ class Manifest:
     @contextmanager
     def _sqlite_lock(self) -> Iterator[None]:
         """Exclusive use of ``<manifest.db>.lock`` for as long as the block runs; waits for it."""
-        if self.engine.dialect.name != "sqlite" or self.engine.url.database in (None, "", ":memory:"):
+        if self._sqlite_database in (None, "", ":memory:"):
             yield
             return
         import fcntl
 
-        with open(f"{self.engine.url.database}.lock", "a") as handle:
+        with open(f"{self._sqlite_database}.lock", "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX)
             except OSError:
@@ -351,6 +281,8 @@ class Manifest:
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
+        from sqlalchemy.exc import OperationalError
+
         try:
             with self.engine.connect() as connection:
                 yield connection
@@ -359,12 +291,32 @@ class Manifest:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        from sqlalchemy.exc import OperationalError
+        from sqlmodel import Session
+
         try:
             with Session(self.engine) as session:
                 yield session
                 session.commit()
         except OperationalError as error:
             raise ManifestError(f"the manifest at {_safe(self.url)} failed: {_first_line(error)}") from None
+
+    def _rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]:
+        """Run a read-only query written with ``:name`` parameters; its rows."""
+        params = dict(params or {})
+        if self._sqlite_database is not None:
+            try:
+                with closing(sqlite3.connect(self._sqlite_database, timeout=60)) as connection:
+                    return connection.execute(sql, params).fetchall()
+            except sqlite3.Error as error:
+                raise ManifestError(f"the manifest at {_safe(self.url)} failed: {_first_line(error)}") from None
+        from sqlalchemy.exc import SQLAlchemyError
+
+        with self._connection() as connection:
+            try:  # psycopg's parameters are %(name)s
+                return list(connection.exec_driver_sql(re.sub(r":(\w+)", r"%(\1)s", sql), params))
+            except SQLAlchemyError as error:
+                raise ManifestError(f"the manifest at {_safe(self.url)} failed: {_first_line(error)}") from None
 
     # --- folding what writers recorded --------------------------------------------------------
 
@@ -379,190 +331,224 @@ class Manifest:
         Idempotent, also when several processes fold the same journals at once: a record is
         applied by whoever stores its uid first (the unique constraint decides), an artifact
         already indexed is left as it is, ``last_used_at`` and journal cursors only move forward.
-        Rows are written in key order, so that concurrent folds wait for each other rather than
-        deadlock.
         """
+        from . import schema
+
         with self.session() as session:
             fresh = {r["uid"]: r for r in records if r.get("kind") != "closed"}
-            applied = _insert_new_events(session, [fresh[uid] for uid in sorted(fresh)])
+            applied = schema.insert_new_events(session, [fresh[uid] for uid in sorted(fresh)])
             observed = [fresh[uid] for uid in applied if fresh[uid].get("kind") == "observed"]
             observations = [_observation_values(r) for r in observed if isinstance(r.get("facts"), dict)]
             for values in sorted(observations, key=lambda values: (values["digest"], values["last_seen_at"])):
-                _upsert_observation(session, values)
+                schema.upsert_observation(session, values)
             for uid in applied:
                 if fresh[uid].get("kind") in (PINNED, UNPINNED) and fresh[uid].get("key"):
-                    _set_pin(session, fresh[uid])
+                    schema.set_pin(session, fresh[uid])
             by_key = sorted(artifacts, key=lambda artifact: artifact.key)
-            indexed = sum(_insert_artifact(session, artifact) for artifact in by_key)
+            indexed = sum(schema.insert_artifact(session, artifact) for artifact in by_key)
             last_hit: dict[str, float] = {}
             for record in records:
                 if record.get("kind") == "hit" and record.get("key"):
                     key, at = str(record["key"]), float(record["at"])
                     last_hit[key] = max(at, last_hit.get(key, at))
             for key in sorted(last_hit):
-                _touch(session, key, last_hit[key])
+                schema.touch(session, key, last_hit[key])
             for name in sorted(cursors):
-                _advance_cursor(session, name, *cursors[name])
+                schema.advance_cursor(session, name, *cursors[name])
         return FoldResult(records=len(applied), artifacts=indexed)
 
-    def journal_cursors(self) -> dict[str, tuple[int, bool]]:
-        with self.session() as session:
-            return {row.name: (row.offset, row.closed) for row in session.exec(select(JournalCursorRow))}
+    def journal_cursors(self, names: Sequence[str] | None = None) -> dict[str, tuple[int, bool]]:
+        """(offset, closed) of the journals named, or of every journal ever folded."""
+        query = 'SELECT name, "offset", closed FROM journal_cursor'
+        if names is None:
+            rows = self._rows(query)
+        else:
+            rows = [row for chunk in _chunks(list(names)) for row in self._rows(*_where_in(query, "name", chunk))]
+        return {name: (int(offset), bool(closed)) for name, offset, closed in rows}
 
     # --- artifacts ------------------------------------------------------------------------------
 
     def record_artifact(self, artifact: Artifact) -> bool:
         """Index a published artifact. False when it was already indexed (nothing changes)."""
+        from . import schema
+
         with self.session() as session:
-            return _insert_artifact(session, artifact)
+            return schema.insert_artifact(session, artifact)
 
     def artifact(self, key: str) -> Artifact | None:
-        with self.session() as session:
-            row = _artifact_row_for(session, key)
-            return None if row is None else _artifact(row)
+        rows = self._rows(f"SELECT {_ARTIFACT_COLUMNS} FROM artifact WHERE key = :key", {"key": key})
+        return _artifact(rows[0]) if rows else None
 
     def artifacts(
         self, *, layer: str | None = None, model: str | None = None, state: str | None = PUBLISHED
     ) -> list[Artifact]:
         """Artifacts, most recently used first."""
-        query = select(ArtifactRow).order_by(ArtifactRow.last_used_at.desc(), ArtifactRow.key)
-        if layer is not None:
-            query = query.where(ArtifactRow.layer == layer)
-        if model is not None:
-            query = query.where(ArtifactRow.model == model)
-        if state is not None:
-            query = query.where(ArtifactRow.state == state)
-        with self.session() as session:
-            return [_artifact(row) for row in session.exec(query)]
+        where, params = _filters(layer=layer, model=model, state=state)
+        query = f"SELECT {_ARTIFACT_COLUMNS} FROM artifact{where} ORDER BY last_used_at DESC, key"
+        return [_artifact(row) for row in self._rows(query, params)]
+
+    def nearest(self, *, layer: str, model: str, other_than: str) -> Artifact | None:
+        """The most recently used published artifact of ``layer`` and ``model`` under another key."""
+        where, params = _filters(layer=layer, model=model, state=PUBLISHED)
+        query = (
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifact{where} AND key <> :other_than "
+            "ORDER BY last_used_at DESC, key LIMIT 1"
+        )
+        rows = self._rows(query, {**params, "other_than": other_than})
+        return _artifact(rows[0]) if rows else None
+
+    def summaries(self, *, layer: str | None = None, model: str | None = None) -> list[ArtifactSummary]:
+        """Every artifact, in any state, most recently used first, without its facts."""
+        where, params = _filters(layer=layer, model=model)
+        query = (
+            "SELECT key, layer, model, state, relpath, bytes, files, created_at, last_used_at "
+            f"FROM artifact{where} ORDER BY last_used_at DESC, key"
+        )
+        return [ArtifactSummary(*row) for row in self._rows(query, params)]
 
     def keys_in_state(self, state: str) -> list[tuple[str, str]]:
         """(layer, key) of every artifact in ``state``."""
-        with self.session() as session:
-            query = select(ArtifactRow.layer, ArtifactRow.key).where(ArtifactRow.state == state)
-            return [(layer, key) for layer, key in session.exec(query)]
+        return [(layer, key) for layer, key in self._rows("SELECT layer, key FROM artifact WHERE state = :state", {"state": state})]
 
     def set_state(self, key: str, state: str) -> None:
+        from .schema import ArtifactRow
+        from sqlalchemy import update
+
         with self.session() as session:
-            row = _artifact_row_for(session, key)
-            if row is not None:
-                row.state = state
-                session.add(row)
+            session.exec(update(ArtifactRow).where(ArtifactRow.key == key).values(state=state))  # type: ignore[call-overload]
 
     def forget(self, key: str) -> None:
+        from .schema import ArtifactRow
+        from sqlalchemy import delete
+
         with self.session() as session:
-            row = _artifact_row_for(session, key)
-            if row is not None:
-                session.delete(row)
+            session.exec(delete(ArtifactRow).where(ArtifactRow.key == key))  # type: ignore[call-overload]
 
     @contextmanager
-    def claim_removal(self, key: str) -> Iterator[bool]:
-        """Mark ``key`` deleting and hold it while the block removes it; False if it is not ours.
+    def claim_removals(self, keys: Sequence[str]) -> Iterator[set[str]]:
+        """Mark ``keys`` deleting and hold them while the block removes them; the keys now ours.
 
         Exactly one process at a time holds a key's claim: another prune removing it, or an
-        artifact already gone, gives False. The mark is committed before the block runs, so a
-        prune killed inside the block leaves a ``deleting`` row; its claim dies with its process
-        (PostgreSQL: a session advisory lock, freed when the connection drops; SQLite: a lock
-        file) and the next prune takes the row over. Forget the row inside the block.
+        artifact already gone, leaves it out. The mark is committed before the block runs, so a
+        prune killed inside the block leaves ``deleting`` rows; its claims die with its process
+        (PostgreSQL: session advisory locks, freed when the connection drops; SQLite: a lock
+        file) and the next prune takes the rows over. Forget the rows inside the block.
         """
-        if self.engine.dialect.name != "postgresql":
-            with self._sqlite_lock():
-                yield self._mark_deleting(key)
+        if not keys:
+            yield set()
             return
-        lock = _lock_id(f"remove {key}")
+        if not self.is_server:
+            with self._sqlite_lock():
+                yield self._mark_deleting(keys)
+            return
+        from sqlalchemy import func, select
+
         with self._connection() as connection:
-            claimed = connection.execute(select(func.pg_try_advisory_lock(lock))).scalar_one()
+            locks = {key: _lock_id(f"remove {key}") for key in sorted(keys)}
+            held = [key for key, lock in locks.items() if connection.execute(select(func.pg_try_advisory_lock(lock))).scalar_one()]
             connection.commit()
             try:
-                yield claimed and self._mark_deleting(key)
+                yield self._mark_deleting(held) if held else set()
             finally:
-                if claimed:
-                    connection.execute(select(func.pg_advisory_unlock(lock)))
-                    connection.commit()
+                for key in held:
+                    connection.execute(select(func.pg_advisory_unlock(locks[key])))
+                connection.commit()
 
-    def _mark_deleting(self, key: str) -> bool:
+    def _mark_deleting(self, keys: Sequence[str]) -> set[str]:
+        from sqlalchemy import update
+
+        from .schema import ArtifactRow
+
         table = ArtifactRow.__table__
-        statement = (
-            update(table)
-            .where(table.c.key == key, table.c.state.in_((PUBLISHED, DELETING)))
-            .values(state=DELETING)
-        )
+        marked: set[str] = set()
         with self.session() as session:
-            return session.exec(statement).rowcount == 1
+            for chunk in _chunks(sorted(keys)):
+                statement = (
+                    update(table)
+                    .where(table.c.key.in_(chunk), table.c.state.in_((PUBLISHED, DELETING)))
+                    .values(state=DELETING)
+                    .returning(table.c.key)
+                )
+                marked.update(session.exec(statement).scalars())  # type: ignore[call-overload]
+        return marked
+
+    def forget_removed(self, keys: Sequence[str], events: Sequence[Mapping[str, Any]]) -> None:
+        """Forget the rows of removed artifacts and record the events of their removal, at once."""
+        from sqlalchemy import delete
+
+        from . import schema
+
+        table = schema.ArtifactRow.__table__
+        with self.session() as session:
+            for chunk in _chunks(sorted(keys)):
+                session.exec(delete(table).where(table.c.key.in_(chunk)))  # type: ignore[call-overload]
+            session.add_all(schema.EventRow(**schema.event_fields(event)) for event in events)
 
     def dependents(self) -> dict[str, list[str]]:
         """For each key that published artifacts depend on: the keys of those artifacts."""
-        query = select(ArtifactRow.key, ArtifactRow.depends_on).where(ArtifactRow.state == PUBLISHED)
         found: dict[str, list[str]] = {}
-        with self.session() as session:
-            for key, depends_on in session.exec(query):
-                for dependency in depends_on or ():
-                    found.setdefault(dependency, []).append(key)
+        query = "SELECT key, depends_on FROM artifact WHERE state = :state AND CAST(depends_on AS TEXT) <> '[]'"
+        for key, depends_on in self._rows(query, {"state": PUBLISHED}):
+            for dependency in _json(depends_on) or ():
+                found.setdefault(dependency, []).append(key)
         return found
 
     # --- pins ---------------------------------------------------------------------------------
 
     def pinned(self) -> set[str]:
-        with self.session() as session:
-            return set(session.exec(select(PinRow.key).where(PinRow.pinned == True)))  # noqa: E712
+        return {key for (key,) in self._rows("SELECT key FROM pin WHERE pinned")}
 
     # --- observations and events ----------------------------------------------------------------
 
     def latest_observation(self, gpu_type: str) -> Observation | None:
-        """The newest fingerprint seen on ``gpu_type`` (a Modal type, or "none" for no GPU)."""
-        query = (
-            select(ObservationRow)
-            .where(ObservationRow.gpu_type == gpu_type)
-            .order_by(ObservationRow.last_seen_at.desc())
-            .limit(1)
+        """The newest fingerprint seen on ``gpu_type`` (a Modal type, or "cpu" for no GPU)."""
+        rows = self._rows(
+            "SELECT facts, gpu_type, host, first_seen_at, last_seen_at, seen FROM observation "
+            "WHERE gpu_type = :gpu_type ORDER BY last_seen_at DESC LIMIT 1",
+            {"gpu_type": gpu_type},
         )
-        with self.session() as session:
-            row = session.exec(query).first()
-            if row is None:
-                return None
-            return Observation(
-                Facts.from_json(row.facts), row.gpu_type, row.host,
-                row.first_seen_at, row.last_seen_at, row.seen,
-            )  # fmt: skip
-
-    def record_events(self, events: Sequence[Mapping[str, Any]]) -> None:
-        with self.session() as session:
-            session.add_all(EventRow(**_event_fields(event)) for event in events)
+        if not rows:
+            return None
+        facts, *rest = rows[0]
+        return Observation(Facts.from_json(_json(facts)), *rest)
 
     def events(self, *, since: float | None = None, kinds: Sequence[str] | None = None) -> list[Event]:
         """Events at or after ``since`` (Unix seconds), oldest first."""
-        query = select(EventRow).order_by(EventRow.at, EventRow.id)
-        if since is not None:
-            query = query.where(EventRow.at >= since)
+        query = "SELECT at, kind, layer, key, model, seconds, bytes, host FROM event WHERE at >= :since"
+        params: dict[str, Any] = {"since": float("-inf") if since is None else since}
         if kinds is not None:
-            query = query.where(EventRow.kind.in_(list(kinds)))
-        with self.session() as session:
-            return [
-                Event(row.at, row.kind, row.layer, row.key, row.model, row.seconds, row.bytes, row.host)
-                for row in session.exec(query)
-            ]
+            names = {f"kind{index}": kind for index, kind in enumerate(kinds)} or {"kind0": None}
+            query += f" AND kind IN ({', '.join(':' + name for name in names)})"
+            params.update(names)
+        return [Event(*row) for row in self._rows(query + " ORDER BY at, id", params)]
 
     def count_events(self, kind: str) -> int:
-        with self.session() as session:
-            query = select(func.count()).select_from(EventRow).where(EventRow.kind == kind)
-            return session.exec(query).one()
+        return int(self._rows("SELECT count(*) FROM event WHERE kind = :kind", {"kind": kind})[0][0])
 
     # --- build leases (leases.DbLeases) -----------------------------------------------------------
 
     def lease(self, layer: str, key: str) -> LeaseInfo | None:
-        with self.session() as session:
-            row = session.exec(select(LeaseRow).where(LeaseRow.layer == layer, LeaseRow.key == key)).first()
-            return None if row is None else LeaseInfo(row.owner, row.token, row.expires_at, row.process)
+        rows = self._rows(
+            "SELECT owner, token, expires_at, process FROM lease WHERE layer = :layer AND key = :key",
+            {"layer": layer, "key": key},
+        )
+        return LeaseInfo(*rows[0]) if rows else None
 
     def insert_lease(self, layer: str, key: str, info: LeaseInfo) -> bool:
         """Create the lease row; False when one exists already (the unique key decides)."""
-        table = LeaseRow.__table__
+        from . import schema
+
+        table = schema.LeaseRow.__table__
         with self.session() as session:
-            statement = _insert(session, table).values(layer=layer, key=key, **_lease_fields(info))
+            statement = schema.insert(session, table).values(layer=layer, key=key, **_lease_fields(info))
             statement = statement.on_conflict_do_nothing(index_elements=["layer", "key"]).returning(table.c.id)
             return session.exec(statement).first() is not None
 
     def replace_lease(self, layer: str, key: str, token: str, info: LeaseInfo) -> bool:
         """Overwrite the lease only if it still carries ``token``: one statement, one winner."""
+        from .schema import LeaseRow
+        from sqlalchemy import update
+
         statement = (
             update(LeaseRow)
             .where(LeaseRow.layer == layer, LeaseRow.key == key, LeaseRow.token == token)
@@ -572,12 +558,18 @@ class Manifest:
             return session.exec(statement).rowcount == 1  # type: ignore[call-overload]
 
     def drop_lease(self, layer: str, key: str, token: str) -> None:
+        from .schema import LeaseRow
+        from sqlalchemy import delete
+
         statement = delete(LeaseRow).where(LeaseRow.layer == layer, LeaseRow.key == key, LeaseRow.token == token)
         with self.session() as session:
             session.exec(statement)  # type: ignore[call-overload]
 
     def drop_dead_leases(self, *, expired_before: float) -> int:
         """Remove leases that expired before ``expired_before``; how many."""
+        from .schema import LeaseRow
+        from sqlalchemy import delete
+
         statement = delete(LeaseRow).where(LeaseRow.expires_at < expired_before)
         with self.session() as session:
             return session.exec(statement).rowcount  # type: ignore[call-overload]
@@ -585,58 +577,6 @@ class Manifest:
 
 def _lease_fields(info: LeaseInfo) -> dict[str, Any]:
     return {"owner": info.owner, "token": info.token, "expires_at": info.expires_at, "process": info.process}
-
-
-@dataclass(frozen=True, slots=True)
-class FoldResult:
-    records: int  # journal records applied for the first time
-    artifacts: int  # artifacts newly indexed
-
-
-def _artifact_row_for(session: Session, key: str) -> ArtifactRow | None:
-    return session.exec(select(ArtifactRow).where(ArtifactRow.key == key)).first()
-
-
-def _insert(session: Session, table: Any) -> Any:
-    """An INSERT that can say ON CONFLICT, in the session's SQL dialect."""
-    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
-
-
-def _insert_artifact(session: Session, artifact: Artifact) -> bool:
-    table = ArtifactRow.__table__
-    data = artifact.to_json()
-    data.pop("format")
-    # Rebuilt after a prune was killed half way through removing it: this is a new artifact.
-    stale = (table.c.key == artifact.key, table.c.state == DELETING, table.c.created_at != artifact.created_at)
-    session.exec(delete(table).where(*stale))
-    statement = _insert(session, table).values(**data, state=PUBLISHED)
-    statement = statement.on_conflict_do_nothing(index_elements=["key"]).returning(table.c.id)
-    return session.exec(statement).first() is not None
-
-
-def _insert_new_events(session: Session, records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Store the records whose uid is not stored yet; the uids this call stored."""
-    table = EventRow.__table__
-    stored: list[str] = []
-    for start in range(0, len(records), 500):
-        rows = [_event_fields(record) for record in records[start : start + 500]]
-        statement = _insert(session, table).values(rows).on_conflict_do_nothing(index_elements=["uid"])
-        stored.extend(session.exec(statement.returning(table.c.uid)).scalars())
-    return stored
-
-
-def _touch(session: Session, key: str, at: float) -> None:
-    table = ArtifactRow.__table__
-    session.exec(update(table).where(table.c.key == key, table.c.last_used_at < at).values(last_used_at=at))
-
-
-def _set_pin(session: Session, record: Mapping[str, Any]) -> None:
-    """The newest pin or unpin wins, whatever order journals are folded in and by whom."""
-    table = PinRow.__table__
-    values = {"key": str(record["key"]), "pinned": record["kind"] == PINNED, "at": float(record["at"]),
-              "host": str(record.get("host", ""))}  # fmt: skip
-    session.exec(_insert(session, table).values(**values).on_conflict_do_nothing(index_elements=["key"]))
-    session.exec(update(table).where(table.c.key == values["key"], table.c.at < values["at"]).values(**values))
 
 
 def _observation_values(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -650,64 +590,91 @@ def _observation_values(record: Mapping[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _upsert_observation(session: Session, values: Mapping[str, Any]) -> None:
-    """One more sighting of a fingerprint: the newest sighting names the host."""
-    table = ObservationRow.__table__
-    statement = _insert(session, table).values(**values)
-    sighting = statement.excluded
-    newer = sighting.last_seen_at >= table.c.last_seen_at
-    statement = statement.on_conflict_do_update(
-        index_elements=["digest"],
-        set_={
-            "seen": table.c.seen + 1,
-            "last_seen_at": case((newer, sighting.last_seen_at), else_=table.c.last_seen_at),
-            "host": case((newer, sighting.host), else_=table.c.host),
-            "first_seen_at": case(
-                (sighting.first_seen_at < table.c.first_seen_at, sighting.first_seen_at),
-                else_=table.c.first_seen_at,
-            ),
-        },
-    )
-    session.exec(statement)
-
-
-def _advance_cursor(session: Session, name: str, offset: int, closed: bool) -> None:
-    """A journal's cursor only moves forward, so a slower concurrent sync never rewinds it."""
-    table = JournalCursorRow.__table__
-    statement = _insert(session, table).values(name=name, offset=offset, closed=closed)
-    theirs = statement.excluded
-    statement = statement.on_conflict_do_update(
-        index_elements=["name"],
-        set_={
-            "offset": case((theirs.offset > table.c.offset, theirs.offset), else_=table.c.offset),
-            "closed": or_(table.c.closed, theirs.closed),
-        },
-    )
-    session.exec(statement)
-
-
-_EVENT_FIELDS = {"uid", "at", "kind", "layer", "key", "model", "seconds", "bytes", "host"}
-
-
-def _event_fields(event: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: event.get(name) for name in _EVENT_FIELDS}
-
-
-def _artifact(row: ArtifactRow) -> Artifact:
+def _artifact(row: Sequence[Any]) -> Artifact:
+    key, layer, model, relpath, size, files, created_at, last_used_at, builder, facts, depends_on, checksum = row
     return Artifact(
-        key=row.key, layer=row.layer, model=row.model, relpath=row.relpath, bytes=row.bytes,
-        files=row.files, created_at=row.created_at, last_used_at=row.last_used_at,
-        builder=row.builder, facts={name: f.freeze(value) for name, value in row.facts.items()},
-        depends_on=tuple(row.depends_on or ()), checksum=row.checksum,
+        key=key, layer=layer, model=model, relpath=relpath, bytes=size, files=files,
+        created_at=created_at, last_used_at=last_used_at, builder=builder,
+        facts={name: f.freeze(value) for name, value in _json(facts).items()},
+        depends_on=tuple(_json(depends_on) or ()), checksum=checksum,
     )  # fmt: skip
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value: SQLite hands back text, PostgreSQL's driver the decoded value."""
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _filters(**equal: str | None) -> tuple[str, dict[str, str]]:
+    """`` WHERE a = :a AND ...`` for the filters that are set, and their parameters."""
+    params = {column: value for column, value in equal.items() if value is not None}
+    if not params:
+        return " WHERE 1 = 1", {}
+    return " WHERE " + " AND ".join(f"{column} = :{column}" for column in params), params
+
+
+def _where_in(query: str, column: str, values: Sequence[str]) -> tuple[str, dict[str, str]]:
+    names = {f"v{index}": value for index, value in enumerate(values)}
+    return f"{query} WHERE {column} IN ({', '.join(':' + name for name in names)})", names
+
+
+def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _revisions() -> dict[str, str | None]:
+    """Each schema revision → the one it follows, read from the migration files themselves:
+    alembic loads only to run them."""
+    found: dict[str, str | None] = {}
+    for path in sorted((migrations_dir() / "versions").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        revision = re.search(r"""^revision\s*=\s*["'](\w+)["']""", text, re.MULTILINE)
+        follows = re.search(r"""^down_revision\s*=\s*(?:["'](\w+)["']|None)""", text, re.MULTILINE)
+        if revision is not None and follows is not None:
+            found[revision.group(1)] = follows.group(1)
+    return found
+
+
+def _sqlite_database(url: str) -> str | None:
+    """The database file of a ``sqlite:///PATH`` URL ("" or ":memory:" in memory); None for others."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or not scheme.split("+")[0] == "sqlite":
+        return None
+    return rest[1:].split("?", 1)[0] if rest.startswith("/") else ":memory:"
 
 
 _URL_FORMS = "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
 
 
-def _connect_args(driver: str) -> dict[str, Any]:
-    # A server that never answers (a firewall dropping packets) fails in seconds, not minutes.
-    return {"connect_timeout": 10} if driver in ("psycopg", "psycopg2") else {}
+def _server(url: str) -> tuple[str, None, Engine]:
+    """(url, no SQLite file, engine) for a database server's URL, or one clear error."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlmodel import create_engine
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ManifestUnreachable(f"invalid database URL {_safe(url)}: {_URL_FORMS}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        # The URL a provider hands out names no driver; the postgres extra installs psycopg.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        url = parsed.render_as_string(hide_password=False)
+    if parsed.get_backend_name() != "postgresql":
+        raise ManifestUnreachable(f"unsupported database URL {_safe(url)}: {_URL_FORMS}")
+    driver = parsed.get_driver_name()
+    try:
+        # A server that never answers (a firewall dropping packets) fails in seconds, not minutes.
+        timeout = {"connect_timeout": 10} if driver in ("psycopg", "psycopg2") else {}
+        return url, None, create_engine(url, pool_pre_ping=True, connect_args=timeout)
+    except ImportError:
+        raise ManifestUnreachable(
+            f"cannot use database URL {_safe(url)}: its driver {driver} is not installed "
+            "(cachekeeper's postgres extra installs psycopg: pip install 'cachekeeper[postgres]')"
+        ) from None
+    except (ArgumentError, SQLAlchemyError) as error:
+        raise ManifestUnreachable(f"cannot use database URL {_safe(url)}: {_first_line(error)}") from None
 
 
 def _revision(connection: Connection) -> str | None:
@@ -734,11 +701,8 @@ def _backup_sqlite(database: Path, backup: Path) -> None:
 
 
 def _safe(url: str) -> str:
-    """The URL with any password hidden, for messages; also when the URL cannot be parsed."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return re.sub(r"(//[^/:@]*:)[^/]*@", r"\1***@", url)
+    """The URL with any password hidden, for messages."""
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
 def _first_line(error: Exception) -> str:

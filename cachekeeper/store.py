@@ -240,19 +240,24 @@ def _publish_sidecar(root: Root, artifact: Artifact) -> bool:
             if path.exists():
                 return False
             os.replace(temporary, path)
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
         return True
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def unpublish(root: Root, layer: str, key: str) -> bool:
-    """Remove the sidecar, so that no later boot trusts the artifact. False if it was gone."""
+def unpublish(root: Root, layer: str, key: str, *, durable: bool = True) -> bool:
+    """Remove the sidecar, so that no later boot trusts the artifact. False if it was gone.
+
+    ``durable=False`` leaves the directory's fsync to the caller, who removes many at once and must
+    call ``fsync_directory`` before touching any of their files.
+    """
     try:
         root.sidecar_path(layer, key).unlink()
     except FileNotFoundError:
         return False
-    _fsync_dir(root.sidecar_path(layer, key).parent)
+    if durable:
+        fsync_directory(root.sidecar_path(layer, key).parent)
     return True
 
 
@@ -263,7 +268,7 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except OSError:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from . import journal
-from .manifest import Manifest
+from .manifest import FoldResult, Manifest
 from .store import Roots, read_sidecar
 
 FOLDED_DIR = "folded"
@@ -26,9 +26,10 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
     Safe to run at any time and any number of times: the manifest changes in one transaction, and
     a crash before the journals are moved only means they are read again and found applied.
     """
-    cursors = manifest.journal_cursors()
+    paths = list(journal.journal_files(roots.main))
+    cursors = manifest.journal_cursors([path.name for path in paths]) if paths else {}
     records, new_cursors, finished, unreadable = [], {}, [], 0
-    for path in journal.journal_files(roots.main):
+    for path in paths:
         offset, closed = cursors.get(path.name, (0, False))
         if closed:
             finished.append(path)
@@ -54,7 +55,8 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
             if artifact is not None:
                 published.append(artifact)
     events = [record for record in records if record.get("kind") != journal.PUBLISHING]
-    result = manifest.fold(events, published, new_cursors)
+    # Most syncs find nothing new: they then read, and never load the manifest's write path.
+    result = manifest.fold(events, published, new_cursors) if new_cursors else FoldResult(0, 0)
     if finished:
         folded = roots.main.journal_dir / FOLDED_DIR
         folded.mkdir(exist_ok=True)

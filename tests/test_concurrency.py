@@ -104,15 +104,15 @@ def test_one_claim_at_a_time_and_a_claim_left_behind_is_taken_over(postgresql_ur
     first, second = Manifest.open(postgresql_url), Manifest.open(postgresql_url)
     record = artifact()
     first.record_artifact(record)
-    with first.claim_removal(record.key) as claimed:
-        assert claimed and first.keys_in_state(DELETING) == [("compile", record.key)]
+    with first.claim_removals([record.key]) as claimed:
+        assert claimed == {record.key} and first.keys_in_state(DELETING) == [("compile", record.key)]
     # Claimed and marked, then released without forgetting: a prune that failed half way.
-    with second.claim_removal(record.key) as taken_over:
-        assert taken_over
-        with first.claim_removal(record.key) as also:
+    with second.claim_removals([record.key]) as taken_over:
+        assert taken_over == {record.key}
+        with first.claim_removals([record.key]) as also:
             assert not also
         second.forget(record.key)
-    with first.claim_removal(record.key) as gone:
+    with first.claim_removals([record.key]) as gone:
         assert not gone
 
 
@@ -123,7 +123,7 @@ def test_a_prune_killed_while_it_holds_a_claim_frees_it_with_its_process(postgre
     holder = Workers("hold_claim", postgresql_url, [{"key": record.key}])
     try:
         assert holder.next_result(timeout=60) == (0, True)
-        with manifest.claim_removal(record.key) as claimed:
+        with manifest.claim_removals([record.key]) as claimed:
             assert not claimed
     finally:
         holder.kill()
@@ -132,5 +132,5 @@ def test_a_prune_killed_while_it_holds_a_claim_frees_it_with_its_process(postgre
         connection.execute(text("set statement_timeout = '60s'"))
         connection.execute(select(func.pg_advisory_lock(_lock_id(f"remove {record.key}"))))
         connection.execute(select(func.pg_advisory_unlock(_lock_id(f"remove {record.key}"))))
-    with manifest.claim_removal(record.key) as claimed:
-        assert claimed and manifest.keys_in_state(DELETING) == [("compile", record.key)]
+    with manifest.claim_removals([record.key]) as claimed:
+        assert claimed == {record.key} and manifest.keys_in_state(DELETING) == [("compile", record.key)]

@@ -10,6 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
+import cachekeeper.schema  # noqa: F401  (the tables, on SQLModel.metadata)
+
 from cachekeeper.errors import ManifestError, ManifestUnreachable, SchemaTooNew
 from cachekeeper.facts import Facts, Source
 from cachekeeper.manifest import Manifest
@@ -108,3 +110,31 @@ def test_facts_round_trip_through_json_columns(manifest):
 def test_a_plain_postgresql_url_means_psycopg(postgresql_url):
     manifest = Manifest.open(postgresql_url.replace("postgresql+psycopg://", "postgresql://"))
     assert manifest.engine.dialect.driver == "psycopg" and manifest.current() == manifest.head()
+
+
+def test_the_head_read_from_the_migration_files_is_alembics():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from cachekeeper.manifest import migrations_dir
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    script = ScriptDirectory.from_config(config)
+    manifest = Manifest.connect("sqlite:///:memory:")
+    assert manifest.head() == script.get_current_head()
+    assert manifest._known_revisions() == {revision.revision for revision in script.walk_revisions()}
+
+
+def test_reading_the_default_manifest_loads_no_sqlalchemy(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'manifest.db'}"
+    Manifest.open(url)  # created and migrated here, with SQLAlchemy and alembic
+    script = (
+        "import sys; from cachekeeper.manifest import Manifest; m = Manifest.open(sys.argv[1]); "
+        "m.artifacts(); m.summaries(); m.latest_observation('cpu'); m.journal_cursors(['x']); m.pinned(); "
+        "assert not [n for n in sys.modules if n.split('.')[0] in ('sqlalchemy', 'sqlmodel', 'alembic')]"
+    )
+    subprocess.run([sys.executable, "-c", script, url], check=True)

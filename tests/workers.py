@@ -154,6 +154,6 @@ def hold_claim(url: str, key: str) -> Iterator[bool]:
 
     from cachekeeper.manifest import Manifest
 
-    with Manifest.open(url).claim_removal(key) as claimed:
-        yield claimed
+    with Manifest.open(url).claim_removals([key]) as claimed:
+        yield key in claimed
         threading.Event().wait()
