@@ -25,7 +25,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from . import journal
 from .errors import ManifestError, ManifestUnreachable, SchemaTooNew
 from .manifest import DELETING, PUBLISHED, Manifest
-from .store import Artifact, Roots, iter_sidecars
+from .store import Artifact, Roots, check_state, iter_sidecars
 from .sync import FOLDED_DIR, sync
 
 HEALTHY = "healthy"
@@ -64,6 +64,8 @@ def doctor(
     ``total`` is told how many files (journals and sidecars) will be read, ``progress`` each time
     some are.
     """
+    for root in roots.all():
+        check_state(root)
     manifest, state, damage, moved_to = _open_or_replace(url)
     journal_paths = _journal_paths(roots)
     sidecar_paths = [(root, path, parsed) for root in roots.all() for path, parsed in iter_sidecars(root)]

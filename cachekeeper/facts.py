@@ -8,6 +8,7 @@ from the text of ``torch/version.py``, and the model revision from the Hugging F
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -137,6 +138,8 @@ def freeze(value: Any) -> FactValue:
     """A JSON-like value made immutable: lists become tuples; anything else must be a scalar."""
     if isinstance(value, (list, tuple)):
         return tuple(freeze(item) for item in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TypeError(f"{value!r} is not a finite number: a key cannot be made of it")
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise TypeError(f"{value!r} is not a plain value (use strings, numbers, booleans or lists)")

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, case, delete, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from . import facts as f
@@ -198,6 +198,8 @@ class Manifest:
             url = parsed.render_as_string(hide_password=False)
         backend = parsed.get_backend_name()
         if backend == "sqlite":
+            if parsed.database and "\0" in parsed.database:
+                raise ManifestUnreachable(f"invalid database URL {_safe(url)!r}: a path cannot hold a NUL character")
             if parsed.database and parsed.database != ":memory:":
                 try:
                     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -356,6 +358,8 @@ class Manifest:
                 yield connection
         except OperationalError as error:
             raise ManifestUnreachable(f"cannot open the manifest at {_safe(self.url)}: {_first_line(error)}") from None
+        except DatabaseError as error:
+            raise self._damaged(error) from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -365,6 +369,18 @@ class Manifest:
                 session.commit()
         except OperationalError as error:
             raise ManifestError(f"the manifest at {_safe(self.url)} failed: {_first_line(error)}") from None
+        except DatabaseError as error:
+            raise self._damaged(error) from None
+
+    def _damaged(self, error: DatabaseError) -> Exception:
+        """SQLite's own words for a file that is no database, or a damaged one; any other database
+        error (a constraint, a type) is a bug and keeps its traceback."""
+        if type(error) is not DatabaseError:
+            return error
+        return ManifestError(
+            f"the manifest at {_safe(self.url)} is damaged ({_first_line(error)}): "
+            "`cachekeeper doctor` moves it aside and rebuilds it from the sidecars and journals"
+        )
 
     # --- folding what writers recorded --------------------------------------------------------
 

@@ -13,10 +13,12 @@ Policies choose what goes; roots say what never goes:
 The plan says why each artifact goes or stays. Each removal then holds the key's build lease (no
 builder starts on it meanwhile) and goes: claim the manifest row and mark it ``deleting`` (one
 prune per artifact, also across machines sharing a PostgreSQL manifest) → remove the sidecar (no
-boot trusts the artifact from here on) → remove the files → forget the row. A prune killed at any
-step leaves a row marked ``deleting`` that the next prune finishes, and never a sidecar without
-its files. A key rebuilt since the plan was made is a new artifact and is left alone. Snapshots go
-before what they were built from. Every prune also clears what killed processes left behind.
+boot trusts the artifact from here on) → look for uses a last time, and if a boot started using it
+meanwhile, put the sidecar back and keep it → remove the files → forget the row. A prune killed at
+any step leaves a row marked ``deleting`` that the next prune finishes once nothing uses it, and
+never a sidecar without its files. A key rebuilt since the plan was made is a new artifact and is
+left alone. Snapshots go before what they were built from. Every prune also clears what killed
+processes left behind.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from . import facts as f
 from . import journal, uses
 from .errors import CachekeeperError, UnknownKeyError, UnsafePath, UsageError
 from .facts import Facts, Source
-from .keys import derive_key, derive_keys
-from .layers import WEIGHTS, layer_named
+from .keys import derive_key, derive_keys, parse_key
+from .layers import WEIGHTS, check_scope, layer_named
 from .leases import leases_for
 from .leftovers import Leftovers, clean_leftovers
 from .manifest import DELETING, PUBLISHED, Manifest
-from .store import Artifact, Root, Roots, builder_id, read_sidecar, remove_checksums, remove_tree, unpublish
+from .store import (
+    Artifact, Root, Roots, artifact_path, builder_id, check_state, publish, read_sidecar, remove_checksums, remove_tree,
+    unpublish,
+)  # fmt: skip
 from .target import Target
 from .units import format_age, format_bytes
 
@@ -98,6 +103,9 @@ def plan_prune(
         raise UsageError("--stale needs the targets that are still deployed: pass --target FILE (repeatable)")
     if keep_last is not None and keep_last < 0 or max_size is not None and max_size < 0:
         raise UsageError("--keep-last and --max-size cannot be negative")
+    check_scope(layer, model)
+    for key in keys:
+        parse_key(key)
     now = time.time() if now is None else now
     unfinished = manifest.artifacts(state=DELETING)
     candidates = _candidates(manifest, roots)
@@ -359,6 +367,8 @@ def execute_prune(
 ) -> PruneResult:
     """Remove what the plan says, checking the roots again just before each removal: a process may
     have started using an artifact, or someone pinned it, since the plan was made."""
+    for root in roots.all():
+        check_state(root)
     removed, skipped = [], []
     writer = journal.Journal(roots.main)
     unfinished = {key for _, key in manifest.keys_in_state(DELETING)}
@@ -395,7 +405,17 @@ def _remove(artifact: Artifact, manifest: Manifest, roots: Roots, writer: journa
         with claim as claimed:
             if not claimed:
                 return "another prune removed it or is removing it"
+            sidecar = read_sidecar(root, artifact.layer, artifact.key)
             unpublish(root, artifact.layer, artifact.key)
+            # The last look for uses comes after the sidecar is gone, and a boot registers its use
+            # before it reads the sidecar: either the use is seen here, or that boot finds no
+            # sidecar and builds afresh (under the lease this prune holds until the files are gone).
+            in_use = uses.users(root, artifact.layer, artifact.key)
+            if in_use:
+                if sidecar is not None:
+                    publish(root, sidecar)  # as it was: its files and checksums are untouched
+                    manifest.set_state(artifact.key, PUBLISHED)
+                return f"in use by {in_use[0].owner}"
             remove_files()
             remove_checksums(root, artifact)
             uses.forget_expired(root, artifact.layer, artifact.key)
@@ -426,7 +446,6 @@ def _sha(artifact: Artifact) -> str:
 def set_pinned(manifest: Manifest, roots: Roots, key: str, *, pinned: bool) -> Artifact:
     """Pin or unpin ``key``: journaled like everything else, so that doctor can rebuild the pins,
     then folded into the manifest at once."""
-    from .keys import parse_key
     from .manifest import PINNED, UNPINNED
     from .sync import sync
 
@@ -447,7 +466,7 @@ def set_pinned(manifest: Manifest, roots: Roots, key: str, *, pinned: bool) -> A
 
 def _prepare_removal(root: Root, artifact: Artifact) -> Callable[[], None]:
     """The deletion of ``artifact``'s files, checked to stay inside the root before anything runs."""
-    root.inside(artifact.relpath)
+    artifact_path(root, artifact)
     if artifact.layer != WEIGHTS:
         return lambda: remove_tree(root, artifact.relpath)
     weights_dir = root.layer_dir(WEIGHTS)
