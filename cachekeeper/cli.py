@@ -889,7 +889,7 @@ def stats_command(
     manifest = settings.manifest(roots)
     refresh(manifest, roots)
     now = time.time()
-    report = stats(manifest, since=now - parse_duration(since) if since else None, now=now)
+    report = stats(manifest, since=now - parse_duration(since) if since is not None else None, now=now)
     if as_json:
         _print_json(
             {

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from . import journal
@@ -128,7 +127,7 @@ def _journal_paths(roots: Roots) -> list[Path]:
 
 
 def _open_or_replace(url: str) -> tuple[Manifest, str, str | None, Path | None]:
-    parsed = make_url(url)
+    parsed = Manifest.connect(url).engine.url  # a URL that cannot work is the usual one-line error
     path = (
         Path(parsed.database)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
