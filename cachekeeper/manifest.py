@@ -464,11 +464,18 @@ class Manifest:
                 row.state = state
                 session.add(row)
 
-    def forget(self, key: str) -> None:
+    def forget_published(self, key: str, created_at: float) -> None:
+        """Forget the row of an artifact whose sidecar is gone, unless a prune is removing it
+        (``deleting``) or it was published anew since (another ``created_at``)."""
+        table = ArtifactRow.__table__
+        statement = delete(table).where(table.c.key == key, table.c.state == PUBLISHED, table.c.created_at == created_at)
         with self.session() as session:
-            row = _artifact_row_for(session, key)
-            if row is not None:
-                session.delete(row)
+            session.exec(statement)  # type: ignore[call-overload]
+
+    def forget(self, key: str) -> None:
+        table = ArtifactRow.__table__
+        with self.session() as session:  # one statement: a row another process forgot is no error
+            session.exec(delete(table).where(table.c.key == key))  # type: ignore[call-overload]
 
     @contextmanager
     def claim_removal(self, key: str) -> Iterator[bool]:
@@ -541,8 +548,9 @@ class Manifest:
             )  # fmt: skip
 
     def record_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Store events that are journaled too: a concurrent sync may have stored them first."""
         with self.session() as session:
-            session.add_all(EventRow(**_event_fields(event)) for event in events)
+            _insert_new_events(session, events)
 
     def events(self, *, since: float | None = None, kinds: Sequence[str] | None = None) -> list[Event]:
         """Events at or after ``since`` (Unix seconds), oldest first."""

@@ -62,6 +62,11 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
                 published.append(artifact)
     events = [record for record in records if record.get("kind") != journal.PUBLISHING]
     result = manifest.fold(events, published, new_cursors)
+    # A prune may have removed an artifact between the look at its sidecar above and the fold,
+    # and forgotten its row before the fold wrote it again: that row would list what is gone.
+    for artifact in published:
+        if read_sidecar(roots.for_layer(artifact.layer), artifact.layer, artifact.key) is None:
+            manifest.forget_published(artifact.key, artifact.created_at)
     if finished:
         folded = roots.main.journal_dir / FOLDED_DIR
         try:
