@@ -119,7 +119,6 @@ class _Heartbeat:
     def add(self, path: Path) -> None:
         with self._lock:
             if path not in self._held:
-                path.parent.mkdir(parents=True, exist_ok=True)
                 _write(path, self._since)  # raises before anything is held when it cannot be written
             self._held[path] = self._held.get(path, 0) + 1
             if self._thread is None:
@@ -174,7 +173,16 @@ def _write(path: Path, since: float) -> None:
     info = {"owner": f"{socket.gethostname()}:{os.getpid()}", "since": since, "expires_at": time.time() + USE_TTL}
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        temporary.write_text(json.dumps(info))
+        for attempt in range(8):
+            # A prune removes a key's empty uses directory (forget_expired): it may do so between
+            # this mkdir and the write, and never once the write has put a file in it.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                temporary.write_text(json.dumps(info))
+                break
+            except FileNotFoundError:
+                if attempt == 7:
+                    raise
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

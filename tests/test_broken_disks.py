@@ -357,3 +357,50 @@ def test_a_prune_killed_while_a_server_uses_what_it_removes_leaves_the_files_unt
         manifest.engine.dispose()
         shutil.rmtree(root)
     assert (True, False) in outcomes  # killed after the sidecar went, while the server used it
+
+
+# --- a prune at any moment of a boot --------------------------------------------------------------
+
+
+def test_a_prune_at_any_moment_of_a_boot_never_removes_what_the_boot_hits(tmp_path):
+    """The runtime's side of the handshake: a whole prune of everything unused runs at a line of
+    activate() in turn. Whenever the boot reports a hit, the files it uses are all there."""
+    template = tmp_path / "template"
+    key, _ = boot(template)
+    assert invoke("--root", str(template), "sync").code == 0
+
+    def traced(root: Path, actions: dict, lines: list[str] | None = None) -> str:
+        with at_lines(actions, lines):
+            with cachekeeper.activate(root, layers=["compile"]) as ck:
+                status = ck.layers["compile"].status
+                if status == BUILD:
+                    for name, content in PARTS.items():
+                        (ck.layers["compile"].path / name).parent.mkdir(parents=True, exist_ok=True)
+                        (ck.layers["compile"].path / name).write_bytes(content)
+        return status
+
+    lines: list[str] = []
+    for attempt in range(2):  # the second run: the first in a process also runs one-time setup
+        probe = tmp_path / f"probe-{attempt}"
+        shutil.copytree(template, probe, symlinks=True)
+        lines.clear()
+        assert traced(probe, {}, lines) == HIT
+        uses.release_all()
+    claim = [i + 1 for i, line in enumerate(lines) if line.split(":")[1] in ("_claim", "_look", "register", "add", "read_sidecar")]
+    points = sorted(set(claim) | set(_points(lines, 12)))
+    print(f"{len(points)} moments out of {len(lines)} lines")
+    outcomes = set()
+    for point in points:
+        root = tmp_path / f"run-{point}"
+        shutil.copytree(template, root, symlinks=True)
+        manifest = Manifest.open(default_url(Roots.at(root)))
+        pruned = []
+        status = traced(root, {point: lambda: pruned.extend(a.key for a in _prune(root, manifest).removed)})
+        where = f"pruned at line {point} ({lines[point - 1]}): {status}"
+        if status == HIT:
+            assert whole(root, key) and read_sidecar(Root(root), "compile", key) is not None, where
+        outcomes.add((status, bool(pruned)))
+        uses.release_all()
+        manifest.engine.dispose()
+        shutil.rmtree(root)
+    assert {(HIT, False), (BUILD, True)} <= outcomes
