@@ -82,7 +82,7 @@ def _global(
     from .store import default_root
 
     if root is not None and (not root.strip() or "\0" in root):
-        raise UsageError(f"--root {root!r} names no directory: pass one, or leave --root out for $CACHEKEEPER_ROOT")
+        raise UsageError(f"--root {root!r} names no directory: pass one, or leave it out for $CACHEKEEPER_ROOT")
     path = Path(root).expanduser() if root is not None else default_root()
     if path.exists() and not path.is_dir():
         raise UsageError(f"the cache root {path} is not a directory")

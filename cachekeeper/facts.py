@@ -385,6 +385,11 @@ def engine_facts(engine: Mapping[str, Any], source: Source = Source.DECLARED) ->
 
     for name in sorted(engine):
         walk(ENGINE_PREFIX + str(name), engine[name])
+    seen: set[str] = set()
+    for fact in facts:
+        if fact.name in seen:  # {"a": {"b": 1}, "a.b": 2}
+            raise UsageError(f"engine argument {fact.name[len(ENGINE_PREFIX):]} is given twice")
+        seen.add(fact.name)
     return facts
 
 

@@ -98,9 +98,9 @@ _LAYER = re.compile(r"[a-z][a-z0-9_]*")
 def _well_formed(record: Any) -> bool:
     """Whether a record has the shape the manifest stores: a file damaged or written by something
     else must cost its own lines, never the fold of everything else."""
-    if not isinstance(record, dict) or not isinstance(record.get("uid"), str) or not isinstance(record.get("kind"), str):
+    if not isinstance(record, dict) or not isinstance(record.get("uid"), str):
         return False
-    if not _number(record.get("at")):
+    if not isinstance(record.get("kind"), str) or not _number(record.get("at")):
         return False
     if any(record.get(name) is not None and not isinstance(record[name], str) for name in _TEXT_FIELDS):
         return False

@@ -199,7 +199,7 @@ class Manifest:
         backend = parsed.get_backend_name()
         if backend == "sqlite":
             if parsed.database and "\0" in parsed.database:
-                raise ManifestUnreachable(f"invalid database URL {_safe(url)!r}: a path cannot hold a NUL character")
+                raise ManifestUnreachable(f"invalid database URL {_safe(url)!r}: a path cannot hold a NUL")
             if parsed.database and parsed.database != ":memory:":
                 try:
                     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -468,7 +468,8 @@ class Manifest:
         """Forget the row of an artifact whose sidecar is gone, unless a prune is removing it
         (``deleting``) or it was published anew since (another ``created_at``)."""
         table = ArtifactRow.__table__
-        statement = delete(table).where(table.c.key == key, table.c.state == PUBLISHED, table.c.created_at == created_at)
+        ours = (table.c.key == key, table.c.state == PUBLISHED, table.c.created_at == created_at)
+        statement = delete(table).where(*ours)
         with self.session() as session:
             session.exec(statement)  # type: ignore[call-overload]
 

@@ -40,8 +40,8 @@ from .leases import leases_for
 from .leftovers import Leftovers, clean_leftovers
 from .manifest import DELETING, PUBLISHED, Manifest
 from .store import (
-    Artifact, Root, Roots, artifact_path, builder_id, check_state, publish, read_sidecar, remove_checksums, remove_tree,
-    unpublish,
+    Artifact, Root, Roots, artifact_path, builder_id, check_state, publish, read_sidecar, remove_checksums,
+    remove_tree, unpublish,
 )  # fmt: skip
 from .target import Target
 from .units import format_age, format_bytes

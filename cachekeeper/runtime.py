@@ -381,7 +381,7 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Leases, waiting: _Wai
                 directory.mkdir(parents=True)
             except UnsafePath as error:
                 lease.release()
-                logger.warning("cachekeeper: not building %s: %s; booting cold in a private directory", relpath, error)
+                logger.warning("cachekeeper: not building %s: %s; booting cold instead", relpath, error)
                 return _private(layer, key, root)
             except BaseException:
                 lease.release()
@@ -408,7 +408,7 @@ def _leads_out(root: Root, relpath: str) -> bool:
     else:
         reason = f"{root.path / relpath} is a symbolic link"
     if linked:
-        logger.warning("cachekeeper: not using %s: %s; booting cold in a private directory", relpath, reason)
+        logger.warning("cachekeeper: not using %s: %s; booting cold instead", relpath, reason)
     return linked
 
 

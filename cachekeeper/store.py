@@ -220,10 +220,13 @@ def artifact_path(root: Root, artifact: Artifact) -> Path:
     if artifact.layer == WEIGHTS:
         model, sha = artifact.facts.get(f.MODEL), artifact.facts.get(f.MODEL_REVISION)
         facts = Facts.from_values(artifact.facts, Source.OBSERVED)
-        if isinstance(model, str) and isinstance(sha, str) and str(derive_key(layer_named(WEIGHTS), facts)) == artifact.key:
+        derived = str(derive_key(layer_named(WEIGHTS), facts))
+        if isinstance(model, str) and isinstance(sha, str) and derived == artifact.key:
             owned = f"{WEIGHTS}/{f.hf_repo_folder(model)}/snapshots/{sha}"
     if artifact.relpath != owned:
-        raise UnsafePath(f"refusing path {artifact.relpath!r} of {artifact.key}: it is not the directory the key owns")
+        raise UnsafePath(
+            f"refusing path {artifact.relpath!r} of {artifact.key}: it is not the directory the key owns"
+        )
     return root.inside(owned)
 
 
@@ -416,7 +419,8 @@ class Contents:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Contents:
-        if not isinstance(data, Mapping) or data.get("format") != CHECKSUMS_FORMAT or data.get("algorithm") != CHECKSUM_ALGORITHM:
+        shape = (data.get("format"), data.get("algorithm")) if isinstance(data, Mapping) else None
+        if shape != (CHECKSUMS_FORMAT, CHECKSUM_ALGORITHM):
             raise ValueError(f"not a checksums file of format {CHECKSUMS_FORMAT} ({CHECKSUM_ALGORITHM})")
         try:
             return cls({str(name): (int(size), str(digest)) for name, (size, digest) in dict(data["files"]).items()})

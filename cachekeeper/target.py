@@ -146,6 +146,8 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         f.engine_facts(engine_table)  # validates the values
     except UsageError as error:
         raise TargetError(path, f"{where} {error}") from None
+    if gpu is CPU and table.get("driver") is not None:
+        raise TargetError(path, f'{where} driver: a machine without a GPU (gpu = "cpu") has no NVIDIA driver')
     packages = _string_table(table, "packages", path, where)
     unknown_packages = set(packages) - set(f.PACKAGES)
     if unknown_packages:

@@ -156,8 +156,7 @@ def test_a_recorded_path_that_is_not_the_keys_own_directory_is_never_removed(cas
     before = snapshot(root / "compile")
     results = run_everything(case, COMMANDS[:5])
     prune = results["prune"]
-    assert f"kept {case['older']}: refusing path" in prune.out or f"kept {case['older']}: " in prune.out
-    assert "not the directory the key owns" in prune.out
+    assert f"kept {case['older']}: refusing path" in prune.out and "not the directory the key owns" in prune.out
     assert any("its recorded path is unsafe" in f for f in findings(case)[case["older"]])
     # Only the other compile artifact may go (it is old and unused); the hostile one stays whole.
     after = snapshot(root / "compile")
@@ -286,7 +285,7 @@ def test_a_journal_with_torn_garbage_and_wrongly_typed_records_is_folded_around_
         json.dumps({"uid": "c", "kind": "observed", "at": 1, "facts": {"gpu.type": {"value": {"a": 1}, "source": "observed"}}}),
         json.dumps({"uid": "d", "kind": "observed", "at": 1, "facts": 5}),
         json.dumps({"uid": "e", "kind": "pinned", "at": 1, "key": ["list"]}),
-        json.dumps({"uid": "f", "kind": "hit", "at": 1e400 if False else 10**30, "key": case["older"]}),
+        json.dumps({"uid": "f", "kind": "hit", "at": 10**30, "key": case["older"]}),
         json.dumps({"uid": "g", "kind": "published", "at": 1, "layer": "../..", "key": "../../outside"}),
         json.dumps({"uid": "h", "kind": "hit", "at": 1, "host": "\udcff"}, ensure_ascii=True),
         json.dumps({"uid": "i", "kind": "hit", "at": 1, "host": "nul\u0000"}),
