@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean postgresql
+.PHONY: demo test soak clean postgresql
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed postgresql
 	$(BIN)/python -m pytest
+
+# The adversarial suite for longer (docs/reliability.md): twenty times the generated cases and a
+# load test ten times longer, about 10 minutes. Mounting a read-only and a full file system needs root.
+soak: $(VENV)/.installed postgresql
+	CACHEKEEPER_SOAK=1 $(BIN)/python -m pytest tests/test_bad_input.py tests/test_hostile_state.py \
+		tests/test_broken_disks.py tests/test_load.py
 
 # The tests start a throwaway PostgreSQL server of their own (tests/postgres.py) and need only its
 # binaries: initdb, pg_ctl, postgres. Where there are none, Debian's package brings them.

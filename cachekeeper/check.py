@@ -20,7 +20,7 @@ from .layers import WEIGHTS
 from .leases import leases_for
 from .manifest import Manifest, Observation
 from .store import Roots, read_sidecar
-from .sync import sync
+from .sync import refresh
 from .target import Target
 
 
@@ -81,8 +81,9 @@ def target_facts(
 
 
 def check(target: Target, roots: Roots, manifest: Manifest) -> CheckReport:
-    """Fold what containers recorded, then report every layer the target needs."""
-    sync(manifest, roots)
+    """Fold what containers recorded (unless the root is read-only), then report every layer the
+    target needs."""
+    refresh(manifest, roots)
     observation = manifest.latest_observation(target.gpu.name)
     facts = target_facts(target, observation, roots)
     keys = derive_keys(facts, target.layers)

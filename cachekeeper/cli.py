@@ -82,7 +82,7 @@ class Settings:
 def _global(
     ctx: typer.Context,
     root: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(help="Cache root. Default: $CACHEKEEPER_ROOT, else the user cache directory.", show_default=False),
     ] = None,
     db: Annotated[
@@ -96,7 +96,12 @@ def _global(
 ) -> None:
     from .store import default_root
 
-    ctx.obj = Settings(root=root.expanduser() if root else default_root(), db=db or None)
+    if root is not None and (not root.strip() or "\0" in root):
+        raise UsageError(f"--root {root!r} names no directory: pass one, or leave it out for $CACHEKEEPER_ROOT")
+    path = Path(root).expanduser() if root is not None else default_root()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"the cache root {path} is not a directory")
+    ctx.obj = Settings(root=path, db=db or None)
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -386,12 +391,14 @@ def list_artifacts(
     as_json: JsonOption = False,
 ) -> None:
     """List the artifacts the manifest knows, most recently used first."""
-    from .sync import sync
+    from .layers import check_scope
+    from .sync import refresh
 
+    check_scope(layer, model)
     settings = _settings(ctx)
     roots = settings.roots(_find_target(target, required=False))
     manifest = settings.manifest(roots)
-    sync(manifest, roots)
+    refresh(manifest, roots)
     artifacts = manifest.summaries(layer=layer, model=model)
     if as_json:
         _print_json(
@@ -463,11 +470,11 @@ def _known_keys(settings: Settings, target: Any, wanted: set[str]) -> Iterator[t
     from .keys import derive_keys
     from .layers import DEFAULT_LAYERS, WEIGHTS
     from .store import read_sidecar
-    from .sync import sync
+    from .sync import refresh
 
     roots = settings.roots(target)
     manifest = settings.manifest(roots)
-    sync(manifest, roots)
+    refresh(manifest, roots)
     for key in wanted:
         artifact = manifest.artifact(key)
         if artifact is None:
@@ -711,14 +718,14 @@ def verify_command(
     Exit 0 when nothing is wrong (new files in a warm artifact are growth, not damage), 1 when
     something is corrupt, missing, orphaned, ghostly or unindexed.
     """
-    from .sync import sync
+    from .sync import refresh
     from .verify import verify
 
     settings = _settings(ctx)
     found = _find_target(target, required=False)
     roots = settings.roots(found)
     manifest = settings.manifest(roots)
-    sync(manifest, roots)
+    refresh(manifest, roots)
     custom = [layer.name for layer in found.layers] if found is not None else []
     with _progress("Verifying", None, quiet=as_json, in_bytes=True) as advance:
         report = verify(
@@ -808,12 +815,12 @@ def inspect_command(
     """Show one artifact: its record, pins and uses, and the caches vLLM and torch keep inside it,
     with the factors vLLM hashed, so that a miss inside our key shows too."""
     from .inspection import inspect_artifact
-    from .sync import sync
+    from .sync import refresh
 
     settings = _settings(ctx)
     roots = settings.roots(_find_target(target, required=False))
     manifest = settings.manifest(roots)
-    sync(manifest, roots)
+    refresh(manifest, roots)
     found = inspect_artifact(manifest, roots, key)
     a = found.artifact
     if as_json:
@@ -888,14 +895,14 @@ def stats_command(
 ) -> None:
     """Hits, misses, builds and bytes per layer and model, and the boot time the cache saved."""
     from .stats import stats
-    from .sync import sync
+    from .sync import refresh
 
     settings = _settings(ctx)
     roots = settings.roots(_find_target(target, required=False))
     manifest = settings.manifest(roots)
-    sync(manifest, roots)
+    refresh(manifest, roots)
     now = time.time()
-    report = stats(manifest, since=now - parse_duration(since) if since else None, now=now)
+    report = stats(manifest, since=now - parse_duration(since) if since is not None else None, now=now)
     if as_json:
         _print_json(
             {
@@ -947,12 +954,12 @@ def weights_command(ctx: typer.Context, target: TargetOption = None, as_json: Js
     """Every model revision in the weights layer's Hugging Face cache, recorded or not, as
     huggingface_hub scans it. Remove them with `prune --layer weights` (or `--key`)."""
     from .prune import hub_revisions
-    from .sync import sync
+    from .sync import refresh
 
     settings = _settings(ctx)
     roots = settings.roots(_find_target(target, required=False))
     manifest = settings.manifest(roots)
-    sync(manifest, roots)
+    refresh(manifest, roots)
     recorded = {a.key for a in manifest.artifacts(layer="weights")}
     pinned, dependents = manifest.pinned(), manifest.dependents()
     revisions = sorted(hub_revisions(roots), key=lambda a: (a.model, -a.last_used_at))
@@ -1070,6 +1077,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = errors.INTERRUPTED
+    except OSError as error:  # the file system said no: full, read-only, not a directory
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {_one_line(f'{where}{error.strerror or error}')}", file=sys.stderr)
+        code = errors.NOT_READY
     except Exception as error:  # a bug: say so in one line; the traceback is one variable away
         if os.environ.get("CACHEKEEPER_DEBUG"):
             raise

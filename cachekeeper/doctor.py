@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from . import journal
 from .errors import ManifestError, ManifestUnreachable, SchemaTooNew
 from .manifest import DELETING, PUBLISHED, Manifest
-from .store import Artifact, Roots, iter_sidecars
+from .store import Artifact, Roots, check_state, iter_sidecars
 from .sync import FOLDED_DIR, sync
 
 HEALTHY = "healthy"
@@ -64,6 +63,8 @@ def doctor(
     ``total`` is told how many files (journals and sidecars) will be read, ``progress`` each time
     some are.
     """
+    for root in roots.all():
+        check_state(root)
     manifest, state, damage, moved_to = _open_or_replace(url)
     journal_paths = _journal_paths(roots)
     sidecar_paths = [(root, path, parsed) for root in roots.all() for path, parsed in iter_sidecars(root)]
@@ -126,7 +127,7 @@ def _journal_paths(roots: Roots) -> list[Path]:
 
 
 def _open_or_replace(url: str) -> tuple[Manifest, str, str | None, Path | None]:
-    parsed = make_url(url)
+    parsed = Manifest.connect(url).engine.url  # a URL that cannot work is the usual one-line error
     path = (
         Path(parsed.database)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")

@@ -8,6 +8,7 @@ from the text of ``torch/version.py``, and the model revision from the Hugging F
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -137,6 +138,8 @@ def freeze(value: Any) -> FactValue:
     """A JSON-like value made immutable: lists become tuples; anything else must be a scalar."""
     if isinstance(value, (list, tuple)):
         return tuple(freeze(item) for item in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TypeError(f"{value!r} is not a finite number: a key cannot be made of it")
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise TypeError(f"{value!r} is not a plain value (use strings, numbers, booleans or lists)")
@@ -382,6 +385,11 @@ def engine_facts(engine: Mapping[str, Any], source: Source = Source.DECLARED) ->
 
     for name in sorted(engine):
         walk(ENGINE_PREFIX + str(name), engine[name])
+    seen: set[str] = set()
+    for fact in facts:
+        if fact.name in seen:  # {"a": {"b": 1}, "a.b": 2}
+            raise UsageError(f"engine argument {fact.name[len(ENGINE_PREFIX):]} is given twice")
+        seen.add(fact.name)
     return facts
 
 

@@ -24,7 +24,7 @@ from .errors import UnknownKeyError
 from .keys import parse_key
 from .layers import WEIGHTS
 from .manifest import Manifest
-from .store import Artifact, Roots, list_files, read_sidecar
+from .store import Artifact, Roots, artifact_path, list_files, read_sidecar
 from .uses import UseInfo, users
 
 FACTORS_FILE = "cache_key_factors.json"
@@ -97,9 +97,10 @@ def inspect_artifact(manifest: Manifest, roots: Roots, key: str) -> Inspection:
     artifact = manifest.artifact(key) or read_sidecar(root, layer, key)
     if artifact is None:
         raise UnknownKeyError(f"no artifact {key}: `cachekeeper ls` lists the artifacts there are")
-    path = root.path / artifact.relpath
-    root.inside(artifact.relpath)
-    vllm = _vllm_dirs(path) if layer != WEIGHTS else ()
+    path = artifact_path(root, artifact)
+    # A directory that is a link would lead out of the root: its record is shown, its files are not.
+    walk = layer != WEIGHTS and not path.is_symlink()
+    vllm = _vllm_dirs(path) if walk else ()
     return Inspection(
         artifact=artifact,
         path=path,
@@ -107,9 +108,9 @@ def inspect_artifact(manifest: Manifest, roots: Roots, key: str) -> Inspection:
         users=tuple(users(root, layer, key)),
         dependents=tuple(manifest.dependents().get(key, ())),
         vllm=vllm,
-        aot=_aot_dirs(path) if layer != WEIGHTS else (),
-        inductor=_inductor_caches(path) if layer != WEIGHTS else (),
-        triton_kernels=_count_dirs(path / "triton") if layer != WEIGHTS else 0,
+        aot=_aot_dirs(path) if walk else (),
+        inductor=_inductor_caches(path) if walk else (),
+        triton_kernels=_count_dirs(path / "triton") if walk else 0,
         factor_changes=_factor_changes(vllm),
     )
 

@@ -9,7 +9,9 @@ Every record carries a ``uid`` so that folding twice changes nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import socket
 import time
 import uuid
@@ -18,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import CachekeeperError
+from .facts import Facts
+from .keys import parse_key
 from .store import Root
 
 # Record kinds.
@@ -88,12 +93,64 @@ def read_journal(path: Path, offset: int = 0) -> JournalChunk:
         except ValueError:
             skipped += 1
             continue
-        if not isinstance(record, dict) or not isinstance(record.get("uid"), str):
+        if not _well_formed(record) or b"\\u" in line and not _storable(record):
             skipped += 1
             continue
         closed = closed or record.get("kind") == CLOSED
         records.append(record)
     return JournalChunk(tuple(records), offset + len(complete), closed, skipped)
+
+
+_TEXT_FIELDS = ("kind", "layer", "key", "model", "host")
+_LAYER = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _well_formed(record: Any) -> bool:
+    """Whether a record has the shape the manifest stores: a file damaged or written by something
+    else must cost its own lines, never the fold of everything else."""
+    if not isinstance(record, dict) or not isinstance(record.get("uid"), str):
+        return False
+    if not isinstance(record.get("kind"), str) or not _number(record.get("at")):
+        return False
+    if any(record.get(name) is not None and not isinstance(record[name], str) for name in _TEXT_FIELDS):
+        return False
+    if record.get("seconds") is not None and not _number(record["seconds"]):
+        return False
+    if record.get("bytes") is not None and not (isinstance(record["bytes"], int) and _number(record["bytes"])):
+        return False
+    if record.get("layer") is not None and not _LAYER.fullmatch(record["layer"]):
+        return False
+    if record["kind"] in (PUBLISHING, PUBLISHED):  # sync reads the sidecar these name
+        try:
+            layer, _ = parse_key(record.get("key") or "")
+        except CachekeeperError:
+            return False
+        if layer != record.get("layer"):
+            return False
+    if record["kind"] == OBSERVED:
+        try:
+            Facts.from_json(record["facts"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return False
+    return True
+
+
+def _storable(record: dict[str, Any]) -> bool:
+    """No NUL and no lone surrogate in any string (both only reach a line as \\u escapes):
+    databases refuse them."""
+    try:
+        text = json.dumps(record, ensure_ascii=False)
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\\u0000" not in text
+
+
+def _number(value: Any) -> bool:
+    """A finite number that fits a 64-bit column."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) if isinstance(value, float) else abs(value) < 2**63
 
 
 def journal_files(root: Root) -> Iterator[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +126,20 @@ def layer_named(name: str, layers: Iterable[Layer] = DEFAULT_LAYERS) -> Layer:
     raise UsageError(f"unknown layer {name!r}: use one of {known}")
 
 
+_LAYER_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_scope(layer: str | None, model: str | None) -> None:
+    """Refuse a --layer or --model that nothing could ever be recorded under: a typo would
+    otherwise select nothing and say nothing."""
+    if layer is not None and not _LAYER_NAME.fullmatch(layer):
+        known = ", ".join(each.name for each in DEFAULT_LAYERS)
+        raise UsageError(f"{layer!r} is not a layer name: use {known}, or a layer a target defines")
+    if model is not None and not f.REPO_ID.fullmatch(model):
+        raise UsageError(f"model {model!r} is not a Hugging Face repo id such as org/name")
+
+
 def custom_layer(name: str, table: Mapping[str, Any], where: str) -> Layer:
     """A layer defined in a target file's ``[layers.NAME]`` table."""
     if not name.isidentifier() or not name.islower() or name in (l.name for l in DEFAULT_LAYERS):
@@ -137,6 +152,9 @@ def custom_layer(name: str, table: Mapping[str, Any], where: str) -> Layer:
         raise UsageError(f"{where}: [layers.{name}] needs facts = [...], the fact names that key it")
     label = _string_list(table.get("label", []), f"{where}: [layers.{name}] label")
     env = _string_list(table.get("env", []), f"{where}: [layers.{name}] env")
+    bad = [variable for variable in env if not _VARIABLE.fullmatch(variable)]
+    if bad:
+        raise UsageError(f"{where}: [layers.{name}] env: {bad[0]!r} is not an environment variable name")
     return Layer(name, facts=tuple(facts), label=tuple(label), env=tuple((var, "") for var in env))
 
 

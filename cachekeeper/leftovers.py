@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import uses
 from .errors import CachekeeperError
 from .keys import parse_key
 from .layers import WEIGHTS
@@ -33,8 +34,9 @@ class Leftovers:
 def clean_leftovers(manifest: Manifest, roots: Roots, *, now: float | None = None) -> Leftovers:
     """Remove what killed processes left: builds never published, temporary files, dead leases.
 
-    Only what nothing has touched for LEFTOVER_AGE and no live lease covers: a slow build, or a
-    builder whose lease lives where this process cannot see it (a Modal Dict), keeps its files.
+    Only what nothing has touched for LEFTOVER_AGE and no live lease or use covers: a slow build,
+    a builder whose lease lives where this process cannot see it (a Modal Dict), or a server still
+    reading what a killed prune had unpublished, keeps its files.
     """
     now = time.time() if now is None else now
     partial: list[str] = []
@@ -42,7 +44,9 @@ def clean_leftovers(manifest: Manifest, roots: Roots, *, now: float | None = Non
     for root in roots.all():
         mechanism = leases_for(root, manifest)
         for layer, key, directory in _unpublished_builds(root):
-            if mechanism.holder(layer, key) is None and not _touched_since(directory, now - LEFTOVER_AGE):
+            # A key a killed prune unpublished may still be in use: it stays until nothing uses it.
+            busy = mechanism.holder(layer, key) is not None or uses.users(root, layer, key, now)
+            if not busy and not _touched_since(directory, now - LEFTOVER_AGE):
                 remove_tree(root, f"{layer}/{key}")
                 partial.append(f"{layer}/{key}")
         for leftover in _temporary_files(root):

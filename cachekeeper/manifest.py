@@ -144,6 +144,8 @@ class Manifest:
         database = _sqlite_database(url)
         if database is None:
             return cls(*_server(url))
+        if "\0" in database:
+            raise ManifestUnreachable(f"invalid database URL {_safe(url)!r}: a path cannot hold a NUL")
         if database not in ("", ":memory:"):
             try:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -281,17 +283,19 @@ class Manifest:
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import DatabaseError, OperationalError
 
         try:
             with self.engine.connect() as connection:
                 yield connection
         except OperationalError as error:
             raise ManifestUnreachable(f"cannot open the manifest at {_safe(self.url)}: {_first_line(error)}") from None
+        except DatabaseError as error:
+            raise self._damaged(error, type(error) is DatabaseError) from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import DatabaseError, OperationalError
         from sqlmodel import Session
 
         try:
@@ -300,6 +304,18 @@ class Manifest:
                 session.commit()
         except OperationalError as error:
             raise ManifestError(f"the manifest at {_safe(self.url)} failed: {_first_line(error)}") from None
+        except DatabaseError as error:
+            raise self._damaged(error, type(error) is DatabaseError) from None
+
+    def _damaged(self, error: Exception, damaged: bool) -> Exception:
+        """SQLite's own words for a file that is no database, or a damaged one; any other database
+        error (a constraint, a type) is a bug and keeps its traceback."""
+        if not damaged:
+            return error
+        return ManifestError(
+            f"the manifest at {_safe(self.url)} is damaged ({_first_line(error)}): "
+            "`cachekeeper doctor` moves it aside and rebuilds it from the sidecars and journals"
+        )
 
     def _rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]:
         """Run a read-only query written with ``:name`` parameters; its rows."""
@@ -308,7 +324,11 @@ class Manifest:
             try:
                 with closing(sqlite3.connect(self._sqlite_database, timeout=60)) as connection:
                     return connection.execute(sql, params).fetchall()
-            except sqlite3.Error as error:
+            except sqlite3.DatabaseError as error:
+                if type(error) is sqlite3.DatabaseError:
+                    raise self._damaged(error, True) from None
+                if "unable to open" in str(error):
+                    raise ManifestUnreachable(f"cannot open the manifest at {_safe(self.url)}: {error}") from None
                 raise ManifestError(f"the manifest at {_safe(self.url)} failed: {_first_line(error)}") from None
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -417,12 +437,26 @@ class Manifest:
         with self.session() as session:
             session.exec(update(ArtifactRow).where(ArtifactRow.key == key).values(state=state))  # type: ignore[call-overload]
 
-    def forget(self, key: str) -> None:
-        from .schema import ArtifactRow
+    def forget_published(self, key: str, created_at: float) -> None:
+        """Forget the row of an artifact whose sidecar is gone, unless a prune is removing it
+        (``deleting``) or it was published anew since (another ``created_at``)."""
         from sqlalchemy import delete
 
+        from .schema import ArtifactRow
+
+        table = ArtifactRow.__table__
+        ours = (table.c.key == key, table.c.state == PUBLISHED, table.c.created_at == created_at)
         with self.session() as session:
-            session.exec(delete(ArtifactRow).where(ArtifactRow.key == key))  # type: ignore[call-overload]
+            session.exec(delete(table).where(*ours))  # type: ignore[call-overload]
+
+    def forget(self, key: str) -> None:
+        from sqlalchemy import delete
+
+        from .schema import ArtifactRow
+
+        table = ArtifactRow.__table__
+        with self.session() as session:  # one statement: a row another process forgot is no error
+            session.exec(delete(table).where(table.c.key == key))  # type: ignore[call-overload]
 
     @contextmanager
     def claim_removals(self, keys: Sequence[str]) -> Iterator[set[str]]:
@@ -482,7 +516,8 @@ class Manifest:
         with self.session() as session:
             for chunk in _chunks(sorted(keys)):
                 session.exec(delete(table).where(table.c.key.in_(chunk)))  # type: ignore[call-overload]
-            session.add_all(schema.EventRow(**schema.event_fields(event)) for event in events)
+            # Journaled too: a concurrent sync may have stored some of them first.
+            schema.insert_new_events(session, events)
 
     def dependents(self) -> dict[str, list[str]]:
         """For each key that published artifacts depend on: the keys of those artifacts."""

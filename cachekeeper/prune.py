@@ -13,10 +13,12 @@ Policies choose what goes; roots say what never goes:
 The plan says why each artifact goes or stays. Each removal then holds the key's build lease (no
 builder starts on it meanwhile) and goes: claim the manifest row and mark it ``deleting`` (one
 prune per artifact, also across machines sharing a PostgreSQL manifest) → remove the sidecar (no
-boot trusts the artifact from here on) → remove the files → forget the row. A prune killed at any
-step leaves a row marked ``deleting`` that the next prune finishes, and never a sidecar without
-its files. A key rebuilt since the plan was made is a new artifact and is left alone. Snapshots go
-before what they were built from. Every prune also clears what killed processes left behind.
+boot trusts the artifact from here on) → look for uses a last time, and if a boot started using it
+meanwhile, put the sidecar back and keep it → remove the files → forget the row. A prune killed at
+any step leaves a row marked ``deleting`` that the next prune finishes once nothing uses it, and
+never a sidecar without its files. A key rebuilt since the plan was made is a new artifact and is
+left alone. Snapshots go before what they were built from. Every prune also clears what killed
+processes left behind.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from . import facts as f
 from . import journal, uses
 from .errors import CachekeeperError, UnknownKeyError, UnsafePath, UsageError
 from .facts import Facts, Source
-from .keys import derive_key, derive_keys
-from .layers import WEIGHTS, layer_named
+from .keys import derive_key, derive_keys, parse_key
+from .layers import WEIGHTS, check_scope, layer_named
 from .leases import Lease, leases_for
 from .leftovers import Leftovers, clean_leftovers
 from .manifest import DELETING, PUBLISHED, Manifest
 from .store import (
-    Artifact, Root, Roots, builder_id, fsync_directory, publish, read_sidecar, remove_checksums, remove_tree, unpublish,
+    Artifact, Root, Roots, artifact_path, builder_id, check_state, fsync_directory, publish, read_sidecar,
+    remove_checksums, remove_tree, unpublish,
 )  # fmt: skip
 from .target import Target
 from .units import format_age, format_bytes
@@ -99,6 +102,9 @@ def plan_prune(
         raise UsageError("--stale needs the targets that are still deployed: pass --target FILE (repeatable)")
     if keep_last is not None and keep_last < 0 or max_size is not None and max_size < 0:
         raise UsageError("--keep-last and --max-size cannot be negative")
+    check_scope(layer, model)
+    for key in keys:
+        parse_key(key)
     now = time.time() if now is None else now
     unfinished = manifest.artifacts(state=DELETING)
     candidates = _candidates(manifest, roots)
@@ -373,6 +379,8 @@ def execute_prune(
 ) -> PruneResult:
     """Remove what the plan says, batch by batch, checking the roots again just before each batch:
     a process may have started using an artifact, or someone pinned it, since the plan was made."""
+    for root in roots.all():
+        check_state(root)
     removed: list[Artifact] = []
     skipped: list[tuple[Artifact, str]] = []
     writer = journal.Journal(roots.main)
@@ -402,26 +410,29 @@ def _remove_batch(
         # A Hub revision no boot recorded has no manifest row to claim; its lease alone guards it.
         tracked = [r.artifact.key for r in ready if r.artifact.builder != UNTRACKED]
         with manifest.claim_removals(tracked) as claimed:
-            unpublished = []
+            unpublished: list[tuple[_Removal, Artifact | None]] = []
             for removal in ready:
                 artifact = removal.artifact
                 if artifact.builder != UNTRACKED and artifact.key not in claimed:
                     kept.append((artifact, "another prune removed it or is removing it"))
                     continue
+                sidecar = read_sidecar(removal.root, artifact.layer, artifact.key)
                 unpublish(removal.root, artifact.layer, artifact.key, durable=False)
-                unpublished.append(removal)
+                unpublished.append((removal, sidecar))
             # No boot trusts these artifacts from here on, whatever happens to this process.
-            for directory in {r.root.sidecar_path(r.artifact.layer, r.artifact.key).parent for r in unpublished}:
+            for directory in {r.root.sidecar_path(r.artifact.layer, r.artifact.key).parent for r, _ in unpublished}:
                 fsync_directory(directory)
             now = time.time()
-            for removal in unpublished:
+            for removal, sidecar in unpublished:
                 artifact = removal.artifact
-                # A booting process registers its use before it reads the sidecar: a use seen now
-                # may be reading these files. Put the sidecar back and leave them alone.
+                # The last look for uses comes after the sidecar is gone, and a boot registers its
+                # use before it reads the sidecar: either the use is seen here, or that boot finds
+                # no sidecar and builds afresh (under the lease held until the files are gone).
                 users = uses.users(removal.root, artifact.layer, artifact.key, now)
                 if users:
-                    publish(removal.root, artifact)
-                    manifest.set_state(artifact.key, PUBLISHED)
+                    if sidecar is not None:
+                        publish(removal.root, sidecar)  # as it was: its files and checksums are untouched
+                        manifest.set_state(artifact.key, PUBLISHED)
                     kept.append((artifact, f"in use by {users[0].owner}"))
                     continue
                 try:
@@ -491,7 +502,6 @@ def _sha(artifact: Artifact) -> str:
 def set_pinned(manifest: Manifest, roots: Roots, key: str, *, pinned: bool) -> Artifact:
     """Pin or unpin ``key``: journaled like everything else, so that doctor can rebuild the pins,
     then folded into the manifest at once."""
-    from .keys import parse_key
     from .manifest import PINNED, UNPINNED
     from .sync import sync
 
@@ -512,7 +522,7 @@ def set_pinned(manifest: Manifest, roots: Roots, key: str, *, pinned: bool) -> A
 
 def _prepare_removal(root: Root, artifact: Artifact) -> Callable[[], None]:
     """The deletion of ``artifact``'s files, checked to stay inside the root before anything runs."""
-    root.inside(artifact.relpath)
+    artifact_path(root, artifact)
     if artifact.layer != WEIGHTS:
         return lambda: remove_tree(root, artifact.relpath)
     weights_dir = root.layer_dir(WEIGHTS)

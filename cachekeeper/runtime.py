@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import facts as f
 from . import journal, uses
-from .errors import CachekeeperError, UsageError
+from .errors import CachekeeperError, UnsafePath, UsageError
 from .facts import Fact, Facts, observe
 from .keys import CacheKey, FactChange, derive_keys
 from .layers import COMPILE, DEFAULT_LAYERS, SNAPSHOT, WEIGHTS, Layer
 from .leases import DEFAULT_TTL, Lease, Leases, leases_for
 from .store import (
-    Artifact, Contents, Root, Roots, builder_id, default_root, publish, read_sidecar, remove_tree, scan_contents,
+    Artifact, Contents, Root, Roots, builder_id, check_state, default_root, publish, read_sidecar, remove_tree,
+    scan_contents,
 )  # fmt: skip
 from .target import Target, load_target
 
@@ -148,6 +149,8 @@ def activate(
     mismatches = contradictions(declared, facts)
     chosen = _chosen_layers(layers, target, model, known)
 
+    for each in cache_roots.all():
+        check_state(each)
     writer, manifest = _open_writer(cache_roots, db if db is not None else os.environ.get("CACHEKEEPER_DB"))
     writer.append(journal.OBSERVED, facts=facts.to_json(), host=builder_id())
     for change in mismatches:
@@ -168,7 +171,7 @@ def activate(
                 root_of_layer = cache_roots.for_layer(layer.name)
                 mechanism = leases if leases is not None else leases_for(root_of_layer, manifest, lease_ttl)
                 claims.append(_claim(layer, keys[layer.name], root_of_layer, mechanism, waiting))
-            _record_uses_and_dependencies(claims)
+            _record_dependencies(claims)
             env = _point_env(claims, previous_env)
             activation = Activation(facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches)
             yield activation
@@ -184,7 +187,10 @@ def activate(
                 claim.abandon()
             else:
                 claim.finish(writer, facts, boot_seconds)
-        writer.close()
+        try:
+            writer.close()
+        except OSError as error:  # the journal stays open: sync reads it all the same
+            logger.warning("cachekeeper: could not close the journal: %s", error)
         # Before any lease is released: a container that takes the lease next must already be
         # able to see the sidecar, or it would build the same key again.
         if commit is not None:
@@ -237,6 +243,19 @@ class _Claim:
     registration: uses.Registration | None = None
 
     def finish(self, writer: _Writer, facts: Facts, boot_seconds: float) -> None:
+        """Publish what was built and journal what happened. A disk that fails now (full, gone
+        read-only) costs the cache, not the boot: the server goes on, nothing is half published,
+        and the next boot builds the key again."""
+        try:
+            self._finish(writer, facts, boot_seconds)
+        except OSError as error:
+            published = read_sidecar(self.root, self.layer.name, str(self.use.key)) is not None
+            logger.warning(
+                "cachekeeper: %s %s: %s%s", "could not record" if published else "did not publish",
+                self.use.key, error, "" if published else "; the next boot builds it again",
+            )  # fmt: skip
+
+    def _finish(self, writer: _Writer, facts: Facts, boot_seconds: float) -> None:
         name, key = self.layer.name, str(self.use.key)
         model = str(facts.value(f.MODEL, f.NONE))
         event = {"layer": name, "key": key, "model": model, "seconds": boot_seconds}
@@ -323,28 +342,74 @@ class _Waiting:
 
 
 def _claim(layer: Layer, key: CacheKey, root: Root, leases: Leases, waiting: _Waiting) -> _Claim:
+    """This boot's use of one layer. The use is registered before the sidecar is read: prune
+    removes the sidecar before it looks for uses a last time, so either prune sees this use and
+    keeps the artifact, or this boot sees no sidecar (see prune._remove)."""
+    registration = uses.register(root, layer.name, str(key))
+    try:
+        claim = _look(layer, key, root, leases, waiting)
+    except BaseException:
+        registration.release()
+        raise
+    if claim.use.status == PRIVATE:
+        registration.release()  # nothing shared is used
+    else:
+        claim.registration = registration
+    return claim
+
+
+def _look(layer: Layer, key: CacheKey, root: Root, leases: Leases, waiting: _Waiting) -> _Claim:
     if layer.name == WEIGHTS:
         status = HIT if read_sidecar(root, WEIGHTS, str(key)) is not None else DOWNLOAD
         return _Claim(layer, LayerUse(WEIGHTS, key, status, root.layer_dir(WEIGHTS)), root)
-    directory = root.artifact_dir(layer.name, str(key))
+    directory, relpath = root.artifact_dir(layer.name, str(key)), f"{layer.name}/{key}"
     while True:
         if read_sidecar(root, layer.name, str(key)) is not None:
+            if _leads_out(root, relpath):
+                return _private(layer, key, root)
             return _Claim(layer, LayerUse(layer.name, key, HIT, directory), root)
         lease = leases.acquire(layer.name, str(key))
         if lease is not None:
-            # Another builder may have published between our look and our lease.
-            if read_sidecar(root, layer.name, str(key)) is not None:
+            try:
+                # Another builder may have published between our look and our lease.
+                if read_sidecar(root, layer.name, str(key)) is not None:
+                    lease.release()
+                    continue
+                # Whatever is here was left by a build that died: never trusted, so start afresh.
+                # A link in place of the directory goes as a link; one above it is refused.
+                remove_tree(root, relpath)
+                directory.mkdir(parents=True)
+            except UnsafePath as error:
                 lease.release()
-                continue
-            # Whatever is here was left by a build that died: never trusted, so start afresh.
-            remove_tree(root, f"{layer.name}/{key}")
-            directory.mkdir(parents=True)
+                logger.warning("cachekeeper: not building %s: %s; booting cold instead", relpath, error)
+                return _private(layer, key, root)
+            except BaseException:
+                lease.release()
+                raise
             return _Claim(layer, LayerUse(layer.name, key, BUILD, directory), root, lease)
         if waiting.gives_up():
-            private = Path(tempfile.mkdtemp(prefix=f"cachekeeper-{layer.name}-"))
-            atexit.register(shutil.rmtree, private, ignore_errors=True)
-            return _Claim(layer, LayerUse(layer.name, key, PRIVATE, private), root)
+            return _private(layer, key, root)
         waiting.pause()
+
+
+def _private(layer: Layer, key: CacheKey, root: Root) -> _Claim:
+    private = Path(tempfile.mkdtemp(prefix=f"cachekeeper-{layer.name}-"))
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    return _Claim(layer, LayerUse(layer.name, key, PRIVATE, private), root)
+
+
+def _leads_out(root: Root, relpath: str) -> bool:
+    """Whether the key's directory is, or is reached through, a symbolic link: a boot would read
+    and write wherever it points, outside the root. Such an artifact is not used."""
+    try:
+        linked = root.inside(relpath).is_symlink()
+    except UnsafePath as error:
+        linked, reason = True, str(error)
+    else:
+        reason = f"{root.path / relpath} is a symbolic link"
+    if linked:
+        logger.warning("cachekeeper: not using %s: %s; booting cold instead", relpath, reason)
+    return linked
 
 
 def _commit(commit: Callable[[], object]) -> None:
@@ -453,11 +518,9 @@ def _restore_env(previous: Mapping[str, str | None]) -> None:
             os.environ[variable] = value
 
 
-def _record_uses_and_dependencies(claims: list[_Claim]) -> None:
-    """For housekeeping: this process uses its layers' artifacts until it exits (prune keeps them),
-    and a snapshot is built from the other layers' artifacts (kept as long as it lives)."""
+def _record_dependencies(claims: list[_Claim]) -> None:
+    """For housekeeping: a snapshot is built from the other layers' artifacts (kept as long as it
+    lives)."""
     for claim in claims:
-        if claim.use.status != PRIVATE:
-            claim.registration = uses.register(claim.root, claim.layer.name, str(claim.use.key))
         if claim.layer.name == SNAPSHOT:
             claim.depends_on = tuple(str(other.use.key) for other in claims if other is not claim)

@@ -26,9 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import StoreError, UnsafePath
+from . import facts as f
+from .errors import CachekeeperError, StoreError, UnsafePath
 from .facts import Facts, FactValue, Source, freeze
-from .keys import CacheKey, parse_key
+from .keys import CacheKey, derive_key, parse_key
+from .layers import WEIGHTS, layer_named
 
 STATE_DIR = ".cachekeeper"
 SIDECAR_FORMAT = 1
@@ -93,6 +95,30 @@ class Root:
             if current.is_symlink():
                 raise UnsafePath(f"refusing path {relpath!r}: {current} is a symbolic link")
         return current / parts[-1]
+
+
+# Directories of the state directory that hold one subdirectory per layer.
+_PER_LAYER_STATE = ("sidecars", "checksums", "uses", "leases")
+
+
+def check_state(root: Root) -> None:
+    """Refuse a root whose state directory, or a directory in it, is a symbolic link: sidecars,
+    journals, uses and leases are written and removed there, and must never be somewhere else."""
+    state = root.state_dir
+    parts = [state, root.journal_dir, root.journal_dir / "folded", *(state / name for name in _PER_LAYER_STATE)]
+    linked = [path for path in parts if path.is_symlink()]
+    if not linked:
+        for name in _PER_LAYER_STATE:
+            try:
+                with os.scandir(state / name) as entries:
+                    linked.extend(Path(entry.path) for entry in entries if entry.is_symlink())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+    if linked:
+        raise UnsafePath(
+            f"refusing the cache root {root.path}: {linked[0]} is a symbolic link, and cachekeeper "
+            "keeps its state inside the root (remove the link)"
+        )
 
 
 @dataclass(frozen=True)
@@ -172,10 +198,36 @@ class Artifact:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"sidecar field missing or malformed: {error}") from None
-        layer, _ = parse_key(artifact.key)
+        try:
+            layer, _ = parse_key(artifact.key)
+        except CachekeeperError:
+            raise ValueError(f"sidecar key {artifact.key!r} is not a cache key") from None
         if layer != artifact.layer:
             raise ValueError(f"key {artifact.key} does not belong to layer {artifact.layer}")
         return artifact
+
+
+def artifact_path(root: Root, artifact: Artifact) -> Path:
+    """The directory that ``artifact``'s key owns under ``root``: ``<layer>/<key>``, or for weights
+    the Hub snapshot of the model and commit that derive its key.
+
+    A recorded path that is anything else (a whole layer, the state directory, another artifact's
+    directory, a path out of the root) or that passes through a symbolic link is refused: whatever
+    a damaged or hostile record says, only the key's own files can be reached. The directory
+    itself may be a link, which callers remove as a link and never follow.
+    """
+    owned = f"{artifact.layer}/{artifact.key}"
+    if artifact.layer == WEIGHTS:
+        model, sha = artifact.facts.get(f.MODEL), artifact.facts.get(f.MODEL_REVISION)
+        facts = Facts.from_values(artifact.facts, Source.OBSERVED)
+        derived = str(derive_key(layer_named(WEIGHTS), facts))
+        if isinstance(model, str) and isinstance(sha, str) and derived == artifact.key:
+            owned = f"{WEIGHTS}/{f.hf_repo_folder(model)}/snapshots/{sha}"
+    if artifact.relpath != owned:
+        raise UnsafePath(
+            f"refusing path {artifact.relpath!r} of {artifact.key}: it is not the directory the key owns"
+        )
+    return root.inside(owned)
 
 
 def _json_value(value: FactValue) -> Any:
@@ -185,11 +237,11 @@ def _json_value(value: FactValue) -> Any:
 def read_sidecar(root: Root, layer: str, key: str) -> Artifact | None:
     """The published artifact for ``key``, or None when there is none (or it is unreadable)."""
     try:
-        return Artifact.from_json(json.loads(root.sidecar_path(layer, key).read_bytes()))
-    except FileNotFoundError:
-        return None
+        artifact = Artifact.from_json(json.loads(root.sidecar_path(layer, key).read_bytes()))
     except (OSError, ValueError):
         return None
+    # A sidecar copied or renamed under another key's name does not make that key exist.
+    return artifact if (artifact.layer, artifact.key) == (layer, key) else None
 
 
 def iter_sidecars(root: Root) -> Iterator[tuple[Path, Artifact | ValueError]]:
@@ -202,9 +254,14 @@ def iter_sidecars(root: Root) -> Iterator[tuple[Path, Artifact | ValueError]]:
             continue
         for path in sorted(layer_dir.glob("*.json")):
             try:
-                yield path, Artifact.from_json(json.loads(path.read_bytes()))
+                artifact = Artifact.from_json(json.loads(path.read_bytes()))
             except (OSError, ValueError) as error:
                 yield path, ValueError(f"{path}: {error}")
+                continue
+            if (artifact.layer, artifact.key) != (layer_dir.name, path.stem):
+                yield path, ValueError(f"{path}: it records {artifact.key}, another key")
+            else:
+                yield path, artifact
 
 
 def publish(root: Root, artifact: Artifact, contents: Contents | None = None) -> bool:
@@ -215,15 +272,18 @@ def publish(root: Root, artifact: Artifact, contents: Contents | None = None) ->
     ``contents`` (whose checksum must be ``artifact.checksum``) is written before the sidecar, so
     a published artifact always has its checksums.
     """
-    if contents is not None:
-        write_checksums(root, artifact, contents)
-        if not _publish_sidecar(root, artifact):
+    if contents is None:
+        return _publish_sidecar(root, artifact)
+    write_checksums(root, artifact, contents)
+    published = False
+    try:
+        published = _publish_sidecar(root, artifact)
+    finally:  # lost the race, or failed (a full disk): no checksums without their sidecar
+        if not published:
             winner = read_sidecar(root, artifact.layer, artifact.key)
             if winner is None or winner.checksum != artifact.checksum:
                 root.checksums_path(artifact.layer, artifact.key, contents.checksum).unlink(missing_ok=True)
-            return False
-        return True
-    return _publish_sidecar(root, artifact)
+    return published
 
 
 def _publish_sidecar(root: Root, artifact: Artifact) -> bool:
@@ -364,7 +424,8 @@ class Contents:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Contents:
-        if data.get("format") != CHECKSUMS_FORMAT or data.get("algorithm") != CHECKSUM_ALGORITHM:
+        shape = (data.get("format"), data.get("algorithm")) if isinstance(data, Mapping) else None
+        if shape != (CHECKSUMS_FORMAT, CHECKSUM_ALGORITHM):
             raise ValueError(f"not a checksums file of format {CHECKSUMS_FORMAT} ({CHECKSUM_ALGORITHM})")
         try:
             return cls({str(name): (int(size), str(digest)) for name, (size, digest) in dict(data["files"]).items()})

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import journal
+from .errors import ManifestError
 from .manifest import FoldResult, Manifest
-from .store import Roots, read_sidecar
+from .store import Roots, check_state, read_sidecar
 
 FOLDED_DIR = "folded"
+
+logger = logging.getLogger("cachekeeper")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,8 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
     Safe to run at any time and any number of times: the manifest changes in one transaction, and
     a crash before the journals are moved only means they are read again and found applied.
     """
+    for root in roots.all():
+        check_state(root)
     paths = list(journal.journal_files(roots.main))
     cursors = manifest.journal_cursors([path.name for path in paths]) if paths else {}
     records, new_cursors, finished, unreadable = [], {}, [], 0
@@ -57,12 +64,40 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
     events = [record for record in records if record.get("kind") != journal.PUBLISHING]
     # Most syncs find nothing new: they then read, and never load the manifest's write path.
     result = manifest.fold(events, published, new_cursors) if new_cursors else FoldResult(0, 0)
+    # A prune may have removed an artifact between the look at its sidecar above and the fold,
+    # and forgotten its row before the fold wrote it again: that row would list what is gone.
+    for artifact in published:
+        if read_sidecar(roots.for_layer(artifact.layer), artifact.layer, artifact.key) is None:
+            manifest.forget_published(artifact.key, artifact.created_at)
     if finished:
         folded = roots.main.journal_dir / FOLDED_DIR
-        folded.mkdir(exist_ok=True)
-        for path in finished:
-            try:
-                os.replace(path, folded / path.name)
-            except FileNotFoundError:
-                continue
+        try:
+            folded.mkdir(exist_ok=True)
+            for path in finished:
+                try:
+                    os.replace(path, folded / path.name)
+                except FileNotFoundError:
+                    continue
+        except OSError as error:  # a read-only root: the cursors already say these are done
+            logger.warning("cachekeeper: cannot move folded journals to %s: %s", folded, error.strerror)
     return SyncReport(len(new_cursors), result.records, result.artifacts, unreadable)
+
+
+def refresh(manifest: Manifest, roots: Roots) -> SyncReport | None:
+    """``sync`` for commands that only read: on a read-only root (a Volume mounted read-only, a
+    copy) they answer from the manifest as it stands, with a warning, instead of failing."""
+    try:
+        return sync(manifest, roots)
+    except (ManifestError, OSError) as error:
+        if not _read_only(manifest, roots):
+            raise
+        logger.warning("cachekeeper: %s is read-only, so what containers recorded since the last sync "
+                       "is not in the manifest: %s", roots.main.path, error)  # fmt: skip
+        return None
+
+
+def _read_only(manifest: Manifest, roots: Roots) -> bool:
+    paths = [roots.main.state_dir]
+    if not manifest.is_server and manifest.engine.url.database:
+        paths.append(Path(manifest.engine.url.database))
+    return any(path.exists() and not os.access(path, os.W_OK) for path in paths)

@@ -146,6 +146,8 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         f.engine_facts(engine_table)  # validates the values
     except UsageError as error:
         raise TargetError(path, f"{where} {error}") from None
+    if gpu is CPU and table.get("driver") is not None:
+        raise TargetError(path, f'{where} driver: a machine without a GPU (gpu = "cpu") has no NVIDIA driver')
     packages = _string_table(table, "packages", path, where)
     unknown_packages = set(packages) - set(f.PACKAGES)
     if unknown_packages:
@@ -163,7 +165,7 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         raise TargetError(path, f"{where} model {model!r} is not a Hugging Face repo id such as org/name")
     needs = _needs(table, layers, model, path, where)
     roots = {
-        name: (path.parent / Path(value).expanduser())
+        name: _root(value, path, f"[{prefix}roots] {name}")
         for name, value in _string_table(document, "roots", path, "the top level").items()
     }
     unknown_roots = set(roots) - {layer.name for layer in layers}
@@ -187,6 +189,17 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         roots=roots,
         warmup=_warmup(table.get("warmup"), path, where),
     )
+
+
+def _root(value: str, path: Path, where: str) -> Path:
+    """A layer's root, relative to the target file; it may be absent here (a Volume mounted only
+    in the containers), but never a file."""
+    if "\0" in value:
+        raise TargetError(path, f"{where} cannot hold a NUL character")
+    root = path.parent / Path(value).expanduser()
+    if root.exists() and not root.is_dir():
+        raise TargetError(path, f"{where} = {value!r} is not a directory")
+    return root
 
 
 class _StringReader:

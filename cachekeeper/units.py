@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import UsageError
@@ -32,19 +33,21 @@ def parse_duration(text: str) -> float:
     """Seconds in a duration such as ``90m``, ``12h``, ``7d``, ``2w`` or ``1d12h``."""
     cleaned = text.strip().lower()
     parts = _DURATION_PART.findall(cleaned)
-    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
+    seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if not cleaned or "".join(n + u for n, u in parts) != cleaned or not math.isfinite(seconds):
         raise UsageError(
             f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, such as 90m, 12h, 7d"
         )
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    return seconds
 
 
 def parse_size(text: str) -> int:
     """Bytes in a size such as ``500MB``, ``20GiB`` or ``1.5T`` (k/M/G/T are powers of 1000)."""
     match = _SIZE.fullmatch(text.strip().lower())
-    if match is None or match.group(2) not in _SIZE_UNITS:
+    size = float(match.group(1)) * _SIZE_UNITS.get(match.group(2), math.nan) if match else math.nan
+    if not math.isfinite(size):
         raise UsageError(f"invalid size {text!r}: use a number and a unit such as 500MB, 20GiB, 1.5TB")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    return int(size)
 
 
 def format_bytes(count: int) -> str:

@@ -118,10 +118,9 @@ class _Heartbeat:
 
     def add(self, path: Path) -> None:
         with self._lock:
+            if path not in self._held:
+                _write(path, self._since)  # raises before anything is held when it cannot be written
             self._held[path] = self._held.get(path, 0) + 1
-            if self._held[path] == 1:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _write(path, self._since)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="cachekeeper uses", daemon=True)
                 self._thread.start()
@@ -135,7 +134,7 @@ class _Heartbeat:
                 self._held[path] = count
                 return
             self._held.pop(path, None)
-            path.unlink(missing_ok=True)
+            _remove(path)
 
     def _exit(self) -> None:
         self._stop.set()
@@ -145,7 +144,7 @@ class _Heartbeat:
         with self._lock:
             held, self._held = list(self._held), {}
             for path in held:
-                path.unlink(missing_ok=True)
+                _remove(path)
 
     def forget_after_fork(self) -> None:
         # The child has another pid; the parent's records and thread are the parent's.
@@ -174,10 +173,26 @@ def _write(path: Path, since: float) -> None:
     info = {"owner": f"{socket.gethostname()}:{os.getpid()}", "since": since, "expires_at": time.time() + USE_TTL}
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        temporary.write_text(json.dumps(info))
+        for attempt in range(8):
+            # A prune removes a key's empty uses directory (forget_expired): it may do so between
+            # this mkdir and the write, and never once the write has put a file in it.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                temporary.write_text(json.dumps(info))
+                break
+            except FileNotFoundError:
+                if attempt == 7:
+                    raise
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # a root gone or replaced: the record is gone with it, or expires on its own
 
 
 def _read(path: Path) -> UseInfo | None:

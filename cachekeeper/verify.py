@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UnsafePath
-from .layers import DEFAULT_LAYERS, WEIGHTS
+from .keys import parse_key
+from .layers import DEFAULT_LAYERS, WEIGHTS, check_scope
 from .leases import leases_for
 from .manifest import DELETING, Manifest
-from .store import Artifact, Root, Roots, hash_files, iter_sidecars, list_files, read_checksums
+from .store import Artifact, Root, Roots, artifact_path, hash_files, iter_sidecars, list_files, read_checksums
 from .uses import users
 
 CORRUPT = "corrupt"
@@ -78,6 +79,9 @@ def verify(
     """Verify the artifacts in scope (all, or a layer, model or keys). ``layers`` adds layer names
     to look for orphans in (a target's custom layers); ``total`` is told how many bytes will be
     read, then ``progress`` each time some are."""
+    check_scope(layer, model)
+    for key in keys:
+        parse_key(key)
     listed = [
         a for a in manifest.artifacts(state=None)
         if (layer is None or a.layer == layer) and (model is None or a.model == model) and (not keys or a.key in keys)
@@ -127,11 +131,13 @@ def _check(
 
     path = root.path / artifact.relpath
     try:
-        root.inside(artifact.relpath)
+        artifact_path(root, artifact)
     except UnsafePath as error:
         return [finding(CORRUPT, f"its recorded path is unsafe: {error}")], 0
     if sidecar is None:
         return [finding(GHOST, "the manifest lists it, but its sidecar is gone: no boot will use it")], 0
+    if path.is_symlink():
+        return [finding(CORRUPT, "its directory is a symbolic link, not followed: no boot will use it")], 0
     if not path.is_dir():
         return [finding(GHOST, "the manifest lists it, but its directory is gone")], 0
     on_disk = list_files(path, follow_links_within=root.path if artifact.layer == WEIGHTS else None)

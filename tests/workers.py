@@ -22,7 +22,13 @@ from typing import Any
 ACTIONS: dict[str, Callable[..., Any]] = {}
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["cachekeeper.manifest", "cachekeeper.prune", "tests.workers"])
+# Everything the actions import, so that a worker pays for no import of its own: under load, 32
+# workers importing alembic, typer and huggingface_hub at once would take the whole machine.
+_CONTEXT.set_forkserver_preload([
+    "cachekeeper.manifest", "cachekeeper.prune", "cachekeeper.cli", "cachekeeper.check", "cachekeeper.verify",
+    "alembic.command", "alembic.script", "alembic.runtime.migration", "huggingface_hub", "typer", "rich.table",
+    "tests.workers",
+])  # fmt: skip
 _START_TIMEOUT = 120.0
 
 
@@ -157,3 +163,88 @@ def hold_claim(url: str, key: str) -> Iterator[bool]:
     with Manifest.open(url).claim_removals([key]) as claimed:
         yield key in claimed
         threading.Event().wait()
+
+
+# --- load: boots, checks, listings and prunes on one root at once -------------------------------
+
+LOAD_PARTS = 3
+
+
+def load_content(key: str, part: int) -> bytes:
+    """What a load boot writes into part ``part`` of the artifact ``key``: checkable by anyone."""
+    return f"{key}:{part}\n".encode() * 200
+
+
+@action
+def boot_loop(url: str, root: str, seconds: float, variants: int, seed: int) -> dict[str, Any]:
+    """Boot again and again (compile and snapshot layers, one of ``variants`` engine settings),
+    building what is missing; on a hit, check every file of both artifacts while in use, before
+    and after a pause. Counts, and every file found missing or changed."""
+    import random
+    from pathlib import Path
+
+    import cachekeeper
+    from cachekeeper import uses
+    from cachekeeper.runtime import BUILD, HIT
+
+    chance = random.Random(seed)
+    counts = {"hit": 0, "build": 0, "private": 0, "download": 0}
+    damaged: list[str] = []
+
+    def check(use: Any) -> None:
+        for part in range(LOAD_PARTS):
+            path = use.path / f"part-{part}"
+            try:
+                content = path.read_bytes()
+            except FileNotFoundError:
+                damaged.append(f"{use.key}: {path.name} vanished while in use")
+                continue
+            if content != load_content(str(use.key), part):
+                damaged.append(f"{use.key}: {path.name} changed while in use")
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        engine = {"variant": chance.randrange(variants)}
+        with cachekeeper.activate(Path(root), layers=["compile", "snapshot"], engine=engine, wait_timeout=5) as ck:
+            for use in ck.layers.values():
+                counts[use.status] += 1
+                if use.status == BUILD:
+                    for part in range(LOAD_PARTS):
+                        (use.path / f"part-{part}").write_bytes(load_content(str(use.key), part))
+                elif use.status == HIT:
+                    check(use)
+            time.sleep(chance.uniform(0, 0.1))  # serving
+            for use in ck.layers.values():
+                if use.status == HIT:
+                    check(use)
+        for use in ck.layers.values():
+            if use.status == HIT:
+                check(use)  # still used after the block, until this server stops
+        uses.release_all()
+        time.sleep(chance.uniform(0, 0.4))  # stopped: nothing of this server is in use
+    return {"counts": counts, "damaged": damaged}
+
+
+@action
+def command_loop(url: str, root: str, seconds: float, command: list[str]) -> dict[str, Any]:
+    """Run ``cachekeeper --root ROOT COMMAND`` in this process again and again; how often each exit
+    code came, and any stderr that was not a plain 'not ready'."""
+    import contextlib
+    import io
+
+    from cachekeeper import cli
+
+    codes: dict[int, int] = {}
+    complaints: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main(["--root", root, *command])
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else 0
+        codes[code] = codes.get(code, 0) + 1
+        if code not in (0, 1) or err.getvalue().strip():
+            complaints.append(f"{command[0]} exited {code}: {err.getvalue().strip()}")
+    return {"codes": codes, "complaints": complaints}
