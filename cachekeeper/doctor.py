@@ -23,8 +23,8 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 
 from . import journal
 from .errors import ManifestError, ManifestUnreachable, SchemaTooNew
-from .manifest import DELETING, PUBLISHED, Manifest
-from .store import Artifact, Roots, check_state, iter_sidecars
+from .manifest import Manifest
+from .store import DELETING, PUBLISHED, Artifact, Roots, check_state, iter_sidecars
 from .sync import FOLDED_DIR, sync
 
 HEALTHY = "healthy"

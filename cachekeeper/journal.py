@@ -32,7 +32,10 @@ MISS = "miss"  # a layer had nothing to use
 PUBLISHING = "publishing"  # about to write a sidecar: if the writer dies right after, sync finds it
 PUBLISHED = "published"  # this process built and published an artifact (its sidecar exists)
 MISMATCH = "mismatch"  # observed facts contradicted what the target declared
-CLOSED = "closed"  # the writer finished; nothing more will be appended
+CLOSED = "closed"
+# Pins are journaled by the CLI, like everything containers do, so that doctor can rebuild them.
+PINNED = "pinned"
+UNPINNED = "unpinned"  # the writer finished; nothing more will be appended
 
 SUFFIX = ".jsonl"
 

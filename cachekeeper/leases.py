@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -469,19 +469,19 @@ class DbLeases:
         self.ttl = ttl
 
     def holder(self, layer: str, key: str) -> LeaseInfo | None:
-        info = self.manifest.lease(layer, key)
+        info = _row_lease(self.manifest, layer, key)
         return info if info is not None and info.alive(time.time()) else None
 
     def acquire(self, layer: str, key: str) -> Lease | None:
         mine = LeaseInfo(builder_id(), uuid.uuid4().hex, time.time() + self.ttl, this_process())
         for _ in range(8):  # each turn follows a change by another process; a few always suffice
-            current = self.manifest.lease(layer, key)
+            current = _row_lease(self.manifest, layer, key)
             if current is None:
-                taken = self.manifest.insert_lease(layer, key, mine)
+                taken = self.manifest.insert_lease(layer, key, asdict(mine))
             elif current.alive(time.time()):
                 return None
             else:
-                taken = self.manifest.replace_lease(layer, key, current.token, mine)
+                taken = self.manifest.replace_lease(layer, key, current.token, asdict(mine))
             if taken:
                 return Lease(f"{layer}/{key}", mine, self.ttl, _DbKeeper(self.manifest, layer, key))
         return None
@@ -494,14 +494,19 @@ class _DbKeeper:
     key: str
 
     def holds(self, info: LeaseInfo) -> bool:
-        current = self.manifest.lease(self.layer, self.key)
+        current = _row_lease(self.manifest, self.layer, self.key)
         return current is not None and current.token == info.token
 
     def renew(self, info: LeaseInfo, renewed: LeaseInfo) -> bool:
-        return self.manifest.replace_lease(self.layer, self.key, info.token, renewed)
+        return self.manifest.replace_lease(self.layer, self.key, info.token, asdict(renewed))
 
     def release(self, info: LeaseInfo) -> None:
         self.manifest.drop_lease(self.layer, self.key, info.token)
+
+
+def _row_lease(manifest: Manifest, layer: str, key: str) -> LeaseInfo | None:
+    fields = manifest.lease(layer, key)
+    return None if fields is None else LeaseInfo(**fields)
 
 
 def leases_for(root: Root, manifest: Manifest | None = None, ttl: float = DEFAULT_TTL) -> Leases:

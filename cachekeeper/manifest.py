@@ -27,20 +27,13 @@ from . import facts as f
 from .errors import ManifestError, ManifestUnreachable, SchemaOutOfDate, SchemaTooNew
 from .facts import Facts
 from .keys import canonical_json
-from .leases import LeaseInfo
-from .store import Artifact, Roots
+from .journal import PINNED, UNPINNED
+from .store import DELETING, PUBLISHED, Artifact, Roots
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
     from sqlmodel import Session
 
-PUBLISHED = "published"
-DELETING = "deleting"  # a prune removed the sidecar and is removing the files
-
-# Journal record kinds that change pins. The CLI journals them, like containers journal what they
-# do, so that ``doctor`` can rebuild the pins from the journals too.
-PINNED = "pinned"
-UNPINNED = "unpinned"
 
 # Facts that describe the machine and its software, as opposed to what it was asked to run.
 _DEPLOY_PREFIXES = (f.MODEL, f.ENGINE_PREFIX)
@@ -562,24 +555,25 @@ class Manifest:
 
     # --- build leases (leases.DbLeases) -----------------------------------------------------------
 
-    def lease(self, layer: str, key: str) -> LeaseInfo | None:
+    def lease(self, layer: str, key: str) -> dict[str, Any] | None:
+        """The lease row's fields (owner, token, expires_at, process), or None."""
         rows = self._rows(
             "SELECT owner, token, expires_at, process FROM lease WHERE layer = :layer AND key = :key",
             {"layer": layer, "key": key},
         )
-        return LeaseInfo(*rows[0]) if rows else None
+        return dict(zip(("owner", "token", "expires_at", "process"), rows[0])) if rows else None
 
-    def insert_lease(self, layer: str, key: str, info: LeaseInfo) -> bool:
+    def insert_lease(self, layer: str, key: str, fields: Mapping[str, Any]) -> bool:
         """Create the lease row; False when one exists already (the unique key decides)."""
         from . import schema
 
         table = schema.LeaseRow.__table__
         with self.session() as session:
-            statement = schema.insert(session, table).values(layer=layer, key=key, **_lease_fields(info))
+            statement = schema.insert(session, table).values(layer=layer, key=key, **fields)
             statement = statement.on_conflict_do_nothing(index_elements=["layer", "key"]).returning(table.c.id)
             return session.exec(statement).first() is not None
 
-    def replace_lease(self, layer: str, key: str, token: str, info: LeaseInfo) -> bool:
+    def replace_lease(self, layer: str, key: str, token: str, fields: Mapping[str, Any]) -> bool:
         """Overwrite the lease only if it still carries ``token``: one statement, one winner."""
         from .schema import LeaseRow
         from sqlalchemy import update
@@ -587,7 +581,7 @@ class Manifest:
         statement = (
             update(LeaseRow)
             .where(LeaseRow.layer == layer, LeaseRow.key == key, LeaseRow.token == token)
-            .values(**_lease_fields(info))
+            .values(**fields)
         )
         with self.session() as session:
             return session.exec(statement).rowcount == 1  # type: ignore[call-overload]
@@ -608,10 +602,6 @@ class Manifest:
         statement = delete(LeaseRow).where(LeaseRow.expires_at < expired_before)
         with self.session() as session:
             return session.exec(statement).rowcount  # type: ignore[call-overload]
-
-
-def _lease_fields(info: LeaseInfo) -> dict[str, Any]:
-    return {"owner": info.owner, "token": info.token, "expires_at": info.expires_at, "process": info.process}
 
 
 def _observation_values(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,9 +37,9 @@ from .keys import derive_key, derive_keys, parse_key
 from .layers import WEIGHTS, check_scope, layer_named
 from .leases import Lease, leases_for
 from .leftovers import Leftovers, clean_leftovers
-from .manifest import DELETING, PUBLISHED, Manifest
+from .manifest import Manifest
 from .store import (
-    Artifact, Root, Roots, artifact_path, builder_id, check_state, fsync_directory, publish, read_sidecar,
+    DELETING, PUBLISHED, Artifact, Root, Roots, artifact_path, builder_id, check_state, fsync_directory, publish, read_sidecar,
     remove_checksums, remove_tree, unpublish,
 )  # fmt: skip
 from .target import Target
@@ -502,7 +502,7 @@ def _sha(artifact: Artifact) -> str:
 def set_pinned(manifest: Manifest, roots: Roots, key: str, *, pinned: bool) -> Artifact:
     """Pin or unpin ``key``: journaled like everything else, so that doctor can rebuild the pins,
     then folded into the manifest at once."""
-    from .manifest import PINNED, UNPINNED
+    from .journal import PINNED, UNPINNED
     from .sync import sync
 
     layer, _ = parse_key(key)

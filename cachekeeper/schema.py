@@ -16,8 +16,8 @@ from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, case, delete,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel
 
-from .manifest import DELETING, PINNED, PUBLISHED
-from .store import Artifact
+from .journal import PINNED
+from .store import DELETING, PUBLISHED, Artifact
 
 
 class ArtifactRow(SQLModel, table=True):

@@ -33,6 +33,10 @@ from .keys import CacheKey, derive_key, parse_key
 from .layers import WEIGHTS, layer_named
 
 STATE_DIR = ".cachekeeper"
+
+# An artifact's states in the manifest.
+PUBLISHED = "published"
+DELETING = "deleting"  # a prune removed the sidecar and is removing the files
 SIDECAR_FORMAT = 1
 
 

@@ -26,8 +26,8 @@ from .errors import UnsafePath
 from .keys import parse_key
 from .layers import DEFAULT_LAYERS, WEIGHTS, check_scope
 from .leases import leases_for
-from .manifest import DELETING, Manifest
-from .store import Artifact, Root, Roots, artifact_path, hash_files, iter_sidecars, list_files, read_checksums
+from .manifest import Manifest
+from .store import DELETING, Artifact, Root, Roots, artifact_path, hash_files, iter_sidecars, list_files, read_checksums
 from .uses import users
 
 CORRUPT = "corrupt"

@@ -26,7 +26,8 @@ import pytest
 
 import cachekeeper
 from cachekeeper import uses
-from cachekeeper.manifest import DELETING, Manifest, default_url
+from cachekeeper.manifest import Manifest, default_url
+from cachekeeper.store import DELETING
 from cachekeeper.prune import execute_prune, plan_prune
 from cachekeeper.runtime import BUILD, HIT
 from cachekeeper.store import Root, Roots, read_sidecar

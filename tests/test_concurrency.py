@@ -12,7 +12,8 @@ import uuid
 
 from sqlalchemy import func, select, text
 
-from cachekeeper.manifest import DELETING, Manifest, _lock_id
+from cachekeeper.manifest import Manifest, _lock_id
+from cachekeeper.store import DELETING
 from cachekeeper.store import Root, publish, read_sidecar, unpublish
 
 from .helpers import facts

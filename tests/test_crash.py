@@ -19,7 +19,8 @@ from pathlib import Path
 import cachekeeper
 from cachekeeper import journal
 from cachekeeper.check import Status, check
-from cachekeeper.manifest import DELETING, Manifest, default_url
+from cachekeeper.manifest import Manifest, default_url
+from cachekeeper.store import DELETING
 from cachekeeper.prune import execute_prune, plan_prune
 from cachekeeper.runtime import BUILD, HIT
 from cachekeeper.store import Root, Roots, iter_sidecars, publish, read_sidecar

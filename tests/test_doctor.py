@@ -9,7 +9,8 @@ import cachekeeper
 from cachekeeper import uses
 from cachekeeper.doctor import CREATED, HEALTHY, REPLACED, doctor
 from cachekeeper.errors import SchemaTooNew
-from cachekeeper.manifest import DELETING, Manifest
+from cachekeeper.manifest import Manifest
+from cachekeeper.store import DELETING
 from cachekeeper.prune import execute_prune, plan_prune, set_pinned
 from cachekeeper.store import Root, Roots
 from cachekeeper.sync import sync

@@ -16,7 +16,7 @@ from cachekeeper.check import target_facts
 from cachekeeper.errors import UsageError
 from cachekeeper.keys import derive_keys
 from cachekeeper.leases import leases_for
-from cachekeeper.manifest import DELETING
+from cachekeeper.store import DELETING
 from cachekeeper.prune import UNTRACKED, execute_prune, hub_revisions, plan_prune
 from cachekeeper.store import Root, Roots, publish, read_sidecar, scan_contents
 from cachekeeper.sync import sync
