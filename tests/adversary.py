@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+import cachekeeper
 from cachekeeper import cli
 
 SOAK = os.environ.get("CACHEKEEPER_SOAK") == "1"
@@ -152,7 +153,7 @@ def _unmount(path: Path) -> None:
     _run("umount", "-l", str(path))
 
 
-_PACKAGE = os.path.dirname(cli.__file__) + os.sep
+_PACKAGE = os.path.dirname(cachekeeper.__file__) + os.sep
 
 
 @contextmanager

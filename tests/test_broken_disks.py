@@ -35,7 +35,7 @@ from cachekeeper.verify import verify
 
 from .adversary import at_lines, invoke, read_only, small_disk, snapshot
 from .helpers import run_cli
-from .test_prune import DAY, put
+from .test_prune import put
 
 TARGET = '[target]\ngpu = "cpu"\nlayers = ["compile"]\n'
 PARTS = {"inductor/a.so": b"a" * 3000, "inductor/b.so": b"b" * 3000, "triton/k.cubin": b"k" * 3000}

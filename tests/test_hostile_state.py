@@ -23,7 +23,7 @@ import cachekeeper
 from cachekeeper import uses
 from cachekeeper.errors import CachekeeperError
 from cachekeeper.manifest import Manifest, default_url
-from cachekeeper.runtime import BUILD, HIT, PRIVATE
+from cachekeeper.runtime import BUILD, PRIVATE
 from cachekeeper.store import Root, Roots, read_sidecar
 
 from .adversary import invoke, snapshot
