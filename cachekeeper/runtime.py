@@ -35,15 +35,15 @@ from .errors import CachekeeperError, UnsafePath, UsageError
 from .facts import Fact, Facts, observe
 from .keys import CacheKey, FactChange, derive_keys
 from .layers import COMPILE, DEFAULT_LAYERS, SNAPSHOT, WEIGHTS, Layer
-from .leases import DEFAULT_TTL, Lease, Leases, leases_for
 from .store import (
     Artifact, Contents, Root, Roots, builder_id, check_state, default_root, publish, read_sidecar, remove_tree,
     scan_contents,
 )  # fmt: skip
-from .target import Target, load_target
 
 if TYPE_CHECKING:
     from .manifest import Manifest
+    from .leases import Lease, Leases
+    from .target import Target
 
 logger = logging.getLogger("cachekeeper")
 
@@ -105,7 +105,7 @@ def activate(
     layers: Sequence[str] | None = None,
     on_busy: Literal["wait", "cold"] = "wait",
     wait_timeout: float = 900.0,
-    lease_ttl: float = DEFAULT_TTL,
+    lease_ttl: float | None = None,
     leases: Leases | None = None,
     db: str | None = None,
     probe_gpu: bool = True,
@@ -128,7 +128,9 @@ def activate(
     lease is released (on Modal: ``Volume.reload`` and ``Volume.commit``; see cachekeeper.modal).
     """
     started = time.monotonic()
-    if target is not None and not isinstance(target, Target):
+    if isinstance(target, (str, os.PathLike)):
+        from .target import load_target  # a warm boot without a target file never parses TOML
+
         target = load_target(Path(target))
     per_layer = {**(target.roots if target else {}), **{k: Path(v) for k, v in (roots or {}).items()}}
     cache_roots = Roots.at(Path(root) if root is not None else default_root(), per_layer)
@@ -169,7 +171,7 @@ def activate(
             waiting.refresh()
             for layer in chosen:
                 root_of_layer = cache_roots.for_layer(layer.name)
-                mechanism = leases if leases is not None else leases_for(root_of_layer, manifest, lease_ttl)
+                mechanism = _lease_mechanism(leases, root_of_layer, manifest, lease_ttl)
                 claims.append(_claim(layer, keys[layer.name], root_of_layer, mechanism, waiting))
             _record_dependencies(claims)
             env = _point_env(claims, previous_env)
@@ -341,10 +343,26 @@ class _Waiting:
         self.refresh()
 
 
-def _claim(layer: Layer, key: CacheKey, root: Root, leases: Leases, waiting: _Waiting) -> _Claim:
+def _lease_mechanism(
+    given: Leases | None, root: Root, manifest: Any, ttl: float | None
+) -> Callable[[], Leases]:
+    """The lease mechanism to build with, made only when a key is cold: a warm hit takes no lease,
+    and does not even load the module."""
+
+    def mechanism() -> Leases:
+        if given is not None:
+            return given
+        from .leases import DEFAULT_TTL, leases_for
+
+        return leases_for(root, manifest, DEFAULT_TTL if ttl is None else ttl)
+
+    return mechanism
+
+
+def _claim(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases], waiting: _Waiting) -> _Claim:
     """This boot's use of one layer. The use is registered before the sidecar is read: prune
     removes the sidecar before it looks for uses a last time, so either prune sees this use and
-    keeps the artifact, or this boot sees no sidecar (see prune._remove)."""
+    keeps the artifact, or this boot sees no sidecar (see prune._remove_batch)."""
     registration = uses.register(root, layer.name, str(key))
     try:
         claim = _look(layer, key, root, leases, waiting)
@@ -358,7 +376,7 @@ def _claim(layer: Layer, key: CacheKey, root: Root, leases: Leases, waiting: _Wa
     return claim
 
 
-def _look(layer: Layer, key: CacheKey, root: Root, leases: Leases, waiting: _Waiting) -> _Claim:
+def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases], waiting: _Waiting) -> _Claim:
     if layer.name == WEIGHTS:
         status = HIT if read_sidecar(root, WEIGHTS, str(key)) is not None else DOWNLOAD
         return _Claim(layer, LayerUse(WEIGHTS, key, status, root.layer_dir(WEIGHTS)), root)
@@ -368,7 +386,7 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Leases, waiting: _Wai
             if _leads_out(root, relpath):
                 return _private(layer, key, root)
             return _Claim(layer, LayerUse(layer.name, key, HIT, directory), root)
-        lease = leases.acquire(layer.name, str(key))
+        lease = leases().acquire(layer.name, str(key))
         if lease is not None:
             try:
                 # Another builder may have published between our look and our lease.

@@ -17,7 +17,7 @@ from cachekeeper.verify import verify
 from .adversary import SOAK
 from .workers import LOAD_PARTS, Workers, load_content
 
-SECONDS = 120.0 if SOAK else 12.0
+SECONDS = 120.0 if SOAK else 16.0
 BOOTERS, CHECKERS, LISTERS, PRUNERS = 16, 6, 4, 6
 VARIANTS = 6
 
@@ -32,9 +32,10 @@ def test_32_processes_booting_checking_listing_and_pruning_lose_nothing_and_dele
         targets.append(str(target))
     url = default_url(Roots.at(root))
     Manifest.open(url)  # the schema, once, before the crowd arrives
-    started = time.monotonic()
+    started, epoch = time.monotonic(), time.time()
     booters = Workers("boot_loop", url, [
-        {"root": str(root), "seconds": SECONDS, "variants": VARIANTS, "seed": n} for n in range(BOOTERS)
+        {"root": str(root), "seconds": SECONDS, "variants": VARIANTS, "seed": n, "started": epoch}
+        for n in range(BOOTERS)
     ])  # fmt: skip
     commands = (
         [["check", "--target", targets[n % VARIANTS], "--json"] for n in range(CHECKERS)]
@@ -54,8 +55,9 @@ def test_32_processes_booting_checking_listing_and_pruning_lose_nothing_and_dele
     assert damaged == [] and complaints == [], (damaged[:5], complaints[:5])
     counts = {kind: sum(result["counts"][kind] for result in booted) for kind in ("hit", "build", "private")}
     prunes = sum(sum(result["codes"].values()) for result in ran[-PRUNERS:])
-    print(f"{time.monotonic() - started:.1f} s: {counts} boots' layers, {prunes} prunes, {sum(sum(r['codes'].values()) for r in ran)} commands")
-    assert counts["hit"] > 0 and counts["build"] > VARIANTS * 2 and prunes > 0  # prunes removed, boots rebuilt
+    removed = sum(result["removed"] for result in ran[-PRUNERS:])
+    print(f"{time.monotonic() - started:.1f} s: {counts} boots' layers, {prunes} prunes removing {removed}, {sum(sum(r['codes'].values()) for r in ran)} commands")
+    assert counts["hit"] > 0 and removed > 0 and counts["build"] > VARIANTS * 2  # prunes removed, boots rebuilt
 
     # Nothing lost: what is published is whole, and the manifest says exactly that.
     manifest = Manifest.open(url)

@@ -176,10 +176,15 @@ def load_content(key: str, part: int) -> bytes:
 
 
 @action
-def boot_loop(url: str, root: str, seconds: float, variants: int, seed: int) -> dict[str, Any]:
+def boot_loop(url: str, root: str, seconds: float, variants: int, seed: int, started: float) -> dict[str, Any]:
     """Boot again and again (compile and snapshot layers, one of ``variants`` engine settings),
     building what is missing; on a hit, check every file of both artifacts while in use, before
-    and after a pause. Counts, and every file found missing or changed."""
+    and after a pause. Counts, and every file found missing or changed.
+
+    The engine settings in use shift with the time since ``started`` (a wall-clock time shared by
+    all booters): the first half of the variants boots in the first and last quarter of the run,
+    the second half in between. So the first half lies idle for half the run, long enough for a
+    prune to remove it however slow the machine, and then comes back to be rebuilt."""
     import random
     from pathlib import Path
 
@@ -204,7 +209,9 @@ def boot_loop(url: str, root: str, seconds: float, variants: int, seed: int) -> 
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        engine = {"variant": chance.randrange(variants)}
+        half = variants // 2
+        in_middle = 0.25 <= (time.time() - started) / seconds < 0.75
+        engine = {"variant": half * in_middle + chance.randrange(half)}
         with cachekeeper.activate(Path(root), layers=["compile", "snapshot"], engine=engine, wait_timeout=5) as ck:
             for use in ck.layers.values():
                 counts[use.status] += 1
@@ -228,14 +235,17 @@ def boot_loop(url: str, root: str, seconds: float, variants: int, seed: int) -> 
 @action
 def command_loop(url: str, root: str, seconds: float, command: list[str]) -> dict[str, Any]:
     """Run ``cachekeeper --root ROOT COMMAND`` in this process again and again; how often each exit
-    code came, and any stderr that was not a plain 'not ready'."""
+    code came, how many artifacts its JSON said it removed, and any stderr that was not a plain
+    'not ready'."""
     import contextlib
     import io
+    import json
 
     from cachekeeper import cli
 
     codes: dict[int, int] = {}
     complaints: list[str] = []
+    removed = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         out, err = io.StringIO(), io.StringIO()
@@ -247,4 +257,6 @@ def command_loop(url: str, root: str, seconds: float, command: list[str]) -> dic
         codes[code] = codes.get(code, 0) + 1
         if code not in (0, 1) or err.getvalue().strip():
             complaints.append(f"{command[0]} exited {code}: {err.getvalue().strip()}")
-    return {"codes": codes, "complaints": complaints}
+        elif command[0] == "prune":
+            removed += len(json.loads(out.getvalue())["removed"])
+    return {"codes": codes, "complaints": complaints, "removed": removed}
