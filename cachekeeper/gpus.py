@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import UsageError
 
 
-@dataclass(frozen=True, slots=True)
-class GpuType:
+class GpuType(NamedTuple):
     """A GPU type as Modal spells it (``gpu="A100-80GB"``) and what a deployer knows of it."""
 
     name: str

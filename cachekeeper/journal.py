@@ -16,9 +16,8 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import CachekeeperError
 from .facts import Facts
@@ -75,8 +74,7 @@ class Journal:
             self.append(CLOSED)
 
 
-@dataclass(frozen=True, slots=True)
-class JournalChunk:
+class JournalChunk(NamedTuple):
     records: tuple[dict[str, Any], ...]
     end: int  # byte offset after the last complete line read
     closed: bool

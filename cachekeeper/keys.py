@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import facts as f
 from .errors import UnknownKeyError
@@ -50,8 +50,7 @@ class CacheKey:
         return tuple(fact.name for fact in self.facts if fact.source is Source.UNKNOWN)
 
 
-@dataclass(frozen=True, slots=True)
-class FactChange:
+class FactChange(NamedTuple):
     name: str
     old: FactValue
     new: FactValue

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import facts as f
 from .errors import UsageError
@@ -18,8 +17,7 @@ SNAPSHOT = "snapshot"
 LabelPart = str | tuple[str, ...]  # a fact name, or alternatives of which the first present wins
 
 
-@dataclass(frozen=True, slots=True)
-class Layer:
+class Layer(NamedTuple):
     """A rule: which facts key this layer's artifacts, and what its key's readable prefix shows.
 
     ``facts`` holds fact names and prefixes ending in ``*`` (``"engine.*"``: every engine

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import facts as f
 from .errors import ManifestError, ManifestUnreachable, SchemaOutOfDate, SchemaTooNew
@@ -41,9 +41,9 @@ _DEPLOY_PREFIXES = (f.MODEL, f.ENGINE_PREFIX)
 _ARTIFACT_COLUMNS = "key, layer, model, relpath, bytes, files, created_at, last_used_at, builder, facts, depends_on, checksum"
 
 
-@dataclass(frozen=True, slots=True)
-class ArtifactSummary:
-    """An artifact as ``ls`` shows it: everything but its facts, which are slow to read in bulk."""
+class ArtifactSummary(NamedTuple):
+    """An artifact as ``ls`` shows it: everything but its facts, which are slow to read in bulk.
+    A named tuple, since ``ls`` makes one per row of the whole manifest."""
 
     key: str
     layer: str
@@ -417,7 +417,7 @@ class Manifest:
             "SELECT key, layer, model, state, relpath, bytes, files, created_at, last_used_at "
             f"FROM artifact{where} ORDER BY last_used_at DESC, key"
         )
-        return [ArtifactSummary(*row) for row in self._rows(query, params)]
+        return list(map(ArtifactSummary._make, self._rows(query, params)))
 
     def keys_in_state(self, state: str) -> list[tuple[str, str]]:
         """(layer, key) of every artifact in ``state``."""

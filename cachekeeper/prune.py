@@ -145,25 +145,26 @@ def plan_prune(
     over_budget = 0
     if max_size is not None:
         total = sum(a.bytes for a in in_scope) - sum(a.bytes for a in chosen)
+        going = {a.key for a in chosen}
         evictable = sorted(
             (a for a in spared if not protected.get(a.key) and a.key not in recent),
             key=lambda a: (a.last_used_at, a.key),
         )
         progress = True
         while total > max_size and progress:  # again after a snapshot goes: what it needed may go too
-            progress = False
-            for artifact in list(evictable):
-                if total <= max_size:
-                    break
-                if _live_dependents(artifact, dependents, chosen):
+            progress, kept = False, []
+            for artifact in evictable:
+                if total <= max_size or _live_dependents(artifact, dependents, going):
+                    kept.append(artifact)
                     continue
                 total -= artifact.bytes
-                evictable.remove(artifact)
-                spared.remove(artifact)
+                going.add(artifact.key)
                 chosen.append(artifact)
                 used = format_age(now - artifact.last_used_at)
                 reasons[artifact.key] = (f"least recently used (used {used}): evicted to fit {format_bytes(max_size)}",)
                 progress = True
+            evictable = kept
+        spared = [a for a in spared if a.key not in going]
         over_budget = max(0, total - max_size)
 
     # A snapshot goes before what it was built from, so a failed removal never strands it.
@@ -174,8 +175,7 @@ def plan_prune(
     )
 
 
-def _live_dependents(artifact: Artifact, dependents: Mapping[str, list[str]], chosen: list[Artifact]) -> list[str]:
-    going = {a.key for a in chosen}
+def _live_dependents(artifact: Artifact, dependents: Mapping[str, list[str]], going: set[str]) -> list[str]:
     return [key for key in dependents.get(artifact.key, ()) if key not in going]
 
 
@@ -184,13 +184,15 @@ def _keep_what_live_snapshots_need(
 ) -> None:
     """Move back from ``chosen`` whatever an artifact that stays was built from. What a snapshot
     that goes was built from may go with it."""
+    going = {a.key for a in chosen}
     changed = True
     while changed:
         changed = False
-        for artifact in list(chosen):
-            staying = _live_dependents(artifact, dependents, chosen)
+        for artifact in [a for a in chosen if a.key in dependents]:
+            staying = _live_dependents(artifact, dependents, going)
             if staying:
                 chosen.remove(artifact)
+                going.discard(artifact.key)
                 spared.append(artifact)
                 reasons[artifact.key] = tuple(f"the live snapshot {key} was built from it" for key in staying)
                 changed = True

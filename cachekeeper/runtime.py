@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from . import facts as f
 from . import journal, uses
@@ -41,8 +41,8 @@ from .store import (
 )  # fmt: skip
 
 if TYPE_CHECKING:
-    from .manifest import Manifest
     from .leases import Lease, Leases
+    from .manifest import Manifest
     from .target import Target
 
 logger = logging.getLogger("cachekeeper")
@@ -57,8 +57,7 @@ _FIRST_POLL_SECONDS = 0.2
 _LAST_POLL_SECONDS = 2.0
 
 
-@dataclass(frozen=True, slots=True)
-class LayerUse:
+class LayerUse(NamedTuple):
     layer: str
     key: CacheKey
     status: str  # HIT, BUILD, PRIVATE or DOWNLOAD

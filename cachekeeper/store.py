@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import facts as f
 from .errors import CachekeeperError, StoreError, UnsafePath
@@ -54,8 +54,7 @@ def builder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@dataclass(frozen=True, slots=True)
-class Root:
+class Root(NamedTuple):
     """One cache root: a directory, usually a Volume mount, holding one or more layers."""
 
     path: Path

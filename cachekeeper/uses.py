@@ -17,8 +17,8 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .store import Root
 
@@ -28,8 +28,7 @@ USE_TTL = 300.0
 _RENEW_EVERY = USE_TTL / 4
 
 
-@dataclass(frozen=True, slots=True)
-class UseInfo:
+class UseInfo(NamedTuple):
     owner: str  # host:pid
     since: float
     expires_at: float

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,13 +34,14 @@ def list_artifacts(
     roots, manifest = opened(ctx, target)
     artifacts = manifest.summaries(layer=layer, model=model)
     if as_json:
+        layer_dirs = {layer: str(roots.for_layer(layer).path) for layer in {a.layer for a in artifacts}}
         print_json(
             {
                 "artifacts": [
                     {
                         "key": a.key, "layer": a.layer, "model": a.model, "status": a.state, "bytes": a.bytes,
                         "files": a.files, "created_at": a.created_at, "last_used_at": a.last_used_at,
-                        "path": str(roots.for_layer(a.layer).path / a.relpath),
+                        "path": os.path.join(layer_dirs[a.layer], a.relpath),
                     }  # fmt: skip
                     for a in artifacts
                 ]

@@ -6,6 +6,7 @@ rich loads on first use, so that ``--json`` output never pays for it.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 
@@ -29,7 +30,10 @@ stderr = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    """Indented for a person at a terminal; one line when piped, which is read by programs and is
+    encoded in C (the indenting encoder is pure Python: seconds for 100,000 artifacts)."""
+    indent = 2 if sys.stdout.isatty() else None
+    print(json.dumps(data, indent=indent, sort_keys=indent is not None, default=str))
 
 
 def progress(description: str, total: int | None, *, quiet: bool, in_bytes: bool = False) -> Any:
