@@ -167,3 +167,13 @@ def test_help_reads_well(project, root):
     for command in ("fingerprint", "run", "check", "ls", "explain", "prune", "sync", "db"):
         assert command in result.stdout
     assert "--older-than" in cli(project, root, "prune", "--help").stdout
+
+
+def test_json_output_is_one_sorted_line_when_piped_and_keeps_integers_beyond_64_bits(capsys):
+    from cachekeeper.cli.output import print_json
+
+    print_json({"b": [1, 2], "a": {"path": Path("/cache")}})
+    print_json({"engine.seed": 2**70})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == '{"a":{"path":"/cache"},"b":[1,2]}'
+    assert json.loads(lines[1]) == {"engine.seed": 2**70}
