@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import facts as f
@@ -388,8 +388,7 @@ def execute_prune(
     writer = journal.Journal(roots.main)
     unfinished = {key for _, key in manifest.keys_in_state(DELETING)}
     try:
-        for start in range(0, len(plan.removals), BATCH):
-            batch = plan.removals[start : start + BATCH]
+        for batch in _batches(plan.removals):
             gone, kept = _remove_batch(batch, manifest, roots, writer, unfinished)
             removed += gone
             skipped += kept
@@ -399,6 +398,16 @@ def execute_prune(
     finally:
         writer.close()
     return PruneResult(tuple(removed), tuple(skipped), clean_leftovers(manifest, roots))
+
+
+def _batches(removals: Sequence[Artifact]) -> Iterator[Sequence[Artifact]]:
+    """``BATCH`` removals at a time, snapshots first and never in a batch with what they were
+    built from: that is checked once they are gone, not while they still look live."""
+    snapshots = [a for a in removals if a.depends_on]
+    others = [a for a in removals if not a.depends_on]
+    for group in (snapshots, others):
+        for start in range(0, len(group), BATCH):
+            yield group[start : start + BATCH]
 
 
 def _remove_batch(

@@ -15,6 +15,7 @@ On an exception: publish nothing, and remove what was half built.
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.util
 import logging
 import os
@@ -345,9 +346,10 @@ class _Waiting:
 def _lease_mechanism(
     given: Leases | None, root: Root, manifest: Any, ttl: float | None
 ) -> Callable[[], Leases]:
-    """The lease mechanism to build with, made only when a key is cold: a warm hit takes no lease,
-    and does not even load the module."""
+    """The lease mechanism to build with, made once and only when a key is cold: a warm hit takes
+    no lease, and does not even load the module."""
 
+    @functools.cache
     def mechanism() -> Leases:
         if given is not None:
             return given

@@ -150,6 +150,13 @@ def test_a_snapshot_goes_before_what_it_was_built_from_and_a_kept_one_keeps_them
     assert (root / fleet["source"].relpath / "data").exists()
 
 
+def test_one_prune_removes_a_snapshot_and_what_it_was_built_from(root, manifest, fleet):
+    result = execute_prune(plan(root, manifest, older_than=2 * DAY), manifest, Roots.at(root))
+    removed = [a.key for a in result.removed]
+    assert fleet["snapshot"].key in removed and fleet["source"].key in removed, result.skipped
+    assert not (root / fleet["source"].relpath).exists()
+
+
 def test_roots_are_checked_again_just_before_each_removal(root, manifest, fleet):
     planned = plan(root, manifest, older_than=7 * DAY)
     late = uses.register(Root(root), "compile", fleet["old"].key)

@@ -176,14 +176,13 @@ def load_content(key: str, part: int) -> bytes:
 
 
 @action
-def boot_loop(url: str, root: str, seconds: float, variants: int, seed: int, started: float) -> dict[str, Any]:
+def boot_loop(url: str, root: str, seconds: float, variants: int, seed: int) -> dict[str, Any]:
     """Boot again and again (compile and snapshot layers, one of ``variants`` engine settings),
     building what is missing; on a hit, check every file of both artifacts while in use, before
     and after a pause. Counts, and every file found missing or changed.
 
-    The engine settings in use shift with the time since ``started`` (a wall-clock time shared by
-    all booters): the first half of the variants boots in the first and last quarter of the run,
-    the second half in between. So the first half lies idle for half the run, long enough for a
+    The engine settings in use shift with time (booters are released together): the first half
+    of the variants boots in the first and last quarter of the run, the second half in between. So the first half lies idle for half the run, long enough for a
     prune to remove it however slow the machine, and then comes back to be rebuilt."""
     import random
     from pathlib import Path
@@ -207,10 +206,10 @@ def boot_loop(url: str, root: str, seconds: float, variants: int, seed: int, sta
             if content != load_content(str(use.key), part):
                 damaged.append(f"{use.key}: {path.name} changed while in use")
 
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    began = time.monotonic()
+    while time.monotonic() < began + seconds:
         half = variants // 2
-        in_middle = 0.25 <= (time.time() - started) / seconds < 0.75
+        in_middle = 0.25 <= (time.monotonic() - began) / seconds < 0.75
         engine = {"variant": half * in_middle + chance.randrange(half)}
         with cachekeeper.activate(Path(root), layers=["compile", "snapshot"], engine=engine, wait_timeout=5) as ck:
             for use in ck.layers.values():
