@@ -9,14 +9,15 @@ still needs a fact nobody told is *unverified*.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from . import facts as f
+from .errors import UnknownKeyError
 from .facts import Fact, Facts, Source
-from .keys import CacheKey, FactChange, derive_keys, explain
-from .layers import WEIGHTS
+from .keys import CacheKey, FactChange, derive_keys, explain, parse_key
+from .layers import DEFAULT_LAYERS, WEIGHTS
 from .leases import leases_for
 from .manifest import Manifest, Observation
 from .store import Roots, read_sidecar
@@ -80,6 +81,17 @@ def target_facts(
     return facts
 
 
+def local_facts(target: Target | None, roots: Roots) -> Facts:
+    """This machine's facts, with the target's model, revision, engine arguments and image."""
+    return f.observe(
+        model=target.model if target else None,
+        revision=target.revision if target else None,
+        engine=target.engine if target else None,
+        image=target.image if target else None,
+        hf_cache=roots.for_layer(WEIGHTS).layer_dir(WEIGHTS),
+    )
+
+
 def check(target: Target, roots: Roots, manifest: Manifest) -> CheckReport:
     """Fold what containers recorded (unless the root is read-only), then report every layer the
     target needs."""
@@ -102,3 +114,33 @@ def _layer_report(layer: str, key: CacheKey, roots: Roots, manifest: Manifest) -
     if nearest is not None:
         return LayerReport(layer, key, Status.STALE, nearest.key, explain(nearest.cache_key(), key))
     return LayerReport(layer, key, Status.COLD)
+
+
+def explain_keys(old: str, new: str, target: Target | None, roots: Roots, manifest: Manifest) -> tuple[FactChange, ...]:
+    """The facts that differ between two keys, looked up among recorded artifacts and the keys the
+    target and this machine derive."""
+    parse_key(old)
+    parse_key(new)
+    known = dict(_known_keys(target, roots, manifest, {old, new}))
+    for key in (old, new):
+        if key not in known:
+            raise UnknownKeyError(
+                f"key {key} is unknown: it is not in the manifest, and neither the target nor this machine derives it"
+            )
+    return explain(known[old], known[new])
+
+
+def _known_keys(target: Target | None, roots: Roots, manifest: Manifest, wanted: set[str]) -> Iterator[tuple[str, CacheKey]]:
+    refresh(manifest, roots)
+    for key in wanted:
+        artifact = manifest.artifact(key)
+        if artifact is None:
+            layer = key.split("-", 1)[0]
+            artifact = read_sidecar(roots.for_layer(layer), layer, key)
+        if artifact is not None:
+            yield key, artifact.cache_key()
+    layers = target.layers if target else DEFAULT_LAYERS
+    if target is not None:
+        observation = manifest.latest_observation(target.gpu.name)
+        yield from ((str(k), k) for k in derive_keys(target_facts(target, observation, roots), layers).values())
+    yield from ((str(k), k) for k in derive_keys(local_facts(target, roots), layers).values())

@@ -9,15 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 
 from .. import errors
-from ..errors import UnknownKeyError, UsageError
+from ..errors import UsageError
 from ..units import format_age
-from .app import JsonOption, Settings, TargetOption, app, resolve_target, settings_of
+from .app import JsonOption, TargetOption, app, resolve_target, settings_of
 from .output import console, key_column, make_table, plain, print_json, show, stderr
 
 
@@ -31,21 +30,14 @@ def fingerprint(ctx: typer.Context, target: TargetOption = None, as_json: JsonOp
     With a target, its model, revision and engine arguments join the facts, and any fact this
     machine contradicts is listed.
     """
-    from ..facts import observe
+    from ..check import local_facts
     from ..keys import derive_keys
-    from ..layers import DEFAULT_LAYERS, WEIGHTS
+    from ..layers import DEFAULT_LAYERS
     from ..runtime import contradictions
 
     settings = settings_of(ctx)
     found = resolve_target(target)
-    roots = settings.roots(found)
-    facts = observe(
-        model=found.model if found else None,
-        revision=found.revision if found else None,
-        engine=found.engine if found else None,
-        image=found.image if found else None,
-        hf_cache=roots.for_layer(WEIGHTS).layer_dir(WEIGHTS),
-    )
+    facts = local_facts(found, settings.roots(found))
     keys = derive_keys(facts, found.layers if found else DEFAULT_LAYERS)
     mismatches = contradictions(found.declared_facts(), facts) if found else ()
     if as_json:
@@ -294,20 +286,12 @@ def explain(
 
     Keys are looked up among recorded artifacts and the keys the target and this machine derive.
     """
-    from ..keys import explain as explain_keys
-    from ..keys import parse_key
+    from ..check import explain_keys
 
-    parse_key(key_a)
-    parse_key(key_b)
     settings = settings_of(ctx)
     found = resolve_target(target)
-    known = dict(_known_keys(settings, found, {key_a, key_b}))
-    for key in (key_a, key_b):
-        if key not in known:
-            raise UnknownKeyError(
-                f"key {key} is unknown: it is not in the manifest, and neither the target nor this machine derives it"
-            )
-    changes = explain_keys(known[key_a], known[key_b])
+    roots = settings.roots(found)
+    changes = explain_keys(key_a, key_b, found, roots, settings.manifest(roots))
     if as_json:
         print_json({"old": key_a, "new": key_b, "changes": [change.to_json() for change in changes]})
         return
@@ -315,35 +299,3 @@ def explain(
         console.print("The two keys are made of the same facts.")
     for change in changes:
         console.print(str(change))
-
-
-def _known_keys(settings: Settings, target: Any, wanted: set[str]) -> Iterator[tuple[str, Any]]:
-    from ..check import target_facts
-    from ..facts import observe
-    from ..keys import derive_keys
-    from ..layers import DEFAULT_LAYERS, WEIGHTS
-    from ..store import read_sidecar
-    from ..sync import refresh
-
-    roots = settings.roots(target)
-    manifest = settings.manifest(roots)
-    refresh(manifest, roots)
-    for key in wanted:
-        artifact = manifest.artifact(key)
-        if artifact is None:
-            layer = key.split("-", 1)[0]
-            artifact = read_sidecar(roots.for_layer(layer), layer, key)
-        if artifact is not None:
-            yield key, artifact.cache_key()
-    layers = target.layers if target else DEFAULT_LAYERS
-    if target is not None:
-        observation = manifest.latest_observation(target.gpu.name)
-        yield from ((str(k), k) for k in derive_keys(target_facts(target, observation, roots), layers).values())
-    here = observe(
-        model=target.model if target else None,
-        revision=target.revision if target else None,
-        engine=target.engine if target else None,
-        image=target.image if target else None,
-        hf_cache=roots.for_layer(WEIGHTS).layer_dir(WEIGHTS),
-    )
-    yield from ((str(k), k) for k in derive_keys(here, layers).values())
