@@ -4,6 +4,8 @@ Facts come from three places, and the report says which fact came from where: wh
 declares; the model revision resolved to a commit sha; and, for what a deployer cannot know (the
 driver, the exact GPU name), the newest fingerprint observed on the same GPU type. A key that
 still needs a fact nobody told is *unverified*.
+
+``explain_keys`` answers the question a stale layer raises: which facts differ between two keys.
 """
 
 from __future__ import annotations

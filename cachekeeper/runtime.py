@@ -344,7 +344,7 @@ class _Waiting:
 
 
 def _lease_mechanism(
-    given: Leases | None, root: Root, manifest: Any, ttl: float | None
+    given: Leases | None, root: Root, manifest: Manifest | None, ttl: float | None
 ) -> Callable[[], Leases]:
     """The lease mechanism to build with, made once and only when a key is cold: a warm hit takes
     no lease, and does not even load the module."""
