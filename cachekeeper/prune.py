@@ -35,7 +35,7 @@ from .errors import CachekeeperError, UnknownKeyError, UnsafePath, UsageError
 from .facts import Facts, Source
 from .keys import derive_key, derive_keys, parse_key
 from .layers import WEIGHTS, check_scope, layer_named
-from .leases import Lease, leases_for
+from .leases import Lease, Leases, leases_for
 from .leftovers import Leftovers, clean_leftovers
 from .manifest import Manifest
 from .store import (
@@ -314,11 +314,11 @@ def _roots(
     now: float,
 ) -> dict[str, list[str]]:
     """Why each artifact must stay whatever the policy: key → reasons (none: it may go)."""
-    pinned = manifest.pinned()
+    pinned, leases = manifest.pinned(), _lease_mechanisms(roots, manifest)
     target_weights = wanted.get(WEIGHTS, set()) if any(t.model for t in targets) else set()
     found: dict[str, list[str]] = {}
     for artifact in artifacts:
-        reasons = blockers(artifact, roots, manifest, pinned, {}, now)
+        reasons = blockers(artifact, roots, leases, pinned, {}, now)
         if artifact.key in target_weights:
             reasons.append("a target names this weights revision")
         elif artifact.layer == WEIGHTS and artifact.model in unresolved:
@@ -328,10 +328,14 @@ def _roots(
     return found
 
 
+def _lease_mechanisms(roots: Roots, manifest: Manifest) -> dict[Root, Leases]:
+    return {root: leases_for(root, manifest) for root in roots.all()}
+
+
 def blockers(
     artifact: Artifact,
     roots: Roots,
-    manifest: Manifest,
+    leases: Mapping[Root, Leases],
     pinned: set[str],
     dependents: Mapping[str, list[str]],
     now: float,
@@ -343,7 +347,7 @@ def blockers(
         reasons.append("pinned")
     for use in uses.users(root, artifact.layer, artifact.key, now):
         reasons.append(f"in use by {use.owner}")
-    holder = leases_for(root, manifest).holder(artifact.layer, artifact.key)
+    holder = leases[root].holder(artifact.layer, artifact.key)
     if holder is not None:
         reasons.append(f"a process holds its lease ({holder.owner})")
     for dependent in dependents.get(artifact.key, ()):
@@ -476,18 +480,19 @@ def _lease_what_may_go(
     """The artifacts of ``batch`` nothing protects, each under its build lease, so that no builder
     starts on a key while its files go; the others go to ``kept`` with the reason."""
     pinned, dependents, now = manifest.pinned(), manifest.dependents(), time.time()
+    leases = _lease_mechanisms(roots, manifest)
     ready = []
     for artifact in batch:
         root = roots.for_layer(artifact.layer)
         if artifact.key not in unfinished:
-            reasons = blockers(artifact, roots, manifest, pinned, dependents, now)
+            reasons = blockers(artifact, roots, leases, pinned, dependents, now)
             if reasons:
                 kept.append((artifact, "; ".join(reasons)))
                 continue
             if _republished(root, artifact):
                 kept.append((artifact, "rebuilt since it was planned for removal"))
                 continue
-        lease = leases_for(root, manifest).acquire(artifact.layer, artifact.key)
+        lease = leases[root].acquire(artifact.layer, artifact.key)
         if lease is None:
             kept.append((artifact, "a process holds its lease"))
             continue

@@ -329,7 +329,7 @@ def test_a_prune_killed_while_a_server_uses_what_it_removes_leaves_the_files_unt
     lines = _trace(template, tmp_path)
     removing = [i + 1 for i, line in enumerate(lines) if line.split(":")[1] in ("_lease_what_may_go", "_remove_batch")]
     # The boot registers and hits after the prune's first look for uses, as it takes the lease.
-    use_at = next(i for i in removing if "leases_for(root, manifest).acquire" in _source(lines[i - 1]))
+    use_at = next(i for i in removing if "leases[root].acquire" in _source(lines[i - 1]))
     points = [p for p in removing if p > use_at] + [p for p in _points(lines, 12) if p > use_at]
     print(f"{len(points)} kill points")
     outcomes = set()
