@@ -20,7 +20,9 @@ class Block(torch.nn.Module):
         super().__init__()
         self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
         self.attention = torch.nn.MultiheadAttention(width, heads, batch_first=True)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width))
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
@@ -89,7 +91,11 @@ def _hot_spots(profiler) -> list[str]:
 def _phases(table: tuple[list[str], list[object]]) -> dict[str, float]:
     """Seconds per torch.compile phase, the largest first."""
     names, values = table
-    phases = {name: float(value) for name, value in zip(names, values) if isinstance(value, (int, float, str)) and _number(value)}
+    phases = {
+        name: float(value)
+        for name, value in zip(names, values, strict=False)
+        if isinstance(value, (int, float, str)) and _number(value)
+    }
     return dict(sorted(phases.items(), key=lambda item: -item[1])[:8])
 
 

@@ -31,7 +31,10 @@ ENGINE = {"width": 1024, "depth": 12, "heads": 16, "batch": 8, "sequence": 256}
 def nvidia_smi() -> dict[str, str]:
     fields = "name,compute_cap,memory.total,driver_version"
     line = subprocess.run(
-        ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"], capture_output=True, text=True, check=True
+        ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()[0]
     name, cap, memory, driver = (part.strip() for part in line.split(","))
     header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=True).stdout
@@ -55,9 +58,16 @@ def fingerprint_cost(repeats: int = 15) -> dict[str, float]:
         started = time.perf_counter()
         cachekeeper.observe()
         in_process.append(time.perf_counter() - started)
-    script = "import time; t = time.perf_counter(); import cachekeeper; cachekeeper.observe(); print(time.perf_counter() - t)"
+    script = (
+        "import time; t = time.perf_counter(); import cachekeeper; cachekeeper.observe(); "
+        "print(time.perf_counter() - t)"
+    )
     fresh = [
-        float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=_env()).stdout)
+        float(
+            subprocess.run(
+                [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=_env()
+            ).stdout
+        )
         for _ in range(5)
     ]
     return {"observe_median_s": statistics.median(in_process), "import_and_observe_median_s": statistics.median(fresh)}
@@ -70,16 +80,36 @@ def _env() -> dict[str, str]:
 def boot(root: Path, target: Path, extra_env: dict[str, str]) -> dict:
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "cachekeeper", "--root", str(root), "run", "--target", str(target), "--json", "--",
-         sys.executable, str(HERE / "gpu_model.py"), str(target)],
-        capture_output=True, text=True, env={**_env(), **extra_env},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cachekeeper",
+            "--root",
+            str(root),
+            "run",
+            "--target",
+            str(target),
+            "--json",
+            "--",
+            sys.executable,
+            str(HERE / "gpu_model.py"),
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        env={**_env(), **extra_env},
+    )
     if result.returncode != 0:
         raise SystemExit(f"boot failed:\n{result.stdout}\n{result.stderr}")
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     workload, summary = lines[0], lines[-1]
     compile_layer = next(layer for layer in summary["layers"] if layer["layer"] == "compile")
-    return {**workload, "boot_wall_seconds": time.perf_counter() - started, "key": compile_layer["key"], "status": compile_layer["status"]}
+    return {
+        **workload,
+        "boot_wall_seconds": time.perf_counter() - started,
+        "key": compile_layer["key"],
+        "status": compile_layer["status"],
+    }
 
 
 def three_boots(extra_env: dict[str, str]) -> dict:
@@ -109,7 +139,9 @@ def main() -> None:
 
     facts = cachekeeper.observe()
     ours = {name: facts.value(f"gpu.{name}") for name in ("name", "arch", "memory_mib")}
-    ours.update(driver=facts.value("driver.version"), cuda=facts.value("cuda.driver"), runtime=facts.value("cuda.runtime"))
+    ours.update(
+        driver=facts.value("driver.version"), cuda=facts.value("cuda.driver"), runtime=facts.value("cuda.runtime")
+    )
     smi, torch_side = nvidia_smi(), torch_view()
     agreement = {
         "name (nvidia-smi)": ours["name"] == smi["name"],
@@ -123,13 +155,16 @@ def main() -> None:
         "CUDA runtime (torch.version.cuda)": ours["runtime"] == torch_side["runtime"],
     }
     cost = fingerprint_cost()
-    from cachekeeper.runtime import _has_torch_bytecode
+    from cachekeeper.runtime.environment import has_torch_bytecode
 
-    image = {"torch bytecode in the image": _has_torch_bytecode()}
+    image = {"torch bytecode in the image": has_torch_bytecode()}
 
     # vLLM sets TORCHINDUCTOR_COMPILE_THREADS=1 itself (vllm/env_override.py); torch's default
     # starts a pool of compile workers. Both are measured, each in a cache root of its own.
-    configurations = {"torch default": {}, "TORCHINDUCTOR_COMPILE_THREADS=1 (as vLLM)": {"TORCHINDUCTOR_COMPILE_THREADS": "1"}}
+    configurations = {
+        "torch default": {},
+        "TORCHINDUCTOR_COMPILE_THREADS=1 (as vLLM)": {"TORCHINDUCTOR_COMPILE_THREADS": "1"},
+    }
     runs = {name: three_boots(extra) for name, extra in configurations.items()}
     checks = {}
     for name, run in runs.items():
@@ -137,8 +172,11 @@ def main() -> None:
         checks.update(
             {
                 f"{name}: cold boot built and published": cold["status"] == "build" and run["published"],
-                f"{name}: warm boot was a cache hit": warm["status"] == "hit" and warm["key"] == cold["key"] and warm["fxgraph_hits"] >= 1,
-                f"{name}: changed key got its own directory": changed["key"] != cold["key"] and changed["inductor_dir"] != cold["inductor_dir"],
+                f"{name}: warm boot was a cache hit": warm["status"] == "hit"
+                and warm["key"] == cold["key"]
+                and warm["fxgraph_hits"] >= 1,
+                f"{name}: changed key got its own directory": changed["key"] != cold["key"]
+                and changed["inductor_dir"] != cold["inductor_dir"],
                 f"{name}: changed boot reused nothing": changed["status"] == "build" and changed["fxgraph_hits"] == 0,
                 f"{name}: old artifact untouched by the changed boot": run["untouched"],
                 f"{name}: warm compile ≤ 25% of cold": warm["compile_seconds"] <= 0.25 * cold["compile_seconds"],
@@ -166,21 +204,40 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"GPU: {report['device']['name']}, driver {report['device']['driver']}, CUDA {report['device']['cuda']}, "
-             f"torch {report['torch']['torch']} ({report['date']})", "", "| check | result |", "|---|---|"]  # fmt: skip
-    lines += [f"| {name} | {'yes' if ok else 'NO'} |" for name, ok in {**report["agreement"], **report["checks"]}.items()]
+    lines = [
+        f"GPU: {report['device']['name']}, driver {report['device']['driver']}, CUDA {report['device']['cuda']}, "
+        f"torch {report['torch']['torch']} ({report['date']})",
+        "",
+        "| check | result |",
+        "|---|---|",
+    ]
+    lines += [
+        f"| {name} | {'yes' if ok else 'NO'} |" for name, ok in {**report["agreement"], **report["checks"]}.items()
+    ]
     cost = report["fingerprint_cost"]
-    lines += ["", f"torch bytecode in the image: {'yes' if report['image']['torch bytecode in the image'] else 'no (kept in the compile artifact)'}"]
-    lines += ["", f"observe(): {cost['observe_median_s'] * 1000:.1f} ms median in-process; "
-              f"{cost['import_and_observe_median_s'] * 1000:.1f} ms with the import, in a fresh process", "",
-              ]  # fmt: skip
+    lines += [
+        "",
+        "torch bytecode in the image: "
+        + ("yes" if report["image"]["torch bytecode in the image"] else "no (kept in the compile artifact)"),
+    ]
+    lines += [
+        "",
+        f"observe(): {cost['observe_median_s'] * 1000:.1f} ms median in-process; "
+        f"{cost['import_and_observe_median_s'] * 1000:.1f} ms with the import, in a fresh process",
+        "",
+    ]
     for name, run in report["runs"].items():
-        lines += [f"**{name}**", "", "| boot | key status | compile + first forward (s) | whole boot (s) | fxgraph hits / misses |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"**{name}**",
+            "",
+            "| boot | key status | compile + first forward (s) | whole boot (s) | fxgraph hits / misses |",
+            "|---|---|---|---|---|",
+        ]
         for boot_name in ("cold", "warm", "changed"):
             result = run[boot_name]
             lines.append(
-                f"| {boot_name} | {result['status']} | {result['compile_seconds']:.2f} | {result['boot_wall_seconds']:.2f} "
+                f"| {boot_name} | {result['status']} | {result['compile_seconds']:.2f} "
+                f"| {result['boot_wall_seconds']:.2f} "
                 f"| {result['fxgraph_hits']} / {result['fxgraph_misses']} |"
             )
         ratio = run["warm"]["compile_seconds"] / run["cold"]["compile_seconds"]

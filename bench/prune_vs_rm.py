@@ -23,8 +23,8 @@ from common import REPO, machine, save, timed
 
 sys.path.insert(0, str(REPO))
 
-from cachekeeper.manifest import Manifest, default_url  # noqa: E402
-from cachekeeper.store import Artifact, Root, Roots, publish  # noqa: E402
+from cachekeeper.manifest import Manifest, default_url
+from cachekeeper.store import Artifact, Root, Roots, publish
 
 KEY = "compile-cpu-torch2.13.0-00000000000000aa"
 
@@ -47,8 +47,10 @@ def prune_seconds(scratch: Path, files: int) -> float:
     publish(Root(root), artifact)
     Manifest.open(default_url(Roots.at(root))).record_artifact(artifact)
     subprocess.run(["sync"], check=True)
-    elapsed = timed([sys.executable, "-m", "cachekeeper", "--root", str(root), "prune", "--key", KEY, "--yes", "--json"],
-                    capture_output=True)  # fmt: skip
+    elapsed = timed(
+        [sys.executable, "-m", "cachekeeper", "--root", str(root), "prune", "--key", KEY, "--yes", "--json"],
+        capture_output=True,
+    )
     assert not (root / "compile" / KEY).exists()
     return elapsed
 
@@ -68,16 +70,23 @@ def main() -> None:
     prune_times, rm_times = [], []
     for repeat in range(arguments.repeats):
         with tempfile.TemporaryDirectory() as scratch:
-            pair = [lambda: prune_times.append(prune_seconds(Path(scratch), arguments.files)),
-                    lambda: rm_times.append(rm_seconds(Path(scratch), arguments.files))]  # fmt: skip
+            pair = [
+                lambda: prune_times.append(prune_seconds(Path(scratch), arguments.files)),
+                lambda: rm_times.append(rm_seconds(Path(scratch), arguments.files)),
+            ]
             for measure in pair if repeat % 2 == 0 else reversed(pair):
                 measure()
     prune_s, rm_s = statistics.median(prune_times), statistics.median(rm_times)
     ratio = rm_s / prune_s  # throughput ratio: files per second of prune over rm's
-    save("prune_vs_rm", {"files": arguments.files, "prune_s": prune_times, "rm_s": rm_times, "ratio": ratio, "target": 0.8})
+    save(
+        "prune_vs_rm",
+        {"files": arguments.files, "prune_s": prune_times, "rm_s": rm_times, "ratio": ratio, "target": 0.8},
+    )
     print(f"machine: {machine()}")
-    print(f"{arguments.files:,} files: prune {prune_s:.2f} s ({arguments.files / prune_s:,.0f} files/s), "
-          f"rm -rf {rm_s:.2f} s ({arguments.files / rm_s:,.0f} files/s): {ratio:.2f}× rm -rf (target ≥ 0.8×)")  # fmt: skip
+    print(
+        f"{arguments.files:,} files: prune {prune_s:.2f} s ({arguments.files / prune_s:,.0f} files/s), "
+        f"rm -rf {rm_s:.2f} s ({arguments.files / rm_s:,.0f} files/s): {ratio:.2f}× rm -rf (target ≥ 0.8×)"
+    )
 
 
 if __name__ == "__main__":

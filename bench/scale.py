@@ -25,8 +25,8 @@ from common import REPO, installed_env, machine, save
 
 sys.path.insert(0, str(REPO))
 
-from cachekeeper.manifest import Manifest, default_url  # noqa: E402
-from cachekeeper.store import Artifact, Root, Roots, publish  # noqa: E402
+from cachekeeper.manifest import Manifest, default_url
+from cachekeeper.store import Artifact, Root, Roots, publish
 
 TARGET = '[target]\ngpu = "cpu"\nmodel = "org/model"\nrevision = "' + "a" * 40 + '"\nlayers = ["compile"]\n'
 FACTS = {f"engine.option_{i}": i for i in range(20)} | {"gpu.arch": "none", "torch": "2.13.0", "python": "3.11.7"}
@@ -47,8 +47,23 @@ def populate(root: Path, count: int) -> None:
         (directory / "kernel.bin").write_bytes(b"x" * 64)
         publish(Root(root), artifact)
         data = artifact.to_json()
-        rows.append((key, "compile", "org/model", artifact.relpath, "published", 64, 1, used, used, "bench:1",
-                     json.dumps(data["facts"]), "[]", None))  # fmt: skip
+        rows.append(
+            (
+                key,
+                "compile",
+                "org/model",
+                artifact.relpath,
+                "published",
+                64,
+                1,
+                used,
+                used,
+                "bench:1",
+                json.dumps(data["facts"]),
+                "[]",
+                None,
+            )
+        )
     with sqlite3.connect(roots.main.manifest_path) as connection:
         connection.executemany(
             "INSERT INTO artifact (key, layer, model, relpath, state, bytes, files, created_at, last_used_at, "
@@ -60,8 +75,13 @@ def populate(root: Path, count: int) -> None:
 
 def cli(root: Path, *args: str) -> float:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "cachekeeper", "--root", str(root), *args],
-                            cwd=root.parent, capture_output=True, text=True, env=installed_env())  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "cachekeeper", "--root", str(root), *args],
+        cwd=root.parent,
+        capture_output=True,
+        text=True,
+        env=installed_env(),
+    )
     if result.returncode not in (0, 1):
         raise SystemExit(f"cachekeeper {' '.join(args)} failed: {result.stderr}")
     return time.perf_counter() - started
@@ -76,10 +96,19 @@ def measure(count: int, repeats: int) -> dict[str, float]:
         setup = time.perf_counter() - started
         check = statistics.median(cli(root, "check", "--json") for _ in range(repeats))
         listing = statistics.median(cli(root, "ls", "--json") for _ in range(repeats))
-        planning = statistics.median(cli(root, "prune", "--older-than", "7d", "--dry-run", "--json") for _ in range(repeats))
+        planning = statistics.median(
+            cli(root, "prune", "--older-than", "7d", "--dry-run", "--json") for _ in range(repeats)
+        )
         pruning = cli(root, "prune", "--older-than", "7d", "--yes", "--json")
-    return {"artifacts": count, "check_s": check, "ls_s": listing, "prune_plan_s": planning,
-            "prune_s": pruning, "pruned": count // 2, "setup_s": setup}  # fmt: skip
+    return {
+        "artifacts": count,
+        "check_s": check,
+        "ls_s": listing,
+        "prune_plan_s": planning,
+        "prune_s": pruning,
+        "pruned": count // 2,
+        "setup_s": setup,
+    }
 
 
 def main() -> None:
@@ -94,8 +123,10 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|")
     for row in rows:
         per = row["prune_s"] / max(row["pruned"], 1) * 1000
-        print(f"| {row['artifacts']:,} | {row['check_s']:.2f} s | {row['ls_s']:.2f} s | {row['prune_plan_s']:.2f} s "
-              f"| {row['prune_s']:.1f} s ({per:.1f} ms each) |")  # fmt: skip
+        print(
+            f"| {row['artifacts']:,} | {row['check_s']:.2f} s | {row['ls_s']:.2f} s | {row['prune_plan_s']:.2f} s "
+            f"| {row['prune_s']:.1f} s ({per:.1f} ms each) |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ from common import REPO, machine, save, timed
 
 sys.path.insert(0, str(REPO))
 
-from cachekeeper.manifest import Manifest, default_url  # noqa: E402
-from cachekeeper.store import Artifact, Root, Roots, publish, scan_contents  # noqa: E402
-from cachekeeper.verify import verify as verify_artifacts  # noqa: E402
+from cachekeeper.manifest import Manifest, default_url
+from cachekeeper.store import Artifact, Root, Roots, publish, scan_contents
+from cachekeeper.verify import verify as verify_artifacts
 
 KEY = "compile-cpu-torch2.13.0-00000000000000bb"
 FILE_BYTES = 32 * 2**20
@@ -58,15 +58,29 @@ def main() -> None:
             (directory / f"blob_{index:04d}.bin").write_bytes(os.urandom(FILE_BYTES))
         contents = scan_contents(directory)
         now = time.time()
-        artifact = Artifact(KEY, "compile", "org/model", f"compile/{KEY}", contents.bytes, contents.count, now, now,
-                            "bench:1", {}, checksum=contents.checksum)  # fmt: skip
+        artifact = Artifact(
+            KEY,
+            "compile",
+            "org/model",
+            f"compile/{KEY}",
+            contents.bytes,
+            contents.count,
+            now,
+            now,
+            "bench:1",
+            {},
+            checksum=contents.checksum,
+        )
         publish(Root(root), artifact, contents)
         manifest = Manifest.open(default_url(Roots.at(root)))
         manifest.record_artifact(artifact)
         files = sorted(str(path) for path in directory.iterdir())
         cat = ["sh", "-c", 'cat "$@" > /dev/null', "cat", *files]
         verify = [sys.executable, "-m", "cachekeeper", "--root", str(root), "verify", KEY, "--json"]
-        results: dict[str, dict[str, list[float]]] = {"cold": {"cat": [], "verify": []}, "warm": {"cat": [], "verify": []}}
+        results: dict[str, dict[str, list[float]]] = {
+            "cold": {"cat": [], "verify": []},
+            "warm": {"cat": [], "verify": []},
+        }
         cold = drop_caches()
         for repeat in range(arguments.repeats):
             order = [("cat", cat), ("verify", verify)]
@@ -90,8 +104,10 @@ def main() -> None:
             continue
         cat_s, verify_s = statistics.median(runs["cat"]), statistics.median(runs["verify"])
         summary[cache] = {"cat_s": cat_s, "verify_s": verify_s, "ratio": cat_s / verify_s}
-        print(f"{cache}, {size / 2**30:.1f} GiB: cat {size / cat_s / 2**20:,.0f} MiB/s, "
-              f"verify {size / verify_s / 2**20:,.0f} MiB/s: {cat_s / verify_s:.2f}× cat (target ≥ 0.8×)")  # fmt: skip
+        print(
+            f"{cache}, {size / 2**30:.1f} GiB: cat {size / cat_s / 2**20:,.0f} MiB/s, "
+            f"verify {size / verify_s / 2**20:,.0f} MiB/s: {cat_s / verify_s:.2f}× cat (target ≥ 0.8×)"
+        )
     save("verify_vs_cat", {"bytes": size, "runs": results, "summary": summary, "target": 0.8})
 
 

@@ -14,17 +14,36 @@ __version__ = "0.1.0"
 # Public name → the module that defines it.
 _EXPORTS = {
     "CachekeeperError": "errors",
-    "Fact": "facts", "Facts": "facts", "Source": "facts", "observe": "facts",
-    "CacheKey": "keys", "FactChange": "keys", "derive_key": "keys", "derive_keys": "keys", "explain": "keys",
-    "DEFAULT_LAYERS": "layers", "Layer": "layers",
-    "Activation": "runtime", "activate": "runtime",
-    "Artifact": "store", "Root": "store", "Roots": "store",
-    "Target": "target", "find_target": "target", "load_target": "target",
-    "check": "check", "CheckReport": "check",
+    "Fact": "facts",
+    "Facts": "facts",
+    "Source": "facts",
+    "observe": "fingerprint",
+    "CacheKey": "keys",
+    "FactChange": "keys",
+    "derive_key": "keys",
+    "derive_keys": "keys",
+    "explain": "keys",
+    "DEFAULT_LAYERS": "layers",
+    "Layer": "layers",
+    "Activation": "runtime",
+    "activate": "runtime",
+    "Artifact": "store",
+    "Root": "store",
+    "Roots": "store",
+    "Target": "target",
+    "find_target": "target",
+    "load_target": "target",
+    "Cache": "cache",
+    "open_cache": "cache",
+    "check": "check",
+    "CheckReport": "check",
     "Manifest": "manifest",
-    "plan_prune": "prune", "execute_prune": "prune",
+    "PrunePolicy": "prune",
+    "plan_prune": "prune",
+    "execute_prune": "prune",
+    "Scope": "scope",
     "sync": "sync",
-}  # fmt: skip
+}
 
 __all__ = sorted(_EXPORTS)
 
@@ -36,14 +55,17 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from .cache import Cache, open_cache
     from .check import CheckReport, check
     from .errors import CachekeeperError
-    from .facts import Fact, Facts, Source, observe
+    from .facts import Fact, Facts, Source
+    from .fingerprint import observe
     from .keys import CacheKey, FactChange, derive_key, derive_keys, explain
     from .layers import DEFAULT_LAYERS, Layer
     from .manifest import Manifest
-    from .prune import execute_prune, plan_prune
+    from .prune import PrunePolicy, execute_prune, plan_prune
     from .runtime import Activation, activate
+    from .scope import Scope
     from .store import Artifact, Root, Roots
     from .sync import sync
     from .target import Target, find_target, load_target

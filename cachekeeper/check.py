@@ -10,20 +10,21 @@ still needs a fact nobody told is *unverified*.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from . import facts as f
+from .cache import Cache
+from .deploy import local_facts, target_facts
 from .errors import UnknownKeyError
-from .facts import Fact, Facts, Source
+from .facts import Facts
 from .keys import CacheKey, FactChange, derive_keys, explain, parse_key
-from .layers import DEFAULT_LAYERS, WEIGHTS
+from .layers import DEFAULT_LAYERS
 from .leases import leases_for
-from .manifest import Manifest, Observation
-from .store import Roots, read_sidecar
-from .sync import refresh
+from .manifest import Observation
+from .store import read_sidecar
 from .target import Target
 
 
@@ -42,6 +43,16 @@ class LayerReport:
     nearest: str | None = None  # for a stale layer: the artifact it would have used
     changes: tuple[FactChange, ...] = ()  # what differs from ``nearest``
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "key": str(self.key),
+            "status": str(self.status),
+            "nearest": self.nearest,
+            "changes": [change.to_json() for change in self.changes],
+            "unverified": list(self.key.unverified),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class CheckReport:
@@ -55,75 +66,57 @@ class CheckReport:
         return all(report.status is Status.WARM for report in self.layers)
 
     @property
+    def needs_rebuild(self) -> bool:
+        """Whether a warm-up would help: a layer is cold or stale (one being built will appear)."""
+        return any(layer.status in (Status.COLD, Status.STALE) for layer in self.layers)
+
+    @property
     def unverified(self) -> tuple[str, ...]:
         names = {name for report in self.layers for name in report.key.unverified}
         return tuple(sorted(names))
 
-
-def needs_rebuild(report: CheckReport) -> bool:
-    """Whether a warm-up would help: a layer is cold or stale (one being built will appear)."""
-    return any(layer.status in (Status.COLD, Status.STALE) for layer in report.layers)
-
-
-def target_facts(
-    target: Target, observation: Observation | None, roots: Roots, environ: Mapping[str, str] | None = None
-) -> Facts:
-    """Declared facts over inherited ones, with the model revision resolved to a sha."""
-    environ = os.environ if environ is None else environ
-    inherited = (
-        Facts(tuple(Fact(x.name, x.value, Source.INHERITED) for x in observation.facts))
-        if observation is not None
-        else Facts()
-    )
-    facts = inherited.merged(target.declared_facts())
-    if target.model is not None:
-        hf_cache = roots.for_layer(WEIGHTS).layer_dir(WEIGHTS)
-        resolved = f.resolve_revision(target.model, target.revision or "main", hf_cache, environ)
-        facts = facts.merged([resolved])
-    return facts
+    def to_json(self) -> dict[str, Any]:
+        observation = self.observation
+        return {
+            "ready": self.ready,
+            "target": self.target.source,
+            "layers": [layer.to_json() for layer in self.layers],
+            "facts": self.facts.to_json(),
+            "unverified": list(self.unverified),
+            "observation": None
+            if observation is None
+            else {"gpu_type": observation.gpu_type, "host": observation.host, "last_seen_at": observation.last_seen_at},
+        }
 
 
-def local_facts(target: Target | None, roots: Roots) -> Facts:
-    """This machine's facts, with the target's model, revision, engine arguments and image."""
-    return f.observe(
-        model=target.model if target else None,
-        revision=target.revision if target else None,
-        engine=target.engine if target else None,
-        image=target.image if target else None,
-        hf_cache=roots.for_layer(WEIGHTS).layer_dir(WEIGHTS),
-    )
-
-
-def check(target: Target, roots: Roots, manifest: Manifest) -> CheckReport:
-    """Fold what containers recorded (unless the root is read-only), then report every layer the
-    target needs."""
-    refresh(manifest, roots)
-    observation = manifest.latest_observation(target.gpu.name)
-    facts = target_facts(target, observation, roots)
+def check(target: Target, cache: Cache) -> CheckReport:
+    """Report every layer the target needs, against the manifest as last folded."""
+    observation = cache.manifest.latest_observation(target.gpu.name)
+    facts = target_facts(target, observation.facts if observation else None, cache.roots.hf_cache())
     keys = derive_keys(facts, target.layers)
-    reports = tuple(_layer_report(name, keys[name], roots, manifest) for name in target.needs)
+    reports = tuple(_layer_report(name, keys[name], cache) for name in target.needs)
     return CheckReport(target, facts, reports, observation)
 
 
-def _layer_report(layer: str, key: CacheKey, roots: Roots, manifest: Manifest) -> LayerReport:
-    root = roots.for_layer(layer)
+def _layer_report(layer: str, key: CacheKey, cache: Cache) -> LayerReport:
+    root = cache.roots.for_layer(layer)
     if read_sidecar(root, layer, str(key)) is not None:
         return LayerReport(layer, key, Status.WARM)
-    if leases_for(root, manifest).holder(layer, str(key)) is not None:
+    if leases_for(root, cache.manifest).holder(layer, str(key)) is not None:
         return LayerReport(layer, key, Status.BUILDING)
     model = str(key.facts.value(f.MODEL, f.NONE))
-    nearest = manifest.nearest(layer=layer, model=model, other_than=str(key))
+    nearest = cache.manifest.nearest(layer=layer, model=model, other_than=str(key))
     if nearest is not None:
         return LayerReport(layer, key, Status.STALE, nearest.key, explain(nearest.cache_key(), key))
     return LayerReport(layer, key, Status.COLD)
 
 
-def explain_keys(old: str, new: str, target: Target | None, roots: Roots, manifest: Manifest) -> tuple[FactChange, ...]:
+def explain_keys(old: str, new: str, target: Target | None, cache: Cache) -> tuple[FactChange, ...]:
     """The facts that differ between two keys, looked up among recorded artifacts and the keys the
     target and this machine derive."""
     parse_key(old)
     parse_key(new)
-    known = dict(_known_keys(target, roots, manifest, {old, new}))
+    known = dict(_known_keys(target, cache, {old, new}))
     for key in (old, new):
         if key not in known:
             raise UnknownKeyError(
@@ -132,17 +125,18 @@ def explain_keys(old: str, new: str, target: Target | None, roots: Roots, manife
     return explain(known[old], known[new])
 
 
-def _known_keys(target: Target | None, roots: Roots, manifest: Manifest, wanted: set[str]) -> Iterator[tuple[str, CacheKey]]:
-    refresh(manifest, roots)
+def _known_keys(target: Target | None, cache: Cache, wanted: set[str]) -> Iterator[tuple[str, CacheKey]]:
     for key in wanted:
-        artifact = manifest.artifact(key)
+        artifact = cache.manifest.artifact(key)
         if artifact is None:
-            layer = key.split("-", 1)[0]
-            artifact = read_sidecar(roots.for_layer(layer), layer, key)
+            layer, _ = parse_key(key)
+            artifact = read_sidecar(cache.roots.for_layer(layer), layer, key)
         if artifact is not None:
             yield key, artifact.cache_key()
     layers = target.layers if target else DEFAULT_LAYERS
+    hf_cache = cache.roots.hf_cache()
     if target is not None:
-        observation = manifest.latest_observation(target.gpu.name)
-        yield from ((str(k), k) for k in derive_keys(target_facts(target, observation, roots), layers).values())
-    yield from ((str(k), k) for k in derive_keys(local_facts(target, roots), layers).values())
+        observation = cache.manifest.latest_observation(target.gpu.name)
+        facts = target_facts(target, observation.facts if observation else None, hf_cache)
+        yield from ((str(k), k) for k in derive_keys(facts, layers).values())
+    yield from ((str(k), k) for k in derive_keys(local_facts(target, hf_cache), layers).values())

@@ -17,15 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.exc import DatabaseError, OperationalError
-
-from . import journal
 from .errors import ManifestError, ManifestUnreachable, SchemaTooNew
-from .manifest import Manifest
+from .journal import SUFFIX, journal_files, read_journal
+from .manifest import DatabaseUrl, Manifest
+from .manifest.database import first_line
+from .records import Record
 from .store import DELETING, PUBLISHED, Artifact, Roots, check_state, iter_sidecars
-from .sync import FOLDED_DIR, sync
+from .sync import sync
 
 HEALTHY = "healthy"
 CREATED = "created"  # there was no manifest
@@ -50,6 +50,21 @@ class DoctorReport:
     def changed(self) -> bool:
         return self.manifest != HEALTHY or bool(self.indexed or self.forgotten or self.records)
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "manifest": self.manifest,
+            "damage": self.damage,
+            "moved_to": None if self.moved_to is None else str(self.moved_to),
+            "sidecars": self.sidecars,
+            "indexed": list(self.indexed),
+            "forgotten": list(self.forgotten),
+            "unreadable": [str(path) for path in self.unreadable],
+            "unmounted": list(self.unmounted),
+            "unfinished": list(self.unfinished),
+            "journals": self.journals,
+            "records": self.records,
+        }
+
 
 def doctor(
     url: str,
@@ -71,10 +86,10 @@ def doctor(
     if total is not None:
         total(len(journal_paths) + len(sidecar_paths))
 
-    records = []
+    records: list[Record] = []
     for path in journal_paths:
         try:
-            records.extend(journal.read_journal(path).records)
+            records.extend(read_journal(path).records)
         except OSError:
             pass  # moved to folded/ by a concurrent sync: read there
         if progress is not None:
@@ -91,7 +106,7 @@ def doctor(
             progress(1)
 
     before = {a.key for a in manifest.artifacts(state=None)}
-    records.sort(key=lambda record: float(record.get("at") or 0))
+    records.sort(key=lambda record: record.at)
     folded = manifest.fold(records, list(artifacts.values()), {})
     unreadable_keys = {(path.parent.name, path.stem) for path in unreadable}
     forgotten, unmounted = [], set()
@@ -121,18 +136,15 @@ def doctor(
 
 
 def _journal_paths(roots: Roots) -> list[Path]:
-    folded = roots.main.journal_dir / FOLDED_DIR
-    older = sorted(p for p in folded.glob(f"*{journal.SUFFIX}") if p.is_file()) if folded.is_dir() else []
-    return older + list(journal.journal_files(roots.main))
+    folded = roots.main.folded_dir
+    older = sorted(p for p in folded.glob(f"*{SUFFIX}") if p.is_file()) if folded.is_dir() else []
+    return older + list(journal_files(roots.main))
 
 
 def _open_or_replace(url: str) -> tuple[Manifest, str, str | None, Path | None]:
-    parsed = Manifest.connect(url).engine.url  # a URL that cannot work is the usual one-line error
-    path = (
-        Path(parsed.database)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
-        else None
-    )
+    from sqlalchemy.exc import DatabaseError, OperationalError
+
+    path = DatabaseUrl.parse(url).sqlite_file  # a URL that cannot work is the usual one-line error
     if path is not None and not path.exists():
         return Manifest.open(url), CREATED, None, None
     manifest: Manifest | None = None
@@ -144,7 +156,7 @@ def _open_or_replace(url: str) -> tuple[Manifest, str, str | None, Path | None]:
     except (ManifestError, DatabaseError) as error:
         if isinstance(error, OperationalError) and "locked" in str(error):
             raise ManifestUnreachable(f"the manifest is locked by another process: {error}") from None
-        damage = _first_line(error)
+        damage = first_line(error)
     if damage is None and manifest is not None:
         return manifest, HEALTHY, None, None
     if path is None:
@@ -164,6 +176,8 @@ def _open_or_replace(url: str) -> tuple[Manifest, str, str | None, Path | None]:
 
 def _damage(manifest: Manifest) -> str | None:
     """What is wrong with an open manifest, or None."""
+    from sqlalchemy import text
+
     with manifest.engine.connect() as connection:
         if manifest.engine.dialect.name == "sqlite":
             verdict = connection.execute(text("PRAGMA integrity_check")).scalar()
@@ -171,8 +185,3 @@ def _damage(manifest: Manifest) -> str | None:
                 return f"SQLite integrity check: {verdict}"
         connection.execute(text("SELECT count(*) FROM artifact")).scalar()
     return None
-
-
-def _first_line(error: Exception) -> str:
-    message = str(getattr(error, "orig", None) or error).strip()
-    return message.splitlines()[0] if message else type(error).__name__

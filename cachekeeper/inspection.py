@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UnknownKeyError
+from .facts import thaw
 from .keys import parse_key
 from .layers import WEIGHTS
 from .manifest import Manifest
@@ -90,6 +91,57 @@ class Inspection:
     triton_kernels: int
     factor_changes: tuple[FactorChange, ...]
 
+    def to_json(self) -> dict[str, Any]:
+        a = self.artifact
+        return {
+            **{name: value for name, value in a.to_json().items() if name not in ("format", "relpath")},
+            "facts": {name: thaw(value) for name, value in a.facts.items()},
+            "depends_on": list(a.depends_on),
+            "path": str(self.path),
+            "pinned": self.pinned,
+            "users": [use.owner for use in self.users],
+            "dependents": list(self.dependents),
+            "vllm": [
+                {
+                    "hash": d.hash,
+                    "rank": d.rank,
+                    "prefix": d.prefix,
+                    "path": d.relpath,
+                    "files": d.files,
+                    "bytes": d.bytes,
+                    "factors": d.factors,
+                }
+                for d in self.vllm
+            ],
+            "aot": [
+                {"hash": d.hash, "path": d.relpath, "ranks": list(d.ranks), "files": d.files, "bytes": d.bytes}
+                for d in self.aot
+            ],
+            "inductor": [
+                {
+                    "path": d.relpath,
+                    "fxgraph": d.fxgraph,
+                    "aotautograd": d.aotautograd,
+                    "files": d.files,
+                    "bytes": d.bytes,
+                }
+                for d in self.inductor
+            ],
+            "triton_kernels": self.triton_kernels,
+            "factor_changes": [
+                {
+                    "rank": c.rank,
+                    "prefix": c.prefix,
+                    "old_hash": c.old_hash,
+                    "new_hash": c.new_hash,
+                    "factor": c.factor,
+                    "old": c.old,
+                    "new": c.new,
+                }
+                for c in self.factor_changes
+            ],
+        }
+
 
 def inspect_artifact(manifest: Manifest, roots: Roots, key: str) -> Inspection:
     layer, _ = parse_key(key)
@@ -129,12 +181,15 @@ def _vllm_dirs(path: Path) -> tuple[VllmCacheDir, ...]:
                 files = list_files(directory)
                 found.append(
                     VllmCacheDir(
-                        hash=hash_dir.name, rank=rank_dir.name,
+                        hash=hash_dir.name,
+                        rank=rank_dir.name,
                         prefix=directory.name if directory is not rank_dir else "",
-                        relpath=str(directory.relative_to(path)), files=len(files),
-                        bytes=sum(size for size, _ in files.values()), factors=_factors(directory / FACTORS_FILE),
+                        relpath=str(directory.relative_to(path)),
+                        files=len(files),
+                        bytes=sum(size for size, _ in files.values()),
+                        factors=_factors(directory / FACTORS_FILE),
                     )
-                )  # fmt: skip
+                )
     return tuple(found)
 
 
@@ -145,7 +200,9 @@ def _aot_dirs(path: Path) -> tuple[VllmAotDir, ...]:
         files = list_files(hash_dir)
         ranks = tuple(d.name for d in _subdirs(hash_dir) if _RANK.fullmatch(d.name))
         found.append(
-            VllmAotDir(hash_dir.name, str(hash_dir.relative_to(path)), ranks, len(files), sum(s for s, _ in files.values()))
+            VllmAotDir(
+                hash_dir.name, str(hash_dir.relative_to(path)), ranks, len(files), sum(s for s, _ in files.values())
+            )
         )
     return tuple(found)
 
@@ -164,10 +221,13 @@ def _inductor_caches(path: Path) -> tuple[InductorCache, ...]:
         fxgraph = sum(_count_dirs(shard) for shard in _subdirs(directory / "fxgraph"))
         found.append(
             InductorCache(
-                str(directory.relative_to(path)), fxgraph, _count_dirs(directory / "aotautograd"),
-                len(files), sum(size for size, _ in files.values()),
+                str(directory.relative_to(path)),
+                fxgraph,
+                _count_dirs(directory / "aotautograd"),
+                len(files),
+                sum(size for size, _ in files.values()),
             )
-        )  # fmt: skip
+        )
     return tuple(found)
 
 
@@ -186,9 +246,16 @@ def _factor_changes(dirs: tuple[VllmCacheDir, ...]) -> tuple[FactorChange, ...]:
             for name in sorted(before.keys() | after.keys()):
                 if before.get(name, _ABSENT) != after.get(name, _ABSENT):
                     changes.append(
-                        FactorChange(rank, prefix, first.hash, other.hash, name,
-                                     before.get(name, _ABSENT), after.get(name, _ABSENT))
-                    )  # fmt: skip
+                        FactorChange(
+                            rank,
+                            prefix,
+                            first.hash,
+                            other.hash,
+                            name,
+                            before.get(name, _ABSENT),
+                            after.get(name, _ABSENT),
+                        )
+                    )
     return tuple(changes)
 
 

@@ -36,17 +36,14 @@ class Layer(NamedTuple):
         if name in self.ignore:
             return False
         return any(
-            name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
-            for pattern in self.facts
+            name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern for pattern in self.facts
         )
 
     def keyed(self, facts: Facts) -> Facts:
         """The facts this layer's key is made of, with ``unknown`` for any listed name missing."""
         chosen = [fact for fact in facts if self.selects(fact.name)]
         missing = [
-            Fact(name, f.UNKNOWN, Source.UNKNOWN)
-            for name in self.facts
-            if not name.endswith("*") and name not in facts
+            Fact(name, f.UNKNOWN, Source.UNKNOWN) for name in self.facts if not name.endswith("*") and name not in facts
         ]
         return Facts(tuple(chosen + missing))
 
@@ -124,23 +121,12 @@ def layer_named(name: str, layers: Iterable[Layer] = DEFAULT_LAYERS) -> Layer:
     raise UsageError(f"unknown layer {name!r}: use one of {known}")
 
 
-_LAYER_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def check_scope(layer: str | None, model: str | None) -> None:
-    """Refuse a --layer or --model that nothing could ever be recorded under: a typo would
-    otherwise select nothing and say nothing."""
-    if layer is not None and not _LAYER_NAME.fullmatch(layer):
-        known = ", ".join(each.name for each in DEFAULT_LAYERS)
-        raise UsageError(f"{layer!r} is not a layer name: use {known}, or a layer a target defines")
-    if model is not None and not f.REPO_ID.fullmatch(model):
-        raise UsageError(f"model {model!r} is not a Hugging Face repo id such as org/name")
 
 
 def custom_layer(name: str, table: Mapping[str, Any], where: str) -> Layer:
     """A layer defined in a target file's ``[layers.NAME]`` table."""
-    if not name.isidentifier() or not name.islower() or name in (l.name for l in DEFAULT_LAYERS):
+    if not name.isidentifier() or not name.islower() or name in (layer.name for layer in DEFAULT_LAYERS):
         raise UsageError(f"{where}: layer name {name!r} must be a new lowercase identifier")
     unknown = set(table) - {"facts", "label", "env"}
     if unknown:

@@ -3,11 +3,13 @@ sidecar files, dead leases. Every prune runs ``clean_leftovers``."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import uses
 from .errors import CachekeeperError
@@ -16,6 +18,7 @@ from .layers import WEIGHTS
 from .leases import STALE_AFTER, clean_file_leases, leases_for
 from .manifest import Manifest
 from .store import STATE_DIR, Root, Roots, read_sidecar, remove_tree
+from .store.layout import SIDECARS
 
 # A build, a sidecar write or a lease write that has not changed anything for this long is dead.
 LEFTOVER_AGE = 3600.0
@@ -29,6 +32,15 @@ class Leftovers:
     temporary_files: int = 0
     leases: int = 0  # keys whose dead leases were removed
 
+    def __bool__(self) -> bool:
+        return bool(self.partial_builds or self.temporary_files or self.leases)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "partial_builds": list(self.partial_builds),
+            "temporary_files": self.temporary_files,
+            "leases": self.leases,
+        }
 
 
 def clean_leftovers(manifest: Manifest, roots: Roots, *, now: float | None = None) -> Leftovers:
@@ -53,12 +65,16 @@ def clean_leftovers(manifest: Manifest, roots: Roots, *, now: float | None = Non
             if not _touched_since(leftover, now - LEFTOVER_AGE):
                 leftover.unlink(missing_ok=True)
                 temporary += 1
-        cleanup = clean_file_leases(root, lambda layer, key: read_sidecar(root, layer, key) is not None, now=now)
+        cleanup = clean_file_leases(root, functools.partial(_published, root), now=now)
         temporary += cleanup.temporary_files
         leases += cleanup.leases
     if manifest.is_server:
         leases += manifest.drop_dead_leases(expired_before=now - STALE_AFTER)
     return Leftovers(tuple(partial), temporary, leases)
+
+
+def _published(root: Root, layer: str, key: str) -> bool:
+    return read_sidecar(root, layer, key) is not None
 
 
 def _unpublished_builds(root: Root) -> Iterator[tuple[str, str, Path]]:
@@ -79,11 +95,8 @@ def _unpublished_builds(root: Root) -> Iterator[tuple[str, str, Path]]:
 
 def _temporary_files(root: Root) -> Iterator[Path]:
     """Sidecars being written when their writer died (``.<name>.<random>.tmp``)."""
-    sidecars = root.state_dir / "sidecars"
-    if sidecars.is_dir():
-        for layer_dir in sidecars.iterdir():
-            if layer_dir.is_dir() and not layer_dir.is_symlink():
-                yield from layer_dir.glob(".*.tmp")
+    for _, directory in root.state_layers(SIDECARS):
+        yield from directory.glob(".*.tmp")
 
 
 def _touched_since(path: Path, cutoff: float) -> bool:

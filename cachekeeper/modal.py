@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import facts as f
+from .deploy import target_facts
 from .errors import SnapshotMismatch
-from .facts import Facts, Source, observe
+from .facts import Facts, Source
+from .fingerprint import observe
 from .keys import FactChange, derive_key
 from .layers import SNAPSHOT, layer_named
 from .leases import DEFAULT_TTL, DictStore, Leases, ModalDictLeases
@@ -112,8 +114,8 @@ def activate(
     ``@modal.enter(snap=True)`` hook of a CPU-only memory snapshot: the GPU facts come from the
     target, and neither NVML nor CUDA is touched. Other options go to ``cachekeeper.activate``.
     """
-    if leases is not None and not hasattr(leases, "acquire"):
-        leases = ModalDictLeases(leases, lease_ttl)  # type: ignore[arg-type]
+    if leases is not None and not isinstance(leases, Leases):
+        leases = ModalDictLeases(leases, lease_ttl)
     elif leases is None and volumes:
         logger.warning(
             "cachekeeper: no lease Dict given: containers booting at once on a cold key will each "
@@ -130,7 +132,7 @@ def activate(
 
     with _activate(
         root,
-        leases=leases,  # type: ignore[arg-type]
+        leases=leases,
         lease_ttl=lease_ttl,
         probe_gpu=not snap,
         refresh=refresh if volumes else None,
@@ -156,11 +158,7 @@ def snapshot_facts(
     environ = os.environ if environ is None else environ
     if hf_cache is None and environ.get("HF_HUB_CACHE"):
         hf_cache = Path(environ["HF_HUB_CACHE"])
-    facts = Facts(tuple(target.declared_facts()))
-    if target.model is not None:
-        revision = f.resolve_revision(target.model, target.revision or "main", hf_cache, environ)
-        facts = facts.merged([revision])
-    return layer_named(SNAPSHOT, target.layers).keyed(facts)
+    return layer_named(SNAPSHOT, target.layers).keyed(target_facts(target, None, hf_cache, environ))
 
 
 def snapshot_tag(target: Target | str | os.PathLike[str], *, hf_cache: Path | None = None) -> str:
@@ -225,6 +223,14 @@ def verify_restore(
 
 
 __all__ = [
-    "SNAPSHOT_FACTS_ENV", "SNAPSHOT_KEY_ENV", "VolumeLike", "activate", "commit", "reload",
-    "snapshot_env", "snapshot_facts", "snapshot_tag", "verify_restore",
-]  # fmt: skip
+    "SNAPSHOT_FACTS_ENV",
+    "SNAPSHOT_KEY_ENV",
+    "VolumeLike",
+    "activate",
+    "commit",
+    "reload",
+    "snapshot_env",
+    "snapshot_facts",
+    "snapshot_tag",
+    "verify_restore",
+]

@@ -14,11 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .manifest import Event, Manifest
+from .records import BOOT_KINDS, Kind
 
-HIT, MISS, PUBLISHED, PRUNED = "hit", "miss", "published", "pruned"
-_KINDS = (HIT, MISS, PUBLISHED, PRUNED)
+HIT, MISS, PUBLISHED, PRUNED = Kind.HIT, Kind.MISS, Kind.PUBLISHED, Kind.PRUNED
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,21 @@ class LayerStats:
         uses = self.hits + self.misses + self.builds
         return self.hits / uses if uses else None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "model": self.model,
+            "hits": self.hits,
+            "misses": self.misses,
+            "builds": self.builds,
+            "hit_rate": self.hit_rate,
+            "built_bytes": self.built_bytes,
+            "pruned": self.pruned,
+            "pruned_bytes": self.pruned_bytes,
+            "stored": self.stored,
+            "stored_bytes": self.stored_bytes,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ModelStats:
@@ -49,6 +65,17 @@ class ModelStats:
     mean_cold_seconds: float | None  # over the period, else over all history
     mean_warm_seconds: float | None
     saved_seconds: float | None  # None when no cold boot of this model was ever recorded
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "boots": self.boots,
+            "warm_boots": self.warm_boots,
+            "cold_boots": self.cold_boots,
+            "mean_cold_seconds": self.mean_cold_seconds,
+            "mean_warm_seconds": self.mean_warm_seconds,
+            "saved_seconds": self.saved_seconds,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +89,21 @@ class Stats:
     def saved_seconds(self) -> float:
         return sum(model.saved_seconds or 0.0 for model in self.models)
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "until": self.until,
+            "saved_seconds": self.saved_seconds,
+            "layers": [row.to_json() for row in self.layers],
+            "models": [row.to_json() for row in self.models],
+        }
+
 
 def stats(manifest: Manifest, *, since: float | None = None, now: float | None = None) -> Stats:
     """Statistics of the events at or after ``since`` (Unix seconds; None: all of them)."""
     now = time.time() if now is None else now
-    events = manifest.events(since=since, kinds=_KINDS)
-    history = manifest.events(kinds=(HIT, MISS, PUBLISHED)) if since is not None else events
+    events = manifest.events(since=since, kinds=(*BOOT_KINDS, PRUNED))
+    history = manifest.events(kinds=BOOT_KINDS) if since is not None else events
     stored: dict[tuple[str, str], tuple[int, int]] = {}
     for artifact in manifest.artifacts():
         count, size = stored.get((artifact.layer, artifact.model), (0, 0))
@@ -88,10 +124,18 @@ def _layer_stats(events: Iterable[Event], stored: dict[tuple[str, str], tuple[in
         count, size = stored.get((layer, model), (0, 0))
         rows.append(
             LayerStats(
-                layer, model, group.get(HIT, 0), group.get(MISS, 0), group.get(PUBLISHED, 0),
-                group.get("published_bytes", 0), group.get(PRUNED, 0), group.get("pruned_bytes", 0), count, size,
+                layer,
+                model,
+                group.get(HIT, 0),
+                group.get(MISS, 0),
+                group.get(PUBLISHED, 0),
+                group.get("published_bytes", 0),
+                group.get(PRUNED, 0),
+                group.get("pruned_bytes", 0),
+                count,
+                size,
             )
-        )  # fmt: skip
+        )
     return tuple(rows)
 
 
@@ -99,7 +143,7 @@ def _boots(events: Iterable[Event]) -> dict[str, list[tuple[float, bool, bool]]]
     """Per model: (seconds, any layer hit, every layer hit) of each boot."""
     grouped: dict[tuple[str, str, float], list[str]] = {}
     for event in events:
-        if event.kind in (HIT, MISS, PUBLISHED) and event.seconds is not None and event.model:
+        if event.kind in BOOT_KINDS and event.seconds is not None and event.model:
             grouped.setdefault((event.model, event.host or "", event.seconds), []).append(event.kind)
     boots: dict[str, list[tuple[float, bool, bool]]] = {}
     for (model, _, seconds), kinds in grouped.items():
@@ -115,14 +159,10 @@ def _model_stats(events: list[Event], history: list[Event]) -> tuple[ModelStats,
         warm = [seconds for seconds, _, all_hit in boots if all_hit]
         baseline = cold or [seconds for seconds, hit, _ in everything.get(model, []) if not hit]
         mean_cold = sum(baseline) / len(baseline) if baseline else None
-        saved = (
-            None
-            if mean_cold is None
-            else sum(max(0.0, mean_cold - seconds) for seconds, hit, _ in boots if hit)
-        )
+        saved = None if mean_cold is None else sum(max(0.0, mean_cold - seconds) for seconds, hit, _ in boots if hit)
         rows.append(
             ModelStats(
                 model, len(boots), len(warm), len(cold), mean_cold, sum(warm) / len(warm) if warm else None, saved
             )
-        )  # fmt: skip
+        )
     return tuple(rows)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-from . import journal
 from .errors import ManifestError
+from .journal import journal_files, read_journal
 from .manifest import FoldResult, Manifest
-from .store import Roots, check_state, read_sidecar
-
-FOLDED_DIR = "folded"
+from .records import Kind, Record
+from .store import Artifact, Roots, check_state, read_sidecar
 
 logger = logging.getLogger("cachekeeper")
 
@@ -24,6 +23,14 @@ class SyncReport:
     artifacts: int  # artifacts newly indexed
     unreadable_lines: int  # torn or garbled lines that were skipped
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "journals": self.journals,
+            "records": self.records,
+            "artifacts": self.artifacts,
+            "unreadable_lines": self.unreadable_lines,
+        }
+
 
 def sync(manifest: Manifest, roots: Roots) -> SyncReport:
     """Apply every journal record not yet applied; move finished journals to ``journal/folded/``.
@@ -33,16 +40,17 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
     """
     for root in roots.all():
         check_state(root)
-    paths = list(journal.journal_files(roots.main))
+    paths = list(journal_files(roots.main))
     cursors = manifest.journal_cursors([path.name for path in paths]) if paths else {}
-    records, new_cursors, finished, unreadable = [], {}, [], 0
+    records: list[Record] = []
+    new_cursors, finished, unreadable = {}, [], 0
     for path in paths:
         offset, closed = cursors.get(path.name, (0, False))
         if closed:
             finished.append(path)
             continue
         try:
-            chunk = journal.read_journal(path, offset)
+            chunk = read_journal(path, offset)
         except FileNotFoundError:
             continue
         if chunk.end == offset and not chunk.closed:
@@ -52,25 +60,16 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
         new_cursors[path.name] = (chunk.end, chunk.closed)
         if chunk.closed:
             finished.append(path)
-    published = []
-    for record in records:
-        # A writer killed between its sidecar and its "published" record left only the intent.
-        if record.get("kind") in (journal.PUBLISHING, journal.PUBLISHED):
-            layer, key = str(record.get("layer")), str(record.get("key"))
-            # The sidecar, not the journal, says what exists: a prune may have removed it since.
-            artifact = read_sidecar(roots.for_layer(layer), layer, key)
-            if artifact is not None:
-                published.append(artifact)
-    events = [record for record in records if record.get("kind") != journal.PUBLISHING]
+    published = published_artifacts(records, roots)
     # Most syncs find nothing new: they then read, and never load the manifest's write path.
-    result = manifest.fold(events, published, new_cursors) if new_cursors else FoldResult(0, 0)
+    result = manifest.fold(records, published, new_cursors) if new_cursors else FoldResult(0, 0)
     # A prune may have removed an artifact between the look at its sidecar above and the fold,
     # and forgotten its row before the fold wrote it again: that row would list what is gone.
     for artifact in published:
         if read_sidecar(roots.for_layer(artifact.layer), artifact.layer, artifact.key) is None:
-            manifest.forget_published(artifact.key, artifact.created_at)
+            manifest.forget(artifact.key, created_at=artifact.created_at)
     if finished:
-        folded = roots.main.journal_dir / FOLDED_DIR
+        folded = roots.main.folded_dir
         try:
             folded.mkdir(exist_ok=True)
             for path in finished:
@@ -83,6 +82,19 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
     return SyncReport(len(new_cursors), result.records, result.artifacts, unreadable)
 
 
+def published_artifacts(records: list[Record], roots: Roots) -> list[Artifact]:
+    """The artifacts that publishing records name and whose sidecar exists: the sidecar, not the
+    journal, says what exists (a prune may have removed it since). A writer killed between its
+    sidecar and its ``published`` record left only the intent (``publishing``)."""
+    found = []
+    for record in records:
+        if record.kind in (Kind.PUBLISHING, Kind.PUBLISHED) and record.layer and record.key:
+            artifact = read_sidecar(roots.for_layer(record.layer), record.layer, record.key)
+            if artifact is not None:
+                found.append(artifact)
+    return found
+
+
 def refresh(manifest: Manifest, roots: Roots) -> SyncReport | None:
     """``sync`` for commands that only read: on a read-only root (a Volume mounted read-only, a
     copy) they answer from the manifest as it stands, with a warning, instead of failing."""
@@ -91,13 +103,16 @@ def refresh(manifest: Manifest, roots: Roots) -> SyncReport | None:
     except (ManifestError, OSError) as error:
         if not _read_only(manifest, roots):
             raise
-        logger.warning("cachekeeper: %s is read-only, so what containers recorded since the last sync "
-                       "is not in the manifest: %s", roots.main.path, error)  # fmt: skip
+        logger.warning(
+            "cachekeeper: %s is read-only, so what containers recorded since the last sync is not in the manifest: %s",
+            roots.main.path,
+            error,
+        )
         return None
 
 
 def _read_only(manifest: Manifest, roots: Roots) -> bool:
     paths = [roots.main.state_dir]
-    if not manifest.is_server and manifest.engine.url.database:
-        paths.append(Path(manifest.engine.url.database))
+    if manifest.url.sqlite_file is not None:
+        paths.append(manifest.url.sqlite_file)
     return any(path.exists() and not os.access(path, os.W_OK) for path in paths)

@@ -37,9 +37,19 @@ from .layers import COMPILE, DEFAULT_LAYERS, WEIGHTS, Layer, custom_layer
 TARGET_FILE = "cachekeeper.toml"
 
 _TARGET_KEYS = {
-    "gpu", "model", "revision", "python", "cuda", "driver", "image", "layers",
-    "packages", "engine", "env", "warmup",
-}  # fmt: skip
+    "gpu",
+    "model",
+    "revision",
+    "python",
+    "cuda",
+    "driver",
+    "image",
+    "layers",
+    "packages",
+    "engine",
+    "env",
+    "warmup",
+}
 _TOP_KEYS = {"target", "roots", "layers"}
 
 
@@ -133,13 +143,13 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
     _reject_unknown(document, _TOP_KEYS, path, prefix.rstrip(".") or "the top level")
     table = document.get("target")
     if not isinstance(table, dict):
-        raise TargetError(path, f"no [{prefix}target] table: add one with at least gpu = \"H100\" (or \"cpu\")")
+        raise TargetError(path, f'no [{prefix}target] table: add one with at least gpu = "H100" (or "cpu")')
     where = f"[{prefix}target]"
     _reject_unknown(table, _TARGET_KEYS, path, where)
     text = _StringReader(table, path, where)
     gpu_spec = text("gpu")
     if gpu_spec is None:
-        raise TargetError(path, f"{where} needs gpu = \"H100\" (a Modal GPU type, or \"cpu\")")
+        raise TargetError(path, f'{where} needs gpu = "H100" (a Modal GPU type, or "cpu")')
     try:
         gpu, count = parse_gpu(gpu_spec)
         engine_table = _table(table, "engine", path, where)
@@ -256,7 +266,9 @@ def _warmup(value: Any, path: Path, where: str) -> tuple[str, ...]:
         except ValueError as error:
             raise TargetError(path, f"{where} warmup cannot be split into arguments: {error}") from None
     if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
-        raise TargetError(path, f"{where} warmup must be a command: a list of strings such as [\"modal\", \"run\", \"app.py::warm\"]")
+        raise TargetError(
+            path, f'{where} warmup must be a command: a list of strings such as ["modal", "run", "app.py::warm"]'
+        )
     return tuple(value)
 
 
@@ -271,7 +283,9 @@ def _needs(
     known = {layer.name for layer in layers}
     unknown = [name for name in needs if name not in known]
     if unknown:
-        raise TargetError(path, f"{where} layers names unknown layer(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
+        raise TargetError(
+            path, f"{where} layers names unknown layer(s) {', '.join(unknown)}: use {', '.join(sorted(known))}"
+        )
     if WEIGHTS in needs and model is None:
         raise TargetError(path, f"{where} needs a model for the weights layer")
     return tuple(needs)

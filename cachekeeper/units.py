@@ -35,9 +35,7 @@ def parse_duration(text: str) -> float:
     parts = _DURATION_PART.findall(cleaned)
     seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
     if not cleaned or "".join(n + u for n, u in parts) != cleaned or not math.isfinite(seconds):
-        raise UsageError(
-            f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, such as 90m, 12h, 7d"
-        )
+        raise UsageError(f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, such as 90m, 12h, 7d")
     return seconds
 
 
@@ -60,12 +58,25 @@ def format_bytes(count: int) -> str:
     raise AssertionError("unreachable")
 
 
+_UNITS = (("w", "week", 7 * 86400), ("d", "day", 86400), ("h", "hour", 3600), ("m", "minute", 60), ("s", "second", 1))
+
+
+def format_duration(seconds: float, *, parts: int = 2, words: bool = False) -> str:
+    """``1w``, ``1h30m``, ``45s`` (as ``parse_duration`` reads them), or with ``words``
+    ``3 days``, ``1 hour 30 minutes``: the ``parts`` largest units, the rest dropped."""
+    remaining = max(0, round(seconds))
+    shown: list[str] = []
+    for short, name, length in _UNITS:
+        count, remaining = divmod(remaining, length)
+        if count and len(shown) < parts:
+            shown.append(f"{count} {name}{'s' if count != 1 else ''}" if words else f"{count}{short}")
+        elif shown:
+            break  # only adjacent units: "1w2h" would read as a mistake
+    if not shown:
+        return "0 seconds" if words else "0s"
+    return " ".join(shown) if words else "".join(shown)
+
+
 def format_age(seconds: float) -> str:
     """``just now``, ``5 minutes ago``, ``3 days ago``."""
-    if seconds < 60:
-        return "just now"
-    for unit, length in (("week", 7 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= length:
-            count = int(seconds // length)
-            return f"{count} {unit}{'s' if count != 1 else ''} ago"
-    raise AssertionError("unreachable")
+    return "just now" if seconds < 60 else f"{format_duration(seconds, parts=1, words=True)} ago"

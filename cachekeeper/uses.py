@@ -16,11 +16,10 @@ import os
 import socket
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import NamedTuple
 
-from .store import Root
+from .store import Root, write_atomically
 
 # Long against a Volume's background commits (every few seconds) and a busy process's heartbeat:
 # a use wrongly thought gone costs a live server its files, one kept too long costs only space.
@@ -37,16 +36,12 @@ class UseInfo(NamedTuple):
         return now < self.expires_at and not _process_gone(self.owner)
 
 
-def uses_dir(root: Root, layer: str, key: str) -> Path:
-    return root.state_dir / "uses" / layer / key
-
-
 def users(root: Root, layer: str, key: str, now: float | None = None) -> list[UseInfo]:
     """The live uses of ``key``. An unreadable record counts as live while it is young."""
     now = time.time() if now is None else now
     found = []
     try:
-        entries = sorted(uses_dir(root, layer, key).glob("*.json"))
+        entries = sorted(root.uses_dir(layer, key).glob("*.json"))
     except OSError:
         return []
     for path in entries:
@@ -66,7 +61,7 @@ def users(root: Root, layer: str, key: str, now: float | None = None) -> list[Us
 def forget_expired(root: Root, layer: str, key: str, now: float | None = None) -> None:
     """Remove the records of uses that ended without saying so (a killed process)."""
     now = time.time() if now is None else now
-    directory = uses_dir(root, layer, key)
+    directory = root.uses_dir(layer, key)
     if not directory.is_dir() or directory.is_symlink():
         return
     for path in directory.glob("*.json"):
@@ -100,7 +95,7 @@ def release_all() -> None:
 def register(root: Root, layer: str, key: str) -> Registration:
     """Record that this process uses ``key`` until it exits (or ``release()``)."""
     host = socket.gethostname().replace(os.sep, "_")
-    path = uses_dir(root, layer, key) / f"{host}-{os.getpid()}.json"
+    path = root.uses_dir(layer, key) / f"{host}-{os.getpid()}.json"
     _heartbeat.add(path)
     return Registration(path)
 
@@ -170,21 +165,8 @@ if hasattr(os, "register_at_fork"):
 
 def _write(path: Path, since: float) -> None:
     info = {"owner": f"{socket.gethostname()}:{os.getpid()}", "since": since, "expires_at": time.time() + USE_TTL}
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        for attempt in range(8):
-            # A prune removes a key's empty uses directory (forget_expired): it may do so between
-            # this mkdir and the write, and never once the write has put a file in it.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                temporary.write_text(json.dumps(info))
-                break
-            except FileNotFoundError:
-                if attempt == 7:
-                    raise
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    # Rewritten every few minutes for as long as the process lives: no fsync, a lost write is renewed.
+    write_atomically(path, json.dumps(info).encode(), durable=False)
 
 
 def _remove(path: Path) -> None:

@@ -21,13 +21,16 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import UnsafePath
-from .keys import parse_key
-from .layers import DEFAULT_LAYERS, WEIGHTS, check_scope
+from .hub import hub_revisions
+from .layers import DEFAULT_LAYERS, WEIGHTS
 from .leases import leases_for
 from .manifest import Manifest
+from .scope import EVERYTHING, Scope
 from .store import DELETING, Artifact, Root, Roots, artifact_path, hash_files, iter_sidecars, list_files, read_checksums
+from .store.layout import CHECKSUMS
 from .uses import users
 
 CORRUPT = "corrupt"
@@ -53,6 +56,17 @@ class Finding:
     def problem(self) -> bool:
         return self.kind in PROBLEMS
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "problem": self.problem,
+            "layer": self.layer,
+            "key": self.key,
+            "path": str(self.path),
+            "detail": self.detail,
+            "files": list(self.files),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
@@ -64,28 +78,27 @@ class VerifyReport:
     def ok(self) -> bool:
         return not any(finding.problem for finding in self.findings)
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "hashed_bytes": self.hashed_bytes,
+            "findings": [finding.to_json() for finding in self.findings],
+        }
+
 
 def verify(
     manifest: Manifest,
     roots: Roots,
     *,
-    layer: str | None = None,
-    model: str | None = None,
-    keys: Sequence[str] = (),
+    scope: Scope = EVERYTHING,
     layers: Iterable[str] = (),
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Verify the artifacts in scope (all, or a layer, model or keys). ``layers`` adds layer names
-    to look for orphans in (a target's custom layers); ``total`` is told how many bytes will be
-    read, then ``progress`` each time some are."""
-    check_scope(layer, model)
-    for key in keys:
-        parse_key(key)
-    listed = [
-        a for a in manifest.artifacts(state=None)
-        if (layer is None or a.layer == layer) and (model is None or a.model == model) and (not keys or a.key in keys)
-    ]  # fmt: skip
+    """Verify the artifacts in scope. ``layers`` adds layer names to look for orphans in (a target's
+    custom layers); ``total`` is told how many bytes will be read, then ``progress`` each time some are."""
+    listed = [artifact for artifact in manifest.artifacts(state=None) if scope.matches(artifact)]
     deleting = {key for _, key in manifest.keys_in_state(DELETING)}
     published = [a for a in listed if a.key not in deleting]
     findings: list[Finding] = []
@@ -103,15 +116,24 @@ def verify(
         found, read = _check(artifact, roots.for_layer(artifact.layer), sidecars.get(artifact.key), progress)
         findings.extend(found)
         hashed += read
-    if not (keys or model):  # orphans and unindexed sidecars belong to no model or key
+    if not (scope.keys or scope.model):  # orphans and unindexed sidecars belong to no model or key
         indexed = {a.key for a in manifest.artifacts(state=None)}
         for key, artifact in sorted(sidecars.items()):
-            if key not in indexed and (layer is None or artifact.layer == layer):
+            if key not in indexed and (scope.layer is None or artifact.layer == scope.layer):
                 findings.append(
-                    Finding(UNINDEXED, artifact.layer, key, _path(roots, artifact),
-                            "published, but the manifest does not list it: run `cachekeeper doctor`")
-                )  # fmt: skip
-        names = {layer} if layer else {*(l.name for l in DEFAULT_LAYERS), *layers, *(a.layer for a in listed)}
+                    Finding(
+                        UNINDEXED,
+                        artifact.layer,
+                        key,
+                        _path(roots, artifact),
+                        "published, but the manifest does not list it: run `cachekeeper doctor`",
+                    )
+                )
+        names = (
+            {scope.layer}
+            if scope.layer
+            else {*(each.name for each in DEFAULT_LAYERS), *layers, *(a.layer for a in listed)}
+        )
         known = {a.key for a in manifest.artifacts(state=None)} | set(sidecars)
         findings.extend(_orphans(roots, manifest, sorted(names), known, {a.key: a for a in listed} | sidecars))
     order = {kind: index for index, kind in enumerate((*PROBLEMS, GROWTH, UNRECORDED))}
@@ -155,11 +177,13 @@ def _check(
     findings = []
     if resized or changed:
         detail = "; ".join(
-            part for part in (
+            part
+            for part in (
                 f"{len(resized)} file(s) changed size" if resized else "",
                 f"{len(changed)} file(s) changed content" if changed else "",
-            ) if part
-        )  # fmt: skip
+            )
+            if part
+        )
         findings.append(finding(CORRUPT, detail, resized + changed))
     if missing:
         findings.append(finding(MISSING, f"{len(missing)} recorded file(s) are gone", missing))
@@ -185,30 +209,39 @@ def _orphans(
             if entry.name in known or _busy(root, manifest, name, entry.name):
                 continue
             findings.append(
-                Finding(ORPHAN, name, None, Path(entry.path), "no sidecar or manifest row: a build that died, or a stray file")
-            )  # fmt: skip
+                Finding(
+                    ORPHAN,
+                    name,
+                    None,
+                    Path(entry.path),
+                    "no sidecar or manifest row: a build that died, or a stray file",
+                )
+            )
     for root in roots.all():
-        base = root.state_dir / "checksums"
-        if not base.is_dir():
-            continue
-        for path in sorted(base.glob("*/*.json")):
-            key, _, checksum = path.stem.rpartition(".")
-            owner = artifacts.get(key)
-            if owner is None or owner.checksum != checksum:
-                findings.append(Finding(ORPHAN, path.parent.name, key or None, path, "a checksum record no artifact uses"))
+        for _, directory in root.state_layers(CHECKSUMS):
+            for path in sorted(directory.glob("*.json")):
+                key, _, checksum = path.stem.rpartition(".")
+                owner = artifacts.get(key)
+                if owner is None or owner.checksum != checksum:
+                    findings.append(
+                        Finding(ORPHAN, path.parent.name, key or None, path, "a checksum record no artifact uses")
+                    )
     return findings
 
 
 def _hub_orphans(roots: Roots, manifest: Manifest, known: set[str]) -> list[Finding]:
-    from .prune import hub_revisions
-
     root = roots.for_layer(WEIGHTS)
     return [
-        Finding(ORPHAN, WEIGHTS, revision.key, root.path / revision.relpath,
-                f"a revision of {revision.model} in the Hub cache that no boot recorded")
+        Finding(
+            ORPHAN,
+            WEIGHTS,
+            revision.key,
+            root.path / revision.relpath,
+            f"a revision of {revision.model} in the Hub cache that no boot recorded",
+        )
         for revision in hub_revisions(roots)
         if revision.key not in known and not _busy(root, manifest, WEIGHTS, revision.key)
-    ]  # fmt: skip
+    ]
 
 
 def _busy(root: Root, manifest: Manifest, layer: str, key: str) -> bool:

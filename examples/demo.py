@@ -81,7 +81,9 @@ def target(path: Path, torch_version: str) -> Path:
 
 def boot(label: str, target_file: Path) -> float:
     say(f"{label} boot: cachekeeper run -- python demo_model.py")
-    result = cachekeeper("run", "--target", str(target_file), "--", sys.executable, str(HERE / "demo_model.py"), capture=True)
+    result = cachekeeper(
+        "run", "--target", str(target_file), "--", sys.executable, str(HERE / "demo_model.py"), capture=True
+    )
     if result.returncode != 0:
         raise SystemExit(f"the {label} boot failed")
     match = re.search(r"compile_seconds=([\d.]+)", result.stdout)

@@ -15,7 +15,10 @@ REPO = "cachekeeper-demo/tiny-mlp"
 
 
 def build(width: int, depth: int) -> torch.nn.Module:
-    blocks = [torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.GELU(), torch.nn.LayerNorm(width)) for _ in range(depth)]
+    blocks = [
+        torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.GELU(), torch.nn.LayerNorm(width))
+        for _ in range(depth)
+    ]
     return torch.nn.Sequential(*blocks)
 
 

@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
-import cachekeeper.schema  # noqa: F401  (registers the tables on SQLModel.metadata)
+import cachekeeper.manifest.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -5,24 +5,23 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .. import errors
 from ..errors import CachekeeperError, UsageError
-from .output import one_line
+from .render import one_line
 
 try:  # typer 0.20 and later carry their own copy of click
     from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover - older typer on top of click
-    from click import ClickException
+except ImportError:  # older typer, on top of click itself: the same class under its own name
+    from click import ClickException  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from ..manifest import Manifest
+    from ..cache import Cache
     from ..store import Roots
     from ..target import Target
 
@@ -35,7 +34,7 @@ app = typer.Typer(
 )
 
 TargetOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--target", "-t", help="Target file. Default: ./cachekeeper.toml, else ./pyproject.toml."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
@@ -51,26 +50,27 @@ class Settings:
 
         return Roots.at(self.root, target.roots if target is not None else None)
 
-    def manifest(self, roots: Roots) -> Manifest:
-        from ..manifest import Manifest, default_url
-
-        return Manifest.open(self.db or default_url(roots))
-
     def url(self, roots: Roots) -> str:
         from ..manifest import default_url
 
         return self.db or default_url(roots)
+
+    def open(self, target: Target | None, *, fold: bool = True, writing: bool = False) -> Cache:
+        """The cache the command works on; see ``cachekeeper.cache.open_cache``."""
+        from ..cache import open_cache
+
+        return open_cache(self.root, db=self.db, target=target, fold=fold, writing=writing)
 
 
 @app.callback()
 def _global(
     ctx: typer.Context,
     root: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Cache root. Default: $CACHEKEEPER_ROOT, else the user cache directory.", show_default=False),
     ] = None,
     db: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             envvar="CACHEKEEPER_DB",
             help="Manifest database URL. Default: sqlite:///ROOT/.cachekeeper/manifest.db.",
@@ -89,7 +89,9 @@ def _global(
 
 
 def settings_of(ctx: typer.Context) -> Settings:
-    return ctx.find_root().obj
+    settings = ctx.find_root().obj
+    assert isinstance(settings, Settings), "the global options run before every command"
+    return settings
 
 
 def resolve_target(path: Path | None, *, required: bool = False) -> Target | None:
@@ -104,26 +106,9 @@ def resolve_target(path: Path | None, *, required: bool = False) -> Target | Non
 
 def resolve_targets(paths: list[Path] | None) -> list[Target]:
     if paths:
-        return [resolve_target(path, required=True) for path in paths]  # type: ignore[misc]
+        return [target for path in paths if (target := resolve_target(path, required=True)) is not None]
     found = resolve_target(None)
     return [found] if found is not None else []
-
-
-def opened(
-    ctx: typer.Context, target: Path | None, *, fold: Callable[[Any, Any], Any] | None = None
-) -> tuple[Roots, Manifest]:
-    """The roots and the manifest a command works on, with what containers recorded folded in.
-
-    ``fold`` is ``sync`` for commands that write; by default ``refresh``, which answers from the
-    manifest as it stands when the root is read-only.
-    """
-    from ..sync import refresh
-
-    settings = settings_of(ctx)
-    roots = settings.roots(resolve_target(target))
-    manifest = settings.manifest(roots)
-    (fold or refresh)(manifest, roots)
-    return roots, manifest
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,9 @@ import cachekeeper
 import cachekeeper.modal as ckm
 
 HERE = Path(__file__).resolve().parent
-TARGET = Path(os.environ.get("CACHEKEEPER_TARGET", HERE / "cachekeeper.toml" if modal.is_local() else "/root/cachekeeper.toml"))
+TARGET = Path(
+    os.environ.get("CACHEKEEPER_TARGET", HERE / "cachekeeper.toml" if modal.is_local() else "/root/cachekeeper.toml")
+)
 WEIGHTS_ROOT = os.environ.get("CACHEKEEPER_WEIGHTS_ROOT", "/vol/weights")
 COMPILE_ROOT = os.environ.get("CACHEKEEPER_COMPILE_ROOT", "/vol/compile")
 

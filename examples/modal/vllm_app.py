@@ -21,7 +21,9 @@ import cachekeeper
 import cachekeeper.modal as ckm
 
 HERE = Path(__file__).resolve().parent
-TARGET = Path(os.environ.get("CACHEKEEPER_TARGET", HERE / "cachekeeper.toml" if modal.is_local() else "/root/cachekeeper.toml"))
+TARGET = Path(
+    os.environ.get("CACHEKEEPER_TARGET", HERE / "cachekeeper.toml" if modal.is_local() else "/root/cachekeeper.toml")
+)
 WEIGHTS_ROOT = os.environ.get("CACHEKEEPER_WEIGHTS_ROOT", "/vol/weights")
 COMPILE_ROOT = os.environ.get("CACHEKEEPER_COMPILE_ROOT", "/vol/compile")
 MINUTES = 60
@@ -90,15 +92,12 @@ class Server:
 @app.function(volumes=VOLUMES, timeout=5 * MINUTES, max_containers=1)
 def cache_report() -> dict:
     """`cachekeeper check` where the Volumes are: the same report as the command's --json."""
-    from cachekeeper.check import check
-    from cachekeeper.manifest import Manifest, default_url
-    from cachekeeper.store import Roots
-
     for volume in (weights_volume, compile_volume):
         ckm.reload(volume)
     target = cachekeeper.load_target(TARGET)
-    roots = Roots.at(Path(COMPILE_ROOT), {"weights": Path(WEIGHTS_ROOT)})
-    report = check(target, roots, Manifest.open(default_url(roots)))
+    # Opening the cache folds what the containers recorded into the manifest.
+    cache = cachekeeper.open_cache(Path(COMPILE_ROOT), roots={"weights": Path(WEIGHTS_ROOT)}, target=target)
+    report = cachekeeper.check(target, cache)
     compile_volume.commit()
     return {"ready": report.ready, "layers": {r.layer: str(r.status) for r in report.layers}}
 

@@ -1,0 +1,46 @@
+"""Opening a cache: its roots and its manifest, with what containers recorded folded in.
+
+Every command that looks at a root starts here, so that folding the journals happens in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from .manifest import Manifest, default_url
+from .store import Roots
+from .sync import SyncReport, refresh, sync
+from .target import Target
+
+
+class Cache(NamedTuple):
+    roots: Roots
+    manifest: Manifest
+
+    def fold(self, *, writing: bool = False) -> SyncReport | None:
+        """Fold what containers recorded since the last fold. ``writing`` for a caller about to
+        change the root (prune, pin): a read-only root is then an error; otherwise the manifest
+        answers as it stands there, with a warning (None)."""
+        return (sync if writing else refresh)(self.manifest, self.roots)
+
+
+def open_cache(
+    root: Path,
+    *,
+    roots: Mapping[str, Path] | None = None,
+    db: str | None = None,
+    target: Target | None = None,
+    fold: bool = True,
+    writing: bool = False,
+) -> Cache:
+    """The cache at ``root``, with layers on roots of their own in ``roots`` (over the target's
+    ``[roots]``); its manifest at ``db`` (default: the SQLite file under the root); folded unless
+    ``fold`` is false (see ``Cache.fold``)."""
+    per_layer = {**(target.roots if target is not None else {}), **(roots or {})}
+    layout = Roots.at(root, per_layer)
+    cache = Cache(layout, Manifest.open(db or default_url(layout)))
+    if fold:
+        cache.fold(writing=writing)
+    return cache

@@ -1,0 +1,295 @@
+"""``Manifest``: a connection to one manifest database, and everything callers ask of it.
+
+The SQL lives in queries.py (reads) and writes.py (writes); this class opens the database, makes
+sure its schema is the one this code knows, and turns the drivers' errors into cachekeeper's.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, closing, contextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..errors import ManifestError, ManifestUnreachable
+from ..records import Record
+from ..store import PUBLISHED, Artifact
+from . import migration, queries
+from .url import DatabaseUrl
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+    from sqlmodel import Session
+
+
+class FoldResult(NamedTuple):
+    records: int  # journal records applied for the first time
+    artifacts: int  # artifacts newly indexed
+
+
+class Manifest:
+    """A connection to one manifest database. Open it with ``Manifest.open(url)``."""
+
+    def __init__(self, url: DatabaseUrl, engine: Engine | None = None) -> None:
+        self.url = url
+        self._engine = engine
+
+    @property
+    def is_server(self) -> bool:
+        """A database server that many containers may write at once (not a SQLite file)."""
+        return self.url.is_server
+
+    @property
+    def engine(self) -> Engine:
+        """SQLAlchemy's engine, created on first use: for writes and migrations."""
+        if self._engine is None:
+            from sqlmodel import create_engine
+
+            # SQLite on a network volume has no reliable shared memory for WAL: keep its rollback
+            # journal, and wait for the lock instead of failing at once.
+            self._engine = create_engine(self.url.text, connect_args={"timeout": 60})
+        return self._engine
+
+    # --- opening and schema --------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, url: str | DatabaseUrl) -> Manifest:
+        """A Manifest without any schema check: for ``db`` commands and migrations."""
+        url = url if isinstance(url, DatabaseUrl) else DatabaseUrl.parse(url)
+        if url.is_server:
+            return cls(url, _server_engine(url))
+        if url.sqlite_file is not None:
+            try:
+                url.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ManifestUnreachable(
+                    f"cannot create the manifest's directory for {url.sqlite_file}: {error.strerror}"
+                ) from None
+        return cls(url)
+
+    @classmethod
+    def open(cls, url: str | DatabaseUrl) -> Manifest:
+        """Connect and make sure the schema is the one this code knows (see ``migration.adopt``)."""
+        manifest = cls.connect(url)
+        if manifest.current() != migration.head():
+            migration.adopt(manifest)
+        return manifest
+
+    def head(self) -> str:
+        """The newest schema revision this code knows."""
+        return migration.head()
+
+    def current(self) -> str | None:
+        """The schema revision stamped in the database, or None when there is none."""
+        if self.is_server:
+            with self.connection() as connection:
+                return migration.stamped(connection)
+        if not self.rows("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"):
+            return None
+        stamped = self.rows("SELECT version_num FROM alembic_version")
+        return stamped[0][0] if stamped else None
+
+    def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
+        """Run the migrations up to ``revision``; (before, after)."""
+        return migration.migrate(self, "upgrade", revision)
+
+    def downgrade(self, revision: str) -> tuple[str | None, str | None]:
+        return migration.migrate(self, "downgrade", revision)
+
+    def has_tables(self) -> bool:
+        with self.connection() as connection:
+            return migration.has_tables(connection)
+
+    # --- connections ---------------------------------------------------------------------------
+
+    @contextmanager
+    def sqlite_lock(self) -> Iterator[None]:
+        """Exclusive use of ``<manifest.db>.lock`` for as long as the block runs; waits for it."""
+        if self.url.sqlite_file is None:
+            yield
+            return
+        import fcntl
+
+        with open(f"{self.url.sqlite_file}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:
+                pass  # a file system without locks: SQLite there has a single writer anyway
+            yield  # closing the file releases the lock, also when the process dies
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        from sqlalchemy.exc import DatabaseError, OperationalError
+
+        try:
+            with self.engine.connect() as connection:
+                yield connection
+        except OperationalError as error:
+            raise ManifestUnreachable(f"cannot open the manifest at {self.url}: {first_line(error)}") from None
+        except DatabaseError as error:
+            raise self._damaged(error, type(error) is DatabaseError) from None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        from sqlalchemy.exc import DatabaseError, OperationalError
+        from sqlmodel import Session
+
+        try:
+            with Session(self.engine) as session:
+                yield session
+                session.commit()
+        except OperationalError as error:
+            raise ManifestError(f"the manifest at {self.url} failed: {first_line(error)}") from None
+        except DatabaseError as error:
+            raise self._damaged(error, type(error) is DatabaseError) from None
+
+    def _damaged(self, error: Exception, damaged: bool) -> Exception:
+        """SQLite's own words for a file that is no database, or a damaged one; any other database
+        error (a constraint, a type) is a bug and keeps its traceback."""
+        if not damaged:
+            return error
+        return ManifestError(
+            f"the manifest at {self.url} is damaged ({first_line(error)}): "
+            "`cachekeeper doctor` moves it aside and rebuilds it from the sidecars and journals"
+        )
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]:
+        """Run a read-only query written with ``:name`` parameters; its rows."""
+        params = dict(params or {})
+        if self.url.sqlite_database is not None:
+            try:
+                with closing(sqlite3.connect(self.url.sqlite_database, timeout=60)) as connection:
+                    return connection.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as error:
+                if type(error) is sqlite3.DatabaseError:
+                    raise self._damaged(error, True) from None
+                if "unable to open" in str(error):
+                    raise ManifestUnreachable(f"cannot open the manifest at {self.url}: {error}") from None
+                raise ManifestError(f"the manifest at {self.url} failed: {first_line(error)}") from None
+        from sqlalchemy.exc import SQLAlchemyError
+
+        with self.connection() as connection:
+            try:  # psycopg's parameters are %(name)s
+                return list(connection.exec_driver_sql(re.sub(r":(\w+)", r"%(\1)s", sql), params))
+            except SQLAlchemyError as error:
+                raise ManifestError(f"the manifest at {self.url} failed: {first_line(error)}") from None
+
+    # --- reads (queries.py) --------------------------------------------------------------------
+
+    def artifact(self, key: str) -> Artifact | None:
+        return queries.artifact(self.rows, key)
+
+    def artifacts(
+        self, *, layer: str | None = None, model: str | None = None, state: str | None = PUBLISHED
+    ) -> list[Artifact]:
+        return queries.artifacts(self.rows, layer=layer, model=model, state=state)
+
+    def nearest(self, *, layer: str, model: str, other_than: str) -> Artifact | None:
+        return queries.nearest(self.rows, layer=layer, model=model, other_than=other_than)
+
+    def summaries(self, *, layer: str | None = None, model: str | None = None) -> list[queries.ArtifactSummary]:
+        return queries.summaries(self.rows, layer=layer, model=model)
+
+    def keys_in_state(self, state: str) -> list[tuple[str, str]]:
+        return queries.keys_in_state(self.rows, state)
+
+    def dependents(self) -> dict[str, list[str]]:
+        return queries.dependents(self.rows)
+
+    def pinned(self) -> set[str]:
+        return queries.pinned(self.rows)
+
+    def journal_cursors(self, names: Sequence[str] | None = None) -> dict[str, tuple[int, bool]]:
+        return queries.journal_cursors(self.rows, names)
+
+    def latest_observation(self, gpu_type: str) -> queries.Observation | None:
+        return queries.latest_observation(self.rows, gpu_type)
+
+    def events(self, *, since: float | None = None, kinds: Sequence[str] | None = None) -> list[queries.Event]:
+        return queries.events(self.rows, since=since, kinds=kinds)
+
+    def count_events(self, kind: str) -> int:
+        return queries.count_events(self.rows, kind)
+
+    def lease(self, layer: str, key: str) -> dict[str, Any] | None:
+        return queries.lease(self.rows, layer, key)
+
+    # --- writes (writes.py, which loads SQLAlchemy) ----------------------------------------------
+
+    def fold(
+        self, records: Sequence[Record], artifacts: Sequence[Artifact], cursors: Mapping[str, tuple[int, bool]]
+    ) -> FoldResult:
+        from . import writes
+
+        return writes.fold(self, records, artifacts, cursors)
+
+    def record_artifact(self, artifact: Artifact) -> bool:
+        from . import writes
+
+        return writes.record_artifact(self, artifact)
+
+    def set_state(self, key: str, state: str) -> None:
+        from . import writes
+
+        writes.set_state(self, key, state)
+
+    def forget(self, key: str, *, created_at: float | None = None) -> None:
+        from . import writes
+
+        writes.forget(self, key, created_at=created_at)
+
+    def claim_removals(self, keys: Sequence[str]) -> AbstractContextManager[set[str]]:
+        from . import writes
+
+        return writes.claim_removals(self, keys)
+
+    def forget_removed(self, keys: Sequence[str], events: Sequence[Record]) -> None:
+        from . import writes
+
+        writes.forget_removed(self, keys, events)
+
+    def insert_lease(self, layer: str, key: str, fields: Mapping[str, Any]) -> bool:
+        from . import writes
+
+        return writes.insert_lease(self, layer, key, fields)
+
+    def replace_lease(self, layer: str, key: str, token: str, fields: Mapping[str, Any]) -> bool:
+        from . import writes
+
+        return writes.replace_lease(self, layer, key, token, fields)
+
+    def drop_lease(self, layer: str, key: str, token: str) -> None:
+        from . import writes
+
+        writes.drop_lease(self, layer, key, token)
+
+    def drop_dead_leases(self, *, expired_before: float) -> int:
+        from . import writes
+
+        return writes.drop_dead_leases(self, expired_before=expired_before)
+
+
+def _server_engine(url: DatabaseUrl) -> Engine:
+    """The engine of a database server's URL, or one clear error."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlmodel import create_engine
+
+    driver = make_url(url.text).get_driver_name()
+    try:
+        # A server that never answers (a firewall dropping packets) fails in seconds, not minutes.
+        timeout = {"connect_timeout": 10} if driver in ("psycopg", "psycopg2") else {}
+        return create_engine(url.text, pool_pre_ping=True, connect_args=timeout)
+    except ImportError:
+        raise ManifestUnreachable(
+            f"cannot use database URL {url}: its driver {driver} is not installed "
+            "(cachekeeper's postgres extra installs psycopg: pip install 'cachekeeper[postgres]')"
+        ) from None
+    except (ArgumentError, SQLAlchemyError) as error:
+        raise ManifestUnreachable(f"cannot use database URL {url}: {first_line(error)}") from None
+
+
+def first_line(error: Exception) -> str:
+    text = str(getattr(error, "orig", None) or error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__

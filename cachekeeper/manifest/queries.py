@@ -1,0 +1,225 @@
+"""Reading the manifest: plain SQL through the database's own driver, giving frozen values.
+
+Reads never load SQLAlchemy on SQLite (the stdlib ``sqlite3`` runs them), so that ``check`` and
+``ls`` start in a fraction of a second. Each query's columns are the fields of the value it gives,
+so that no column order is kept by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .. import facts as f
+from ..facts import Facts
+from ..store import PUBLISHED, Artifact
+
+Rows = Callable[[str, Mapping[str, Any]], list[Sequence[Any]]]
+
+# Facts that describe the machine and its software, as opposed to what it was asked to run.
+_DEPLOY_PREFIXES = (f.MODEL, f.ENGINE_PREFIX)
+
+
+class ArtifactSummary(NamedTuple):
+    """An artifact as ``ls`` shows it: everything but its facts, which are slow to read in bulk.
+    A named tuple, since ``ls`` makes one per row of the whole manifest."""
+
+    key: str
+    layer: str
+    model: str
+    state: str
+    relpath: str
+    bytes: int
+    files: int
+    created_at: float
+    last_used_at: float
+
+    def to_json(self, root: Path) -> dict[str, Any]:
+        """``root``: the root of the artifact's layer, which its path is relative to."""
+        return {
+            "key": self.key,
+            "layer": self.layer,
+            "model": self.model,
+            "status": self.state,
+            "bytes": self.bytes,
+            "files": self.files,
+            "created_at": self.created_at,
+            "last_used_at": self.last_used_at,
+            "path": str(root / self.relpath),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the runtime or a command recorded: a hit, miss, publish or prune."""
+
+    at: float
+    kind: str
+    layer: str | None
+    key: str | None
+    model: str | None
+    seconds: float | None
+    bytes: int | None
+    host: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """An environment fingerprint seen at run time: machine and software, no model or engine."""
+
+    facts: Facts
+    gpu_type: str
+    host: str
+    first_seen_at: float
+    last_seen_at: float
+    seen: int
+
+
+def environment_facts(facts: Facts) -> Facts:
+    return Facts(tuple(fact for fact in facts if not fact.name.startswith(_DEPLOY_PREFIXES)))
+
+
+def _columns(names: Sequence[str]) -> str:
+    return ", ".join(f'"{name}"' for name in names)
+
+
+_ARTIFACT = tuple(field.name for field in fields(Artifact))
+_SUMMARY = ArtifactSummary._fields
+_EVENT = tuple(field.name for field in fields(Event))
+_OBSERVATION = tuple(field.name for field in fields(Observation))
+_MOST_RECENT_FIRST = " ORDER BY last_used_at DESC, key"
+
+
+def artifact(rows: Rows, key: str) -> Artifact | None:
+    found = rows(f"SELECT {_columns(_ARTIFACT)} FROM artifact WHERE key = :key", {"key": key})
+    return _artifact(found[0]) if found else None
+
+
+def artifacts(
+    rows: Rows, *, layer: str | None = None, model: str | None = None, state: str | None = PUBLISHED
+) -> list[Artifact]:
+    """Artifacts, most recently used first."""
+    where, params = _filters(layer=layer, model=model, state=state)
+    return [
+        _artifact(row) for row in rows(f"SELECT {_columns(_ARTIFACT)} FROM artifact{where}{_MOST_RECENT_FIRST}", params)
+    ]
+
+
+def nearest(rows: Rows, *, layer: str, model: str, other_than: str) -> Artifact | None:
+    """The most recently used published artifact of ``layer`` and ``model`` under another key."""
+    where, params = _filters(layer=layer, model=model, state=PUBLISHED)
+    query = f"SELECT {_columns(_ARTIFACT)} FROM artifact{where} AND key <> :other_than{_MOST_RECENT_FIRST} LIMIT 1"
+    found = rows(query, {**params, "other_than": other_than})
+    return _artifact(found[0]) if found else None
+
+
+def summaries(rows: Rows, *, layer: str | None = None, model: str | None = None) -> list[ArtifactSummary]:
+    """Every artifact, in any state, most recently used first, without its facts."""
+    where, params = _filters(layer=layer, model=model)
+    return list(
+        map(
+            ArtifactSummary._make, rows(f"SELECT {_columns(_SUMMARY)} FROM artifact{where}{_MOST_RECENT_FIRST}", params)
+        )
+    )
+
+
+def keys_in_state(rows: Rows, state: str) -> list[tuple[str, str]]:
+    """(layer, key) of every artifact in ``state``."""
+    return [
+        (layer, key) for layer, key in rows("SELECT layer, key FROM artifact WHERE state = :state", {"state": state})
+    ]
+
+
+def dependents(rows: Rows) -> dict[str, list[str]]:
+    """For each key that published artifacts depend on: the keys of those artifacts."""
+    found: dict[str, list[str]] = {}
+    query = "SELECT key, depends_on FROM artifact WHERE state = :state AND CAST(depends_on AS TEXT) <> '[]'"
+    for key, depends_on in rows(query, {"state": PUBLISHED}):
+        for dependency in _json(depends_on) or ():
+            found.setdefault(dependency, []).append(key)
+    return found
+
+
+def pinned(rows: Rows) -> set[str]:
+    return {key for (key,) in rows("SELECT key FROM pin WHERE pinned", {})}
+
+
+def journal_cursors(rows: Rows, names: Sequence[str] | None = None) -> dict[str, tuple[int, bool]]:
+    """(offset, closed) of the journals named, or of every journal ever folded."""
+    query = 'SELECT name, "offset", closed FROM journal_cursor'
+    if names is None:
+        found = rows(query, {})
+    else:
+        found = [row for chunk in chunks(list(names)) for row in rows(*_where_in(query, "name", chunk))]
+    return {name: (int(offset), bool(closed)) for name, offset, closed in found}
+
+
+def latest_observation(rows: Rows, gpu_type: str) -> Observation | None:
+    """The newest fingerprint seen on ``gpu_type`` (a Modal type, or "cpu" for no GPU)."""
+    query = (
+        f"SELECT {_columns(_OBSERVATION)} FROM observation WHERE gpu_type = :gpu_type "
+        "ORDER BY last_seen_at DESC LIMIT 1"
+    )
+    found = rows(query, {"gpu_type": gpu_type})
+    if not found:
+        return None
+    facts, *rest = found[0]
+    return Observation(Facts.from_json(_json(facts)), *rest)
+
+
+def events(rows: Rows, *, since: float | None = None, kinds: Sequence[str] | None = None) -> list[Event]:
+    """Events at or after ``since`` (Unix seconds), oldest first."""
+    query = f"SELECT {_columns(_EVENT)} FROM event WHERE at >= :since"
+    params: dict[str, Any] = {"since": float("-inf") if since is None else since}
+    if kinds is not None:
+        names: dict[str, str | None] = {f"kind{index}": str(kind) for index, kind in enumerate(kinds)}
+        names = names or {"kind0": None}  # no kind at all: match nothing
+        query += f" AND kind IN ({', '.join(':' + name for name in names)})"
+        params.update(names)
+    return [Event(*row) for row in rows(query + " ORDER BY at, id", params)]
+
+
+def count_events(rows: Rows, kind: str) -> int:
+    return int(rows("SELECT count(*) FROM event WHERE kind = :kind", {"kind": str(kind)})[0][0])
+
+
+def lease(rows: Rows, layer: str, key: str) -> dict[str, Any] | None:
+    """The lease row's fields (owner, token, expires_at, process), or None."""
+    names = ("owner", "token", "expires_at", "process")
+    found = rows(
+        f"SELECT {_columns(names)} FROM lease WHERE layer = :layer AND key = :key", {"layer": layer, "key": key}
+    )
+    return dict(zip(names, found[0], strict=True)) if found else None
+
+
+def _artifact(row: Sequence[Any]) -> Artifact:
+    values = dict(zip(_ARTIFACT, row, strict=True))
+    values["facts"] = {name: f.freeze(value) for name, value in _json(values["facts"]).items()}
+    values["depends_on"] = tuple(_json(values["depends_on"]) or ())
+    return Artifact(**values)
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value: SQLite hands back text, PostgreSQL's driver the decoded value."""
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _filters(**equal: str | None) -> tuple[str, dict[str, str]]:
+    """`` WHERE a = :a AND ...`` for the filters that are set, and their parameters."""
+    params = {column: value for column, value in equal.items() if value is not None}
+    if not params:
+        return " WHERE 1 = 1", {}
+    return " WHERE " + " AND ".join(f"{column} = :{column}" for column in params), params
+
+
+def _where_in(query: str, column: str, values: Sequence[str]) -> tuple[str, dict[str, str]]:
+    names = {f"v{index}": value for index, value in enumerate(values)}
+    return f"{query} WHERE {column} IN ({', '.join(':' + name for name in names)})", names
+
+
+def chunks(values: list[str], size: int = 500) -> list[list[str]]:
+    """``values`` in pieces small enough for one statement's parameters."""
+    return [values[start : start + size] for start in range(0, len(values), size)]

@@ -1,0 +1,104 @@
+"""The manifest's tables, as sqlmodel rows: what the alembic revisions create, and writes use.
+
+Only writing and migrating load this module (queries.py reads with plain SQL), and rows never
+leave the manifest package: callers get the frozen values of store, facts and records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from ..store import PUBLISHED
+
+
+class ArtifactRow(SQLModel, table=True):
+    __tablename__ = "artifact"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True)
+    layer: str = Field(index=True)
+    model: str = Field(index=True)
+    relpath: str
+    state: str = PUBLISHED
+    bytes: int = Field(sa_type=BigInteger)
+    files: int
+    created_at: float
+    last_used_at: float = Field(index=True)
+    builder: str
+    facts: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    depends_on: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    checksum: str | None = None
+
+
+class PinRow(SQLModel, table=True):
+    """A key that prune must never remove; ``pinned`` false once unpinned (``at`` orders the two)."""
+
+    __tablename__ = "pin"
+
+    key: str = Field(primary_key=True)
+    pinned: bool
+    at: float
+    host: str
+
+
+class ObservationRow(SQLModel, table=True):
+    __tablename__ = "observation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    digest: str = Field(unique=True)
+    gpu_type: str = Field(index=True)
+    facts: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    host: str
+    first_seen_at: float
+    last_seen_at: float = Field(index=True)
+    seen: int = 1
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    uid: str = Field(unique=True)
+    at: float = Field(index=True)
+    kind: str = Field(index=True)
+    layer: str | None = None
+    key: str | None = None
+    model: str | None = None
+    seconds: float | None = None
+    bytes: int | None = Field(default=None, sa_type=BigInteger)
+    host: str | None = None
+
+
+class JournalCursorRow(SQLModel, table=True):
+    __tablename__ = "journal_cursor"
+
+    name: str = Field(primary_key=True)
+    offset: int = Field(default=0, sa_type=BigInteger)
+    closed: bool = False
+
+
+class LeaseRow(SQLModel, table=True):
+    """A build lease, when the manifest is a server database (see leases.DbLeases)."""
+
+    __tablename__ = "lease"
+    __table_args__ = (UniqueConstraint("layer", "key", name="uq_lease_layer_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    layer: str
+    key: str
+    owner: str
+    token: str
+    expires_at: float = Field(index=True)
+    process: str = ""
+
+
+# The Core tables that writes use: sqlmodel's classes carry them, but their types do not say so.
+ARTIFACT = SQLModel.metadata.tables["artifact"]
+PIN = SQLModel.metadata.tables["pin"]
+OBSERVATION = SQLModel.metadata.tables["observation"]
+EVENT = SQLModel.metadata.tables["event"]
+JOURNAL_CURSOR = SQLModel.metadata.tables["journal_cursor"]
+LEASE = SQLModel.metadata.tables["lease"]

@@ -1,0 +1,275 @@
+"""Every write to the manifest, through sqlmodel and SQLAlchemy.
+
+On PostgreSQL many processes write at once, so every write that can race is one statement whose
+outcome the database decides (a unique constraint, ON CONFLICT, a conditional UPDATE), never a
+read followed by a write decided here. Rows written in key order make concurrent folds wait for
+each other rather than deadlock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import case, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from .. import facts as f
+from ..keys import canonical_json
+from ..records import Kind, Record
+from ..store import DELETING, PUBLISHED, Artifact
+from .database import FoldResult
+from .migration import lock_id
+from .queries import chunks, environment_facts
+from .tables import ARTIFACT, EVENT, JOURNAL_CURSOR, LEASE, OBSERVATION, PIN
+
+if TYPE_CHECKING:
+    from .database import Manifest
+
+
+def fold(
+    manifest: Manifest,
+    records: Sequence[Record],
+    artifacts: Sequence[Artifact],
+    cursors: Mapping[str, tuple[int, bool]],
+) -> FoldResult:
+    """Apply records, newly published artifacts and journal cursors in one transaction.
+
+    Idempotent, also when several processes fold the same journals at once: a record is applied by
+    whoever stores its uid first (the unique constraint decides), an artifact already indexed is
+    left as it is, ``last_used_at`` and journal cursors only move forward.
+    """
+    with manifest.session() as session:
+        # A publishing record only tells sync which sidecar to read; a closed one, that a journal ended.
+        fresh = {record.uid: record for record in records if record.kind not in (Kind.PUBLISHING, Kind.CLOSED)}
+        applied = [fresh[uid] for uid in _insert_new_events(session, [fresh[uid] for uid in sorted(fresh)])]
+        observations = [_observation_values(r) for r in applied if r.kind is Kind.OBSERVED and r.facts is not None]
+        for values in sorted(observations, key=lambda values: (values["digest"], values["last_seen_at"])):
+            _upsert_observation(session, values)
+        for record in applied:
+            if record.kind in (Kind.PINNED, Kind.UNPINNED) and record.key:
+                _set_pin(session, record)
+        indexed = sum(_insert_artifact(session, artifact) for artifact in sorted(artifacts, key=lambda a: a.key))
+        last_hit: dict[str, float] = {}
+        for record in records:
+            if record.kind is Kind.HIT and record.key:
+                last_hit[record.key] = max(record.at, last_hit.get(record.key, record.at))
+        for key in sorted(last_hit):
+            table = ARTIFACT
+            at = last_hit[key]
+            session.exec(update(table).where(table.c.key == key, table.c.last_used_at < at).values(last_used_at=at))
+        for name in sorted(cursors):
+            _advance_cursor(session, name, *cursors[name])
+    return FoldResult(records=len(applied), artifacts=indexed)
+
+
+def record_artifact(manifest: Manifest, artifact: Artifact) -> bool:
+    """Index a published artifact. False when it was already indexed (nothing changes)."""
+    with manifest.session() as session:
+        return _insert_artifact(session, artifact)
+
+
+def set_state(manifest: Manifest, key: str, state: str) -> None:
+    table = ARTIFACT
+    with manifest.session() as session:
+        session.exec(update(table).where(table.c.key == key).values(state=state))
+
+
+def forget(manifest: Manifest, key: str, *, created_at: float | None = None) -> None:
+    """Forget an artifact's row. With ``created_at``, only the published row of that very
+    publication: not one a prune is removing (``deleting``), nor one published anew since."""
+    table = ARTIFACT
+    which = [table.c.key == key]
+    if created_at is not None:
+        which += [table.c.state == PUBLISHED, table.c.created_at == created_at]
+    with manifest.session() as session:  # one statement: a row another process forgot is no error
+        session.exec(delete(table).where(*which))
+
+
+@contextmanager
+def claim_removals(manifest: Manifest, keys: Sequence[str]) -> Iterator[set[str]]:
+    """Mark ``keys`` deleting and hold them while the block removes them; the keys now ours.
+
+    Exactly one process at a time holds a key's claim: another prune removing it, or an artifact
+    already gone, leaves it out. The mark is committed before the block runs, so a prune killed
+    inside the block leaves ``deleting`` rows; its claims die with its process (PostgreSQL: session
+    advisory locks, freed when the connection drops; SQLite: a lock file) and the next prune takes
+    the rows over. Forget the rows inside the block.
+    """
+    if not keys:
+        yield set()
+        return
+    if not manifest.is_server:
+        with manifest.sqlite_lock():
+            yield _mark_deleting(manifest, keys)
+        return
+    with manifest.connection() as connection:
+        locks = {key: lock_id(f"remove {key}") for key in sorted(keys)}
+        held = [
+            key
+            for key, lock in locks.items()
+            if connection.execute(select(func.pg_try_advisory_lock(lock))).scalar_one()
+        ]
+        connection.commit()
+        try:
+            yield _mark_deleting(manifest, held) if held else set()
+        finally:
+            for key in held:
+                connection.execute(select(func.pg_advisory_unlock(locks[key])))
+            connection.commit()
+
+
+def _mark_deleting(manifest: Manifest, keys: Sequence[str]) -> set[str]:
+    table = ARTIFACT
+    marked: set[str] = set()
+    with manifest.session() as session:
+        for chunk in chunks(sorted(keys)):
+            statement = (
+                update(table)
+                .where(table.c.key.in_(chunk), table.c.state.in_((PUBLISHED, DELETING)))
+                .values(state=DELETING)
+                .returning(table.c.key)
+            )
+            marked.update(session.exec(statement).scalars())
+    return marked
+
+
+def forget_removed(manifest: Manifest, keys: Sequence[str], events: Sequence[Record]) -> None:
+    """Forget the rows of removed artifacts and record the events of their removal, at once."""
+    table = ARTIFACT
+    with manifest.session() as session:
+        for chunk in chunks(sorted(keys)):
+            session.exec(delete(table).where(table.c.key.in_(chunk)))
+        # Journaled too: a concurrent sync may have stored some of them first.
+        _insert_new_events(session, events)
+
+
+# --- build leases (leases.DbLeases) ---------------------------------------------------------------
+
+
+def insert_lease(manifest: Manifest, layer: str, key: str, fields: Mapping[str, Any]) -> bool:
+    """Create the lease row; False when one exists already (the unique key decides)."""
+    table = LEASE
+    with manifest.session() as session:
+        statement = _insert(session, table).values(layer=layer, key=key, **fields)
+        statement = statement.on_conflict_do_nothing(index_elements=["layer", "key"]).returning(table.c.id)
+        return session.exec(statement).first() is not None
+
+
+def replace_lease(manifest: Manifest, layer: str, key: str, token: str, fields: Mapping[str, Any]) -> bool:
+    """Overwrite the lease only if it still carries ``token``: one statement, one winner."""
+    table = LEASE
+    statement = update(table).where(table.c.layer == layer, table.c.key == key, table.c.token == token).values(**fields)
+    with manifest.session() as session:
+        return bool(session.exec(statement).rowcount == 1)
+
+
+def drop_lease(manifest: Manifest, layer: str, key: str, token: str) -> None:
+    table = LEASE
+    with manifest.session() as session:
+        session.exec(delete(table).where(table.c.layer == layer, table.c.key == key, table.c.token == token))
+
+
+def drop_dead_leases(manifest: Manifest, *, expired_before: float) -> int:
+    """Remove leases that expired before ``expired_before``; how many."""
+    table = LEASE
+    with manifest.session() as session:
+        return int(session.exec(delete(table).where(table.c.expires_at < expired_before)).rowcount)
+
+
+# --- statements ----------------------------------------------------------------------------------
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """An INSERT that can say ON CONFLICT, in the session's SQL dialect."""
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def _insert_artifact(session: Session, artifact: Artifact) -> bool:
+    table = ARTIFACT
+    data = artifact.to_json()
+    data.pop("format")
+    # Rebuilt after a prune was killed half way through removing it: this is a new artifact.
+    stale = (table.c.key == artifact.key, table.c.state == DELETING, table.c.created_at != artifact.created_at)
+    session.exec(delete(table).where(*stale))
+    statement = _insert(session, table).values(**data, state=PUBLISHED)
+    statement = statement.on_conflict_do_nothing(index_elements=["key"]).returning(table.c.id)
+    return session.exec(statement).first() is not None
+
+
+_EVENT_COLUMNS = ("uid", "at", "kind", "layer", "key", "model", "seconds", "bytes", "host")
+
+
+def _insert_new_events(session: Session, records: Sequence[Record]) -> list[str]:
+    """Store the records whose uid is not stored yet; the uids this call stored."""
+    table = EVENT
+    stored: list[str] = []
+    for start in range(0, len(records), 500):
+        rows = [{name: getattr(record, name) for name in _EVENT_COLUMNS} for record in records[start : start + 500]]
+        for row in rows:
+            row["kind"] = str(row["kind"])
+        statement = _insert(session, table).values(rows).on_conflict_do_nothing(index_elements=["uid"])
+        stored.extend(session.exec(statement.returning(table.c.uid)).scalars())
+    return stored
+
+
+def _set_pin(session: Session, record: Record) -> None:
+    """The newest pin or unpin wins, whatever order journals are folded in and by whom."""
+    table = PIN
+    values = {"key": str(record.key), "pinned": record.kind is Kind.PINNED, "at": record.at, "host": record.host or ""}
+    session.exec(_insert(session, table).values(**values).on_conflict_do_nothing(index_elements=["key"]))
+    session.exec(update(table).where(table.c.key == values["key"], table.c.at < values["at"]).values(**values))
+
+
+def _observation_values(record: Record) -> dict[str, Any]:
+    assert record.facts is not None
+    environment = environment_facts(record.facts)
+    values = {name: f.thaw(value) for name, value in environment.values().items()}
+    return {
+        "digest": hashlib.sha256(canonical_json(values).encode()).hexdigest(),
+        "gpu_type": str(environment.value(f.GPU_TYPE, f.NONE)),
+        "facts": environment.to_json(),
+        "host": record.host or "",
+        "first_seen_at": record.at,
+        "last_seen_at": record.at,
+        "seen": 1,
+    }
+
+
+def _upsert_observation(session: Session, values: Mapping[str, Any]) -> None:
+    """One more sighting of a fingerprint: the newest sighting names the host."""
+    table = OBSERVATION
+    statement = _insert(session, table).values(**values)
+    sighting = statement.excluded
+    newer = sighting.last_seen_at >= table.c.last_seen_at
+    statement = statement.on_conflict_do_update(
+        index_elements=["digest"],
+        set_={
+            "seen": table.c.seen + 1,
+            "last_seen_at": case((newer, sighting.last_seen_at), else_=table.c.last_seen_at),
+            "host": case((newer, sighting.host), else_=table.c.host),
+            "first_seen_at": case(
+                (sighting.first_seen_at < table.c.first_seen_at, sighting.first_seen_at),
+                else_=table.c.first_seen_at,
+            ),
+        },
+    )
+    session.exec(statement)
+
+
+def _advance_cursor(session: Session, name: str, offset: int, closed: bool) -> None:
+    """A journal's cursor only moves forward, so a slower concurrent sync never rewinds it."""
+    table = JOURNAL_CURSOR
+    statement = _insert(session, table).values(name=name, offset=offset, closed=closed)
+    theirs = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=["name"],
+        set_={
+            "offset": case((theirs.offset > table.c.offset, theirs.offset), else_=table.c.offset),
+            "closed": or_(table.c.closed, theirs.closed),
+        },
+    )
+    session.exec(statement)

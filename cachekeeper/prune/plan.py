@@ -1,0 +1,278 @@
+"""Planning a prune: which artifacts go, which stay, and why each one. Touches nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import uses
+from ..deploy import target_facts
+from ..errors import RevisionError
+from ..hub import freed_by, hub_revisions
+from ..keys import derive_keys
+from ..layers import WEIGHTS
+from ..leases import Leases, leases_for
+from ..manifest import Manifest
+from ..store import DELETING, PUBLISHED, Artifact, Root, Roots, read_sidecar
+from ..target import Target
+from ..units import format_age, format_bytes, format_duration
+from .policy import PrunePolicy
+
+
+@dataclass(frozen=True, slots=True)
+class PrunePlan:
+    """What a prune would remove, in order, and why each artifact in scope goes or stays.
+
+    ``reasons`` maps every key in ``removals`` and ``kept`` to its reasons. ``over_budget`` is how
+    far the artifacts in scope would still exceed ``max_size`` after the removals.
+    """
+
+    removals: tuple[Artifact, ...]
+    kept: tuple[Artifact, ...] = ()
+    reasons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    weights_freed: int | None = None  # what huggingface_hub expects to free for the weights removed
+    over_budget: int = 0
+
+    @property
+    def bytes(self) -> int:
+        """Bytes expected to be freed. Hub revisions share blobs: its own estimate counts those."""
+        others = sum(a.bytes for a in self.removals if a.layer != WEIGHTS or self.weights_freed is None)
+        return others + (self.weights_freed or 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as a dry run reports it."""
+        return {
+            "dry_run": True,
+            "removed": [brief(a) for a in self.removals],
+            "kept": [brief(a) for a in self.kept],
+            "reasons": {key: list(reasons) for key, reasons in self.reasons.items()},
+            "skipped": [],
+            "bytes": self.bytes,
+            "over_budget": self.over_budget,
+        }
+
+
+def brief(artifact: Artifact) -> dict[str, Any]:
+    return {"key": artifact.key, "layer": artifact.layer, "model": artifact.model, "bytes": artifact.bytes}
+
+
+def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: float | None = None) -> PrunePlan:
+    """Decide what to remove; touches nothing. See the package docstring for the policies."""
+    now = time.time() if now is None else now
+    older_than, stale, keep_last, max_size = policy.older_than, policy.stale, policy.keep_last, policy.max_size
+    keys, targets = policy.scope.keys, policy.targets
+    unfinished = manifest.artifacts(state=DELETING)
+    in_scope = [artifact for artifact in _candidates(manifest, roots) if policy.scope.matches(artifact)]
+    wanted, unresolved = _target_keys(targets, manifest, roots, strict=stale)
+    protected = _roots(in_scope, manifest, roots, targets, wanted, unresolved, now)
+    dependents = manifest.dependents()
+
+    recent: set[str] = set()
+    if keep_last is not None:
+        groups: dict[tuple[str, str], list[Artifact]] = {}
+        for artifact in in_scope:
+            groups.setdefault((artifact.model, artifact.layer), []).append(artifact)
+        for group in groups.values():
+            group.sort(key=lambda a: (-a.last_used_at, a.key))
+            recent.update(a.key for a in group[:keep_last])
+
+    reasons: dict[str, tuple[str, ...]] = {a.key: ("finishing a prune that was interrupted",) for a in unfinished}
+    chosen: list[Artifact] = []
+    spared: list[Artifact] = []
+    for artifact in in_scope:
+        met, unmet = _criteria(artifact, older_than, stale, keep_last, keys, wanted, recent, now)
+        if protected.get(artifact.key):
+            reasons[artifact.key] = tuple(protected[artifact.key])
+            spared.append(artifact)
+        elif (older_than is not None or stale or keep_last is not None or keys) and not unmet:
+            reasons[artifact.key] = tuple(met)
+            chosen.append(artifact)
+        else:
+            reasons[artifact.key] = tuple(unmet) or ("within the size budget",)
+            spared.append(artifact)
+
+    _keep_what_live_snapshots_need(chosen, spared, dependents, reasons)
+
+    over_budget = 0
+    if max_size is not None:
+        total = sum(a.bytes for a in in_scope) - sum(a.bytes for a in chosen)
+        going = {a.key for a in chosen}
+        evictable = sorted(
+            (a for a in spared if not protected.get(a.key) and a.key not in recent),
+            key=lambda a: (a.last_used_at, a.key),
+        )
+        progress = True
+        while total > max_size and progress:  # again after a snapshot goes: what it needed may go too
+            progress, kept = False, []
+            for artifact in evictable:
+                if total <= max_size or _live_dependents(artifact, dependents, going):
+                    kept.append(artifact)
+                    continue
+                total -= artifact.bytes
+                going.add(artifact.key)
+                chosen.append(artifact)
+                used = format_age(now - artifact.last_used_at)
+                reasons[artifact.key] = (f"least recently used (used {used}): evicted to fit {format_bytes(max_size)}",)
+                progress = True
+            evictable = kept
+        spared = [a for a in spared if a.key not in going]
+        over_budget = max(0, total - max_size)
+
+    # A snapshot goes before what it was built from, so a failed removal never strands it.
+    chosen.sort(key=lambda a: (not a.depends_on, a.last_used_at, a.key))
+    removals = tuple(unfinished) + tuple(chosen)
+    return PrunePlan(
+        removals,
+        tuple(spared),
+        reasons,
+        freed_by(roots.for_layer(WEIGHTS), [a for a in removals if a.layer == WEIGHTS]),
+        over_budget,
+    )
+
+
+def _live_dependents(artifact: Artifact, dependents: Mapping[str, list[str]], going: set[str]) -> list[str]:
+    return [key for key in dependents.get(artifact.key, ()) if key not in going]
+
+
+def _keep_what_live_snapshots_need(
+    chosen: list[Artifact],
+    spared: list[Artifact],
+    dependents: Mapping[str, list[str]],
+    reasons: dict[str, tuple[str, ...]],
+) -> None:
+    """Move back from ``chosen`` whatever an artifact that stays was built from. What a snapshot
+    that goes was built from may go with it."""
+    going = {a.key for a in chosen}
+    changed = True
+    while changed:
+        changed = False
+        for artifact in [a for a in chosen if a.key in dependents]:
+            staying = _live_dependents(artifact, dependents, going)
+            if staying:
+                chosen.remove(artifact)
+                going.discard(artifact.key)
+                spared.append(artifact)
+                reasons[artifact.key] = tuple(f"the live snapshot {key} was built from it" for key in staying)
+                changed = True
+
+
+def _criteria(
+    artifact: Artifact,
+    older_than: float | None,
+    stale: bool,
+    keep_last: int | None,
+    keys: Sequence[str],
+    wanted: Mapping[str, set[str]],
+    recent: set[str],
+    now: float,
+) -> tuple[list[str], list[str]]:
+    """(criteria met, criteria not met), each as a reason a person can read."""
+    met, unmet = [], []
+    used = format_age(now - artifact.last_used_at)
+    if keys:
+        met.append("named on the command line")
+    if older_than is not None:
+        limit = format_duration(older_than)
+        if now - artifact.last_used_at > older_than:
+            met.append(f"not used for {limit} (used {used})")
+        else:
+            unmet.append(f"used {used}, within {limit}")
+    if stale:
+        if artifact.key in wanted.get(artifact.layer, set()):
+            unmet.append("a target still derives this key")
+        else:
+            met.append("stale: no target derives this key")
+    if keep_last is not None:
+        group = f"{artifact.model} {artifact.layer}"
+        if artifact.key in recent:
+            unmet.append(f"among the {keep_last} most recently used of {group}")
+        else:
+            met.append(f"older than the {keep_last} most recently used of {group}")
+    return met, unmet
+
+
+def _candidates(manifest: Manifest, roots: Roots) -> list[Artifact]:
+    """Published artifacts, and Hub revisions that nobody recorded (a boot that failed, a manual
+    download): they take space too, and huggingface_hub knows how to remove them."""
+    tracked = manifest.artifacts(state=PUBLISHED)
+    known = {a.key for a in tracked} | {key for _, key in manifest.keys_in_state(DELETING)}
+    return tracked + [a for a in hub_revisions(roots) if a.key not in known and not _published(roots, a)]
+
+
+def _published(roots: Roots, artifact: Artifact) -> bool:
+    return read_sidecar(roots.for_layer(artifact.layer), artifact.layer, artifact.key) is not None
+
+
+def _target_keys(
+    targets: Sequence[Target], manifest: Manifest, roots: Roots, *, strict: bool
+) -> tuple[dict[str, set[str]], set[str]]:
+    """Per layer, the keys the targets derive (facts they leave out inherited as ``check`` does),
+    and the models whose revision could not be resolved offline. ``strict`` (for ``--stale``,
+    which cannot judge without every key) lets that failure through."""
+    wanted: dict[str, set[str]] = {}
+    unresolved: set[str] = set()
+    for target in targets:
+        try:
+            observation = manifest.latest_observation(target.gpu.name)
+            facts = target_facts(target, observation.facts if observation else None, roots.hf_cache())
+        except RevisionError:
+            if strict:
+                raise
+            unresolved.add(str(target.model))
+            continue
+        for name, key in derive_keys(facts, target.layers).items():
+            wanted.setdefault(name, set()).add(str(key))
+    return wanted, unresolved
+
+
+def _roots(
+    artifacts: Iterable[Artifact],
+    manifest: Manifest,
+    roots: Roots,
+    targets: Sequence[Target],
+    wanted: Mapping[str, set[str]],
+    unresolved: set[str],
+    now: float,
+) -> dict[str, list[str]]:
+    """Why each artifact must stay whatever the policy: key → reasons (none: it may go)."""
+    pinned, leases = manifest.pinned(), lease_mechanisms(roots, manifest)
+    target_weights = wanted.get(WEIGHTS, set()) if any(t.model for t in targets) else set()
+    found: dict[str, list[str]] = {}
+    for artifact in artifacts:
+        reasons = blockers(artifact, roots, leases, pinned, {}, now)
+        if artifact.key in target_weights:
+            reasons.append("a target names this weights revision")
+        elif artifact.layer == WEIGHTS and artifact.model in unresolved:
+            # Which revision the target means is unknown here: keep every revision it might mean.
+            reasons.append("a target names this model, and its revision cannot be resolved offline")
+        found[artifact.key] = reasons
+    return found
+
+
+def lease_mechanisms(roots: Roots, manifest: Manifest) -> dict[Root, Leases]:
+    return {root: leases_for(root, manifest) for root in roots.all()}
+
+
+def blockers(
+    artifact: Artifact,
+    roots: Roots,
+    leases: Mapping[Root, Leases],
+    pinned: set[str],
+    dependents: Mapping[str, list[str]],
+    now: float,
+) -> list[str]:
+    """What forbids removing ``artifact`` right now: pinned, in use, built, or a snapshot's source."""
+    root = roots.for_layer(artifact.layer)
+    reasons = []
+    if artifact.key in pinned:
+        reasons.append("pinned")
+    for use in uses.users(root, artifact.layer, artifact.key, now):
+        reasons.append(f"in use by {use.owner}")
+    holder = leases[root].holder(artifact.layer, artifact.key)
+    if holder is not None:
+        reasons.append(f"a process holds its lease ({holder.owner})")
+    for dependent in dependents.get(artifact.key, ()):
+        reasons.append(f"the live snapshot {dependent} was built from it")
+    return reasons

@@ -1,0 +1,6 @@
+"""The boot: ``activate()`` and what it tells the caller, for one process using the cache."""
+
+from .activation import Activation, activate
+from .claims import BUILD, DOWNLOAD, HIT, PRIVATE, LayerUse
+
+__all__ = ["BUILD", "DOWNLOAD", "HIT", "PRIVATE", "Activation", "LayerUse", "activate"]

@@ -1,0 +1,208 @@
+"""``activate()``: the cache layers of one boot, inside ``@modal.enter`` or any Python process.
+
+::
+
+    with cachekeeper.activate(root="/cache", model="Qwen/Qwen2.5-0.5B-Instruct",
+                              revision="main", engine={"max_model_len": 4096}) as ck:
+        llm = vllm.LLM(model=..., revision=ck.facts.value("model.revision"), ...)
+
+On entry: fingerprint this process (NVML and package metadata, no torch or vllm import), derive
+each layer's key, point the cache variables at the key's directories, and say per layer whether
+it was a hit. On a clean exit: publish what was built (sidecar last) and record what happened.
+On an exception: publish nothing, and remove what was half built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..deploy import contradictions, declared_gpu_facts, is_gpu_fact
+from ..facts import Facts
+from ..fingerprint import observe
+from ..keys import CacheKey, FactChange, derive_keys
+from ..layers import COMPILE, DEFAULT_LAYERS, WEIGHTS, Layer, layer_named
+from ..records import Kind, Record
+from ..store import Roots, builder_id, check_state, default_root
+from .claims import Claim, LayerUse, Waiting, claim, lease_mechanism, record_dependencies
+from .environment import point_env, restore_env
+from .recording import open_writer
+
+if TYPE_CHECKING:
+    from ..leases import Leases
+    from ..target import Target
+
+logger = logging.getLogger("cachekeeper")
+
+
+@dataclass
+class Activation:
+    """What ``activate()`` gives the caller: facts, keys, and each active layer's use."""
+
+    facts: Facts
+    keys: dict[str, CacheKey]
+    layers: dict[str, LayerUse]
+    env: dict[str, str]
+    mismatches: tuple[FactChange, ...]
+    _discarded: bool = field(default=False, repr=False)
+
+    @property
+    def hits(self) -> dict[str, bool]:
+        return {name: use.hit for name, use in self.layers.items()}
+
+    def hit(self, layer: str) -> bool:
+        return self.layers[layer].hit
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layers": [
+                {"layer": use.layer, "key": str(use.key), "status": use.status, "path": str(use.path)}
+                for use in self.layers.values()
+            ],
+            "mismatches": [change.to_json() for change in self.mismatches],
+        }
+
+    def discard(self) -> None:
+        """Publish nothing on exit, as if the block had failed (``cachekeeper run`` on exit ≠ 0)."""
+        self._discarded = True
+
+
+@contextmanager
+def activate(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    target: str | os.PathLike[str] | Target | None = None,
+    roots: Mapping[str, str | os.PathLike[str]] | None = None,
+    model: str | None = None,
+    revision: str | None = None,
+    engine: Mapping[str, Any] | None = None,
+    image: str | None = None,
+    layers: Sequence[str] | None = None,
+    on_busy: Literal["wait", "cold"] = "wait",
+    wait_timeout: float = 900.0,
+    lease_ttl: float | None = None,
+    leases: Leases | None = None,
+    db: str | None = None,
+    probe_gpu: bool = True,
+    refresh: Callable[[], object] | None = None,
+    commit: Callable[[], object] | None = None,
+) -> Iterator[Activation]:
+    """Use the cache for one boot. Arguments override what ``target`` declares.
+
+    ``roots`` puts layers on roots of their own (a Volume each), over the target's ``[roots]``.
+    ``layers`` chooses the layers to use (default: the target's, else weights when a model is
+    given, and compile). When another process is building a key, ``on_busy="wait"`` waits up to
+    ``wait_timeout`` seconds for it to publish, then boots cold; ``"cold"`` boots cold at once.
+    Either way this process never writes into a directory another is building.
+
+    ``leases`` is the lease mechanism (default: files in each root, or the manifest's table when
+    ``db`` / ``$CACHEKEEPER_DB`` is a server database, which this process then also writes
+    directly instead of a journal). ``probe_gpu=False`` takes the GPU facts from the target
+    instead of NVML: for a ``snap=True`` hook of a CPU-only memory snapshot. ``refresh`` is
+    called before every look at the shared roots and ``commit`` after publishing, before any
+    lease is released (on Modal: ``Volume.reload`` and ``Volume.commit``; see cachekeeper.modal).
+    """
+    started = time.monotonic()
+    target = _load(target)
+    per_layer = {**(target.roots if target else {}), **{k: Path(v) for k, v in (roots or {}).items()}}
+    cache_roots = Roots.at(Path(root) if root is not None else default_root(), per_layer)
+    model = model if model is not None else (target.model if target else None)
+    revision = revision if revision is not None else (target.revision if target else None)
+    engine = engine if engine is not None else (target.engine if target else {})
+    image = image if image is not None else (target.image if target else None)
+    facts = observe(
+        model=model,
+        revision=revision,
+        engine=engine,
+        image=image,
+        hf_cache=cache_roots.hf_cache(),
+        gpu=None if probe_gpu else declared_gpu_facts(target),
+    )
+    known = target.layers if target else DEFAULT_LAYERS
+    keys = derive_keys(facts, known)
+    declared = target.declared_facts() if target else []
+    if not probe_gpu:  # the GPU facts were copied from the target: comparing them proves nothing
+        declared = [fact for fact in declared if not is_gpu_fact(fact.name)]
+    mismatches = contradictions(declared, facts)
+    chosen = _chosen_layers(layers, target, model, known)
+
+    for each_root in cache_roots.all():
+        check_state(each_root)
+    writer, manifest = open_writer(cache_roots, db if db is not None else os.environ.get("CACHEKEEPER_DB"))
+    writer.append(Record.new(Kind.OBSERVED, facts=facts, host=builder_id()))
+    for change in mismatches:
+        logger.warning(
+            "cachekeeper: this process does not match its target %s: %s; its caches are keyed by "
+            "what was observed, so the deploy check did not verify them",
+            target.source if target else "",
+            change,
+        )
+        writer.append(Record.new(Kind.MISMATCH, fact=change.name, declared=change.old, observed=change.new))
+
+    waiting = Waiting(on_busy, wait_timeout, refresh)
+    claims: list[Claim] = []
+    previous_env: dict[str, str | None] = {}
+    try:
+        try:
+            waiting.refresh()
+            for layer in chosen:
+                root_of_layer = cache_roots.for_layer(layer.name)
+                mechanism = lease_mechanism(leases, root_of_layer, manifest, lease_ttl)
+                claims.append(claim(layer, keys[layer.name], root_of_layer, mechanism, waiting))
+            record_dependencies(claims)
+            env = point_env(claims, previous_env)
+            activation = Activation(facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches)
+            yield activation
+        except BaseException:
+            restore_env(previous_env)
+            for each in claims:
+                each.abandon()
+            writer.close()
+            raise
+        boot_seconds = time.monotonic() - started
+        for each in claims:
+            if activation._discarded:
+                each.abandon()
+            else:
+                each.finish(writer, facts, boot_seconds)
+        try:
+            writer.close()
+        except OSError as error:  # the journal stays open: sync reads it all the same
+            logger.warning("cachekeeper: could not close the journal: %s", error)
+        # Before any lease is released: a container that takes the lease next must already be
+        # able to see the sidecar, or it would build the same key again.
+        if commit is not None:
+            _commit(commit)
+    finally:
+        for each in claims:
+            each.release()
+
+
+def _load(target: str | os.PathLike[str] | Target | None) -> Target | None:
+    if target is None or not isinstance(target, (str, os.PathLike)):
+        return target
+    from ..target import load_target  # a warm boot without a target file never parses TOML
+
+    return load_target(Path(target))
+
+
+def _chosen_layers(
+    names: Sequence[str] | None, target: Target | None, model: str | None, known: tuple[Layer, ...]
+) -> list[Layer]:
+    if names is None:
+        names = target.needs if target else ((WEIGHTS, COMPILE) if model else (COMPILE,))
+    chosen = [layer_named(name, known) for name in names]
+    return [layer for layer in chosen if not (layer.name == WEIGHTS and not model)]
+
+
+def _commit(commit: Callable[[], object]) -> None:
+    try:
+        commit()
+    except Exception as error:  # what was published is on disk; the platform commits it later
+        logger.warning("cachekeeper: committing the cache after publishing failed: %s", error)

@@ -1,0 +1,275 @@
+"""One layer's part in a boot: look for its key, build it under a lease, or boot cold privately;
+on exit, publish what was built (sidecar last) and record what happened."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from .. import facts as f
+from .. import uses
+from ..errors import UnsafePath, UsageError
+from ..facts import Facts
+from ..keys import CacheKey
+from ..layers import SNAPSHOT, WEIGHTS, Layer
+from ..records import Kind, Record
+from ..store import Artifact, Contents, Root, builder_id, publish, read_sidecar, remove_tree, scan_contents
+from .recording import Writer
+
+if TYPE_CHECKING:
+    from ..leases import Lease, Leases
+    from ..manifest import Manifest
+
+logger = logging.getLogger("cachekeeper")
+
+HIT = "hit"  # a published artifact is in use
+BUILD = "build"  # nothing published yet: this process builds it in place and publishes on exit
+PRIVATE = "private"  # another process is building it: this one boots cold in a private directory
+DOWNLOAD = "download"  # weights not recorded yet: huggingface_hub downloads into the shared cache
+
+# A waiter looks again after 0.2 s, then less and less often: on a Modal Volume each look is a reload.
+_FIRST_POLL_SECONDS = 0.2
+_LAST_POLL_SECONDS = 2.0
+
+
+class LayerUse(NamedTuple):
+    layer: str
+    key: CacheKey
+    status: str  # HIT, BUILD, PRIVATE or DOWNLOAD
+    path: Path  # the directory this layer's variables point into
+
+    @property
+    def hit(self) -> bool:
+        return self.status == HIT
+
+
+@dataclass
+class Claim:
+    """One layer's part in a boot, and what must happen to it on exit."""
+
+    layer: Layer
+    use: LayerUse
+    root: Root
+    lease: Lease | None = None
+    started: float = field(default_factory=time.monotonic)
+    depends_on: tuple[str, ...] = ()  # keys a snapshot is built from
+    registration: uses.Registration | None = None
+
+    def finish(self, writer: Writer, facts: Facts, boot_seconds: float) -> None:
+        """Publish what was built and record what happened. A disk that fails now (full, gone
+        read-only) costs the cache, not the boot: the server goes on, nothing is half published,
+        and the next boot builds the key again."""
+        try:
+            self._finish(writer, facts, boot_seconds)
+        except OSError as error:
+            published = read_sidecar(self.root, self.layer.name, str(self.use.key)) is not None
+            logger.warning(
+                "cachekeeper: %s %s: %s%s",
+                "could not record" if published else "did not publish",
+                self.use.key,
+                error,
+                "" if published else "; the next boot builds it again",
+            )
+
+    def _finish(self, writer: Writer, facts: Facts, boot_seconds: float) -> None:
+        name, key = self.layer.name, str(self.use.key)
+        model = str(facts.value(f.MODEL, f.NONE))
+
+        def record(kind: Kind, size: int | None = None) -> None:
+            writer.append(Record.new(kind, layer=name, key=key, model=model, seconds=boot_seconds, bytes=size))
+
+        if self.use.status == HIT:
+            record(Kind.HIT)
+        elif self.use.status == BUILD:
+            if self.lease is not None and not self.lease.held():
+                # Taken over while this process stalled: the directory is another builder's now.
+                logger.warning("cachekeeper: lost the build lease of %s; not publishing it", key)
+                record(Kind.MISS)
+                return
+            artifact, contents = _artifact(self.use, f"{name}/{key}", self.use.path, facts, self.depends_on)
+            record(Kind.PUBLISHING)
+            if publish(self.root, artifact, contents):
+                record(Kind.PUBLISHED, artifact.bytes)
+        elif self.use.status == DOWNLOAD:
+            relpath = f"{WEIGHTS}/{f.hf_repo_folder(model)}/snapshots/{facts.value(f.MODEL_REVISION)}"
+            snapshot = self.root.path / relpath
+            if not snapshot.is_dir() or not any(snapshot.iterdir()):
+                record(Kind.MISS)  # the boot never downloaded them: nothing to record
+                return
+            artifact, contents = _artifact(self.use, relpath, snapshot, facts, within=self.root.path)
+            record(Kind.PUBLISHING)
+            if publish(self.root, artifact, contents):
+                record(Kind.PUBLISHED, artifact.bytes)
+            else:
+                record(Kind.HIT)  # another boot recorded the same download first
+        else:
+            record(Kind.MISS)
+
+    def abandon(self) -> None:
+        """Publish nothing; remove what this process half built while it still holds the lease."""
+        if self.registration is not None:
+            self.registration.release()
+        if self.use.status == BUILD and (self.lease is None or self.lease.held()):
+            remove_tree(self.root, f"{self.layer.name}/{self.use.key}")
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+
+def _artifact(
+    use: LayerUse,
+    relpath: str,
+    path: Path,
+    facts: Facts,
+    depends_on: tuple[str, ...] = (),
+    *,
+    within: Path | None = None,
+) -> tuple[Artifact, Contents]:
+    """The record of what was built, with every file's checksum. A Hub snapshot's files are links
+    into the repo's blobs: ``within`` is the root they may be followed into, never out of."""
+    contents = scan_contents(path, follow_links_within=within)
+    now = time.time()
+    artifact = Artifact(
+        key=str(use.key),
+        layer=use.layer,
+        model=str(facts.value(f.MODEL, f.NONE)),
+        relpath=relpath,
+        bytes=contents.bytes,
+        files=contents.count,
+        created_at=now,
+        last_used_at=now,
+        builder=builder_id(),
+        facts=use.key.facts.values(),
+        depends_on=depends_on,
+        checksum=contents.checksum,
+    )
+    return artifact, contents
+
+
+class Waiting:
+    """How a boot waits for another builder, and how it looks again at the shared roots."""
+
+    def __init__(self, on_busy: str, timeout: float, refresh: Callable[[], object] | None) -> None:
+        if on_busy not in ("wait", "cold"):
+            raise UsageError(f"on_busy must be 'wait' or 'cold', not {on_busy!r}")
+        self.on_busy = on_busy
+        self.deadline = time.monotonic() + timeout
+        self._refresh = refresh
+        self._pause = _FIRST_POLL_SECONDS
+
+    def refresh(self) -> None:
+        if self._refresh is not None:
+            self._refresh()
+
+    def gives_up(self) -> bool:
+        return self.on_busy == "cold" or time.monotonic() >= self.deadline
+
+    def pause(self) -> None:
+        time.sleep(max(0.0, min(self._pause, self.deadline - time.monotonic())))
+        self._pause = min(self._pause * 1.5, _LAST_POLL_SECONDS)
+        self.refresh()
+
+
+def lease_mechanism(
+    given: Leases | None, root: Root, manifest: Manifest | None, ttl: float | None
+) -> Callable[[], Leases]:
+    """The lease mechanism to build with, made once and only when a key is cold: a warm hit takes
+    no lease, and does not even load the module."""
+
+    @functools.cache
+    def mechanism() -> Leases:
+        if given is not None:
+            return given
+        from ..leases import DEFAULT_TTL, leases_for
+
+        return leases_for(root, manifest, DEFAULT_TTL if ttl is None else ttl)
+
+    return mechanism
+
+
+def claim(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases], waiting: Waiting) -> Claim:
+    """This boot's use of one layer. The use is registered before the sidecar is read: prune
+    removes the sidecar before it looks for uses a last time, so either prune sees this use and
+    keeps the artifact, or this boot sees no sidecar (see prune.execute)."""
+    registration = uses.register(root, layer.name, str(key))
+    try:
+        found = _look(layer, key, root, leases, waiting)
+    except BaseException:
+        registration.release()
+        raise
+    if found.use.status == PRIVATE:
+        registration.release()  # nothing shared is used
+    else:
+        found.registration = registration
+    return found
+
+
+def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases], waiting: Waiting) -> Claim:
+    if layer.name == WEIGHTS:
+        status = HIT if read_sidecar(root, WEIGHTS, str(key)) is not None else DOWNLOAD
+        return Claim(layer, LayerUse(WEIGHTS, key, status, root.layer_dir(WEIGHTS)), root)
+    directory, relpath = root.artifact_dir(layer.name, str(key)), f"{layer.name}/{key}"
+    while True:
+        if read_sidecar(root, layer.name, str(key)) is not None:
+            if _leads_out(root, relpath):
+                return _private(layer, key, root)
+            return Claim(layer, LayerUse(layer.name, key, HIT, directory), root)
+        lease = leases().acquire(layer.name, str(key))
+        if lease is not None:
+            try:
+                # Another builder may have published between our look and our lease.
+                if read_sidecar(root, layer.name, str(key)) is not None:
+                    lease.release()
+                    continue
+                # Whatever is here was left by a build that died: never trusted, so start afresh.
+                # A link in place of the directory goes as a link; one above it is refused.
+                remove_tree(root, relpath)
+                directory.mkdir(parents=True)
+            except UnsafePath as error:
+                lease.release()
+                logger.warning("cachekeeper: not building %s: %s; booting cold instead", relpath, error)
+                return _private(layer, key, root)
+            except BaseException:
+                lease.release()
+                raise
+            return Claim(layer, LayerUse(layer.name, key, BUILD, directory), root, lease)
+        if waiting.gives_up():
+            return _private(layer, key, root)
+        waiting.pause()
+
+
+def _private(layer: Layer, key: CacheKey, root: Root) -> Claim:
+    private = Path(tempfile.mkdtemp(prefix=f"cachekeeper-{layer.name}-"))
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    return Claim(layer, LayerUse(layer.name, key, PRIVATE, private), root)
+
+
+def _leads_out(root: Root, relpath: str) -> bool:
+    """Whether the key's directory is, or is reached through, a symbolic link: a boot would read
+    and write wherever it points, outside the root. Such an artifact is not used."""
+    try:
+        linked = root.inside(relpath).is_symlink()
+    except UnsafePath as error:
+        linked, reason = True, str(error)
+    else:
+        reason = f"{root.path / relpath} is a symbolic link"
+    if linked:
+        logger.warning("cachekeeper: not using %s: %s; booting cold instead", relpath, reason)
+    return linked
+
+
+def record_dependencies(claims: Sequence[Claim]) -> None:
+    """For housekeeping: a snapshot is built from the other layers' artifacts (kept as long as it
+    lives)."""
+    for each in claims:
+        if each.layer.name == SNAPSHOT:
+            each.depends_on = tuple(str(other.use.key) for other in claims if other is not each)

@@ -1,0 +1,49 @@
+"""A scope: which artifacts a command looks at (a layer, a model, some keys; all by default)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from .errors import UsageError
+from .facts import REPO_ID
+from .keys import parse_key
+from .layers import DEFAULT_LAYERS
+from .store import Artifact
+
+_LAYER_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class Scope(NamedTuple):
+    layer: str | None = None
+    model: str | None = None
+    keys: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, *, layer: str | None = None, model: str | None = None, keys: Sequence[str] = ()) -> Scope:
+        """A scope from what a person typed, refused when nothing could ever be recorded under it: a
+        typo would otherwise select nothing and say nothing."""
+        if layer is not None and not _LAYER_NAME.fullmatch(layer):
+            known = ", ".join(each.name for each in DEFAULT_LAYERS)
+            raise UsageError(f"{layer!r} is not a layer name: use {known}, or a layer a target defines")
+        if model is not None and not REPO_ID.fullmatch(model):
+            raise UsageError(f"model {model!r} is not a Hugging Face repo id such as org/name")
+        for key in keys:
+            parse_key(key)
+        return cls(layer, model, tuple(keys))
+
+    @property
+    def whole(self) -> bool:
+        """Whether the scope is everything (no layer, model or key given)."""
+        return self.layer is None and self.model is None and not self.keys
+
+    def matches(self, artifact: Artifact) -> bool:
+        return (
+            (self.layer is None or artifact.layer == self.layer)
+            and (self.model is None or artifact.model == self.model)
+            and (not self.keys or artifact.key in self.keys)
+        )
+
+
+EVERYTHING = Scope()

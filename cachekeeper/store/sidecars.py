@@ -1,0 +1,132 @@
+"""Sidecars: the small record that makes an artifact exist, written last and removed first."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import facts as f
+from ..errors import CachekeeperError, UnsafePath
+from ..facts import Facts, FactValue, Source, freeze, thaw
+from ..keys import CacheKey, derive_key, parse_key
+from ..layers import WEIGHTS, layer_named
+from .layout import SIDECARS, Root
+
+# An artifact's states in the manifest.
+PUBLISHED = "published"
+DELETING = "deleting"  # a prune removed the sidecar and is removing the files
+SIDECAR_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What a sidecar says, and what the manifest indexes: one published artifact.
+
+    ``relpath`` is relative to the layer's root, so the same Volume mounted elsewhere still works.
+    Times are Unix seconds. ``depends_on`` names the artifacts this one was built from (a snapshot's
+    weights and compile keys), which must live as long as it does. ``checksum`` is the digest of
+    the per-file checksums recorded at publish (see ``Contents``); None for artifacts published
+    before checksums were recorded.
+    """
+
+    key: str
+    layer: str
+    model: str
+    relpath: str
+    bytes: int
+    files: int
+    created_at: float
+    last_used_at: float
+    builder: str
+    facts: Mapping[str, FactValue]
+    depends_on: tuple[str, ...] = ()
+    checksum: str | None = None
+
+    def cache_key(self) -> CacheKey:
+        layer, digest = parse_key(self.key)
+        label = self.key[len(layer) + 1 : -len(digest) - 1]
+        return CacheKey(layer, label, digest, Facts.from_values(self.facts, Source.OBSERVED))
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["facts"] = {name: thaw(value) for name, value in self.facts.items()}
+        return {"format": SIDECAR_FORMAT, **data}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Artifact:
+        """Parse a sidecar; raises ValueError naming what is wrong."""
+        if not isinstance(data, Mapping) or data.get("format") != SIDECAR_FORMAT:
+            raise ValueError(f"not a sidecar of format {SIDECAR_FORMAT}")
+        try:
+            artifact = cls(
+                key=str(data["key"]),
+                layer=str(data["layer"]),
+                model=str(data["model"]),
+                relpath=str(data["relpath"]),
+                bytes=int(data["bytes"]),
+                files=int(data["files"]),
+                created_at=float(data["created_at"]),
+                last_used_at=float(data["last_used_at"]),
+                builder=str(data["builder"]),
+                facts={str(k): freeze(v) for k, v in dict(data["facts"]).items()},
+                depends_on=tuple(str(key) for key in data.get("depends_on", ())),
+                checksum=None if data.get("checksum") is None else str(data["checksum"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"sidecar field missing or malformed: {error}") from None
+        try:
+            layer, _ = parse_key(artifact.key)
+        except CachekeeperError:
+            raise ValueError(f"sidecar key {artifact.key!r} is not a cache key") from None
+        if layer != artifact.layer:
+            raise ValueError(f"key {artifact.key} does not belong to layer {artifact.layer}")
+        return artifact
+
+
+def artifact_path(root: Root, artifact: Artifact) -> Path:
+    """The directory that ``artifact``'s key owns under ``root``: ``<layer>/<key>``, or for weights
+    the Hub snapshot of the model and commit that derive its key.
+
+    A recorded path that is anything else (a whole layer, the state directory, another artifact's
+    directory, a path out of the root) or that passes through a symbolic link is refused: whatever
+    a damaged or hostile record says, only the key's own files can be reached. The directory
+    itself may be a link, which callers remove as a link and never follow.
+    """
+    owned = f"{artifact.layer}/{artifact.key}"
+    if artifact.layer == WEIGHTS:
+        model, sha = artifact.facts.get(f.MODEL), artifact.facts.get(f.MODEL_REVISION)
+        facts = Facts.from_values(artifact.facts, Source.OBSERVED)
+        derived = str(derive_key(layer_named(WEIGHTS), facts))
+        if isinstance(model, str) and isinstance(sha, str) and derived == artifact.key:
+            owned = f"{WEIGHTS}/{f.hf_repo_folder(model)}/snapshots/{sha}"
+    if artifact.relpath != owned:
+        raise UnsafePath(f"refusing path {artifact.relpath!r} of {artifact.key}: it is not the directory the key owns")
+    return root.inside(owned)
+
+
+def read_sidecar(root: Root, layer: str, key: str) -> Artifact | None:
+    """The published artifact for ``key``, or None when there is none (or it is unreadable)."""
+    try:
+        artifact = Artifact.from_json(json.loads(root.sidecar_path(layer, key).read_bytes()))
+    except (OSError, ValueError):
+        return None
+    # A sidecar copied or renamed under another key's name does not make that key exist.
+    return artifact if (artifact.layer, artifact.key) == (layer, key) else None
+
+
+def iter_sidecars(root: Root) -> Iterator[tuple[Path, Artifact | ValueError]]:
+    """Every sidecar under ``root``: the parsed artifact, or the error that stopped parsing it."""
+    for layer, directory in root.state_layers(SIDECARS):
+        for path in sorted(directory.glob("*.json")):
+            try:
+                artifact = Artifact.from_json(json.loads(path.read_bytes()))
+            except (OSError, ValueError) as error:
+                yield path, ValueError(f"{path}: {error}")
+                continue
+            if (artifact.layer, artifact.key) != (layer, path.stem):
+                yield path, ValueError(f"{path}: it records {artifact.key}, another key")
+            else:
+                yield path, artifact
