@@ -34,8 +34,7 @@ from cachekeeper.store import Root, Roots, read_sidecar
 from cachekeeper.verify import verify
 
 from .adversary import at_lines, invoke, read_only, small_disk, snapshot
-from .helpers import run_cli
-from .test_prune import put
+from .helpers import make_hf_model, put, run_cli
 
 TARGET = '[target]\ngpu = "cpu"\nlayers = ["compile"]\n'
 PARTS = {"inductor/a.so": b"a" * 3000, "inductor/b.so": b"b" * 3000, "triton/k.cubin": b"k" * 3000}
@@ -156,8 +155,6 @@ def _publish_on_a_full_disk(disk: Path, free_pages: int, caplog) -> bool:
 def _template(directory: Path, count: int, *, hub: bool = False) -> tuple[Path, list[str]]:
     """A root with ``count`` compile artifacts unused for ten days, and with ``hub`` a Hub revision
     nobody recorded."""
-    from .helpers import make_hf_model
-
     template = directory / "template"
     template.mkdir()
     manifest = Manifest.open(default_url(Roots.at(template)))
@@ -297,7 +294,7 @@ def _source(trace_line: str) -> str:
 
 
 def whole_put(root: Path, key: str) -> bool:
-    """An artifact made by test_prune.put is whole: its one file of 100 bytes."""
+    """An artifact made by helpers.put is whole: its one file of 100 bytes."""
     return (root / "compile" / key / "data").read_bytes() == b"x" * 100
 
 

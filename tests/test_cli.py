@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 import sys
@@ -12,9 +11,7 @@ import pytest
 
 from cachekeeper.keys import parse_key
 
-from .helpers import run_cli, tree
-
-TORCH = importlib.metadata.version("torch")
+from .helpers import TORCH, run_cli, tree
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from cachekeeper.manifest import Manifest, _lock_id
 from cachekeeper.store import DELETING
 from cachekeeper.store import Root, publish, read_sidecar, unpublish
 
-from .helpers import facts
-from .test_store import artifact
+from .helpers import artifact, facts
 from .workers import Workers, run_workers
 
 

@@ -27,9 +27,7 @@ from cachekeeper.store import Root, Roots, iter_sidecars, publish, read_sidecar
 from cachekeeper.sync import sync
 from cachekeeper.target import load_target
 
-from .helpers import REPO_ROOT
-from .test_prune import DAY, put
-from .test_store import artifact
+from .helpers import DAY, REPO_ROOT, artifact, put
 
 KILLER = REPO_ROOT / "tests" / "kill_at_line.py"
 PARTS = 3
