@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test soak clean postgresql
+.PHONY: demo test test-fast soak clean postgresql
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed postgresql
 	$(BIN)/python -m pytest
+
+# For the edit-test loop: everything but the tests marked slow, postgres or vllm (pyproject.toml),
+# under a minute on two cores and no PostgreSQL server. `make test` still runs them all.
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not slow and not postgres and not vllm"
 
 # The adversarial suite for longer (docs/reliability.md): twenty times the generated cases and a
 # load test ten times longer, about 10 minutes. Mounting a read-only and a full file system needs root.

@@ -6,6 +6,16 @@ from pathlib import Path
 import pytest
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that needs the PostgreSQL server, through postgresql_url or postgres_server
+    directly or by way of another fixture, is marked ``postgres``: ``-m "not postgres"`` never starts
+    it. (The PostgreSQL case of ``db_url`` reaches the server through getfixturevalue, which no item
+    declares: its param carries the mark instead.)"""
+    for item in items:
+        if "postgres_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """No test reads or writes the user's caches, reaches the Hub, or leaks variables it set."""
@@ -48,9 +58,10 @@ def sqlite_url(root: Path) -> str:
     return f"sqlite:///{root / '.cachekeeper' / 'manifest.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest) -> str:
-    """The manifest database the manifest tests run against: every such test runs on both backends."""
+    """The manifest database the manifest tests run against: every such test runs on both backends
+    (the PostgreSQL case marked ``postgres``)."""
     return request.getfixturevalue(f"{request.param}_url")
 
 

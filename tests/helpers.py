@@ -1,18 +1,28 @@
-"""Builders for real on-disk state the tests need: Hugging Face caches, facts, CLI runs."""
+"""Builders for real on-disk state the tests need: artifacts in a root and its manifest, Hugging
+Face caches, facts, CLI runs. Shared by the test modules, none of which imports another."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from cachekeeper.facts import Facts, Source
+from cachekeeper.store import Artifact, Root, publish, scan_contents
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# One day in seconds, for ages and --older-than policies.
+DAY = 86400.0
+
+# The torch installed here: a target that declares it matches this machine.
+TORCH = importlib.metadata.version("torch")
 
 # A realistic H100 boot's facts; tests change one at a time.
 H100_FACTS: dict[str, Any] = {
@@ -41,17 +51,51 @@ H100_FACTS: dict[str, Any] = {
 
 
 def facts(**overrides: Any) -> Facts:
-    """H100_FACTS with overrides; pass the name with dots replaced by double underscores."""
+    """H100_FACTS with overrides; pass the name with dots replaced by double underscores. Nothing
+    on disk: the facts a boot would observe."""
     values = dict(H100_FACTS)
     for name, value in overrides.items():
         values[name.replace("__", ".")] = value
     return Facts.from_values(values, Source.OBSERVED)
 
 
+def artifact(key: str = "compile-sm90-0123456789abcdef", **changes) -> Artifact:
+    """An artifact record for ``key`` (layer and relpath follow from it), created and last used now;
+    ``changes`` override any field. Nothing is written: publish it, or record it in a manifest."""
+    now = time.time()
+    fields = dict(
+        key=key, layer=key.split("-")[0], model="org/m", relpath=f"{key.split('-')[0]}/{key}", bytes=10,
+        files=1, created_at=now, last_used_at=now, builder="host:1", facts={"gpu.arch": "sm_90", "sizes": (1, 2)},
+    )  # fmt: skip
+    fields.update(changes)
+    return Artifact(**fields)
+
+
+def put(root, manifest, key, *, age_days, layer=None, model="org/m", size=10, depends_on=()):
+    """A published artifact of ``size`` bytes last used ``age_days`` ago, in the manifest too.
+
+    On disk: ``root/<layer>/<key>/data`` holding ``size`` bytes of ``x``, its checksums and its
+    sidecar, published as a boot would; in ``manifest`` its row. Returns the record."""
+    layer = layer or key.split("-")[0]
+    then = time.time() - age_days * DAY
+    directory = root / layer / key
+    directory.mkdir(parents=True)
+    (directory / "data").write_bytes(b"x" * size)
+    contents = scan_contents(directory)
+    record = artifact(
+        key, layer=layer, model=model, relpath=f"{layer}/{key}", created_at=then, last_used_at=then,
+        bytes=size, depends_on=tuple(depends_on), checksum=contents.checksum,
+    )  # fmt: skip
+    publish(Root(root), record, contents)
+    manifest.record_artifact(record)
+    return record
+
+
 def make_hf_model(
     cache: Path, repo_id: str, files: dict[str, bytes], *, revision: str = "main", sha: str | None = None
 ) -> str:
-    """Lay out a model the way huggingface_hub does: blobs by content, snapshot links, a ref."""
+    """Lay out a model the way huggingface_hub does under ``cache``: blobs by content, snapshot
+    links to them, and a ref naming the snapshot. Returns the snapshot's sha."""
     sha = sha or hashlib.sha1(repo_id.encode() + json.dumps(sorted(files)).encode()).hexdigest()
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     (repo / "refs").mkdir(parents=True, exist_ok=True)
@@ -68,7 +112,7 @@ def make_hf_model(
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300):
-    """Run the real ``cachekeeper`` command in a subprocess."""
+    """Run the real ``cachekeeper`` command in a subprocess; it writes whatever that command writes."""
     return subprocess.run(
         [sys.executable, "-m", "cachekeeper", *args],
         cwd=cwd,
@@ -80,12 +124,14 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 
 def tree(path: Path) -> dict[str, int]:
-    """Every file under ``path`` with its size: a snapshot to prove nothing was touched."""
+    """Every file under ``path`` with its size: a snapshot to prove nothing was touched (it reads,
+    writes nothing)."""
     return {
         str(p.relative_to(path)): p.lstat().st_size for p in sorted(path.rglob("*")) if not p.is_dir() or p.is_symlink()
     }
 
 
 def write_target(path: Path, body: str) -> Path:
+    """A target file at ``path`` holding ``body`` (TOML); returns the path."""
     path.write_text(body)
     return path

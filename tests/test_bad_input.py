@@ -54,6 +54,7 @@ BYTES = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb"
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
 
 
+@pytest.mark.slow
 @examples(300)
 @given(texts)
 def test_a_duration_is_a_finite_number_of_seconds_or_a_usage_error(text):
@@ -66,6 +67,7 @@ def test_a_duration_is_a_finite_number_of_seconds_or_a_usage_error(text):
     assert meant is not None and math.isclose(seconds, meant)
 
 
+@pytest.mark.slow
 @examples(300)
 @given(texts)
 def test_a_size_is_a_whole_number_of_bytes_or_a_usage_error(text):
@@ -187,6 +189,7 @@ command_lines = st.one_of(
 )  # fmt: skip
 
 
+@pytest.mark.slow
 @examples(150)
 @given(command_lines)
 def test_a_bad_command_line_is_refused_in_one_line_and_changes_nothing(root, args):
@@ -363,6 +366,7 @@ def _valid_toml(text: str | bytes) -> bool:
     return True
 
 
+@pytest.mark.slow
 @examples(120)
 @given(valid_targets.map(_with_model).flatmap(_mutations), st.sampled_from(TARGET_COMMANDS))
 def test_a_target_of_the_wrong_shape_is_refused_naming_the_file(root, project, document, command):

@@ -34,8 +34,7 @@ from cachekeeper.store import Root, Roots, read_sidecar
 from cachekeeper.verify import verify
 
 from .adversary import at_lines, invoke, read_only, small_disk, snapshot
-from .helpers import run_cli
-from .test_prune import put
+from .helpers import make_hf_model, put, run_cli
 
 TARGET = '[target]\ngpu = "cpu"\nlayers = ["compile"]\n'
 PARTS = {"inductor/a.so": b"a" * 3000, "inductor/b.so": b"b" * 3000, "triton/k.cubin": b"k" * 3000}
@@ -107,6 +106,7 @@ def _fill(directory: Path, leave_pages: int) -> None:
     os.truncate(filler, max(0, filler.stat().st_size - leave_pages * 4096))
 
 
+@pytest.mark.slow
 def test_a_disk_full_while_publishing_leaves_nothing_half_published(tmp_path, caplog):
     """tmpfs counts whole pages: with 0 to 3 of them left when the boot publishes, the checksums
     file and then the sidecar run out of space in turn (3 is enough for everything)."""
@@ -156,8 +156,6 @@ def _publish_on_a_full_disk(disk: Path, free_pages: int, caplog) -> bool:
 def _template(directory: Path, count: int, *, hub: bool = False) -> tuple[Path, list[str]]:
     """A root with ``count`` compile artifacts unused for ten days, and with ``hub`` a Hub revision
     nobody recorded."""
-    from .helpers import make_hf_model
-
     template = directory / "template"
     template.mkdir()
     manifest = Manifest.open(default_url(Roots.at(template)))
@@ -195,6 +193,7 @@ def _points(lines: list[str], count: int, *, every_line_of: tuple[str, ...] = ()
     return sorted(spread | {i + 1 for i, line in enumerate(lines) if line.split(":")[1] in every_line_of})
 
 
+@pytest.mark.slow
 def test_files_deleted_by_another_process_at_any_moment_of_a_prune_are_no_error(tmp_path):
     template, keys = _template(tmp_path, 2, hub=True)
     lines = _trace(template, tmp_path)
@@ -248,6 +247,7 @@ def server():
     process.wait()
 
 
+@pytest.mark.slow
 def test_a_boot_that_registers_at_any_moment_of_a_prune_either_keeps_its_files_or_never_hits(tmp_path, server):
     """The boot's side of the handshake is register, then read the sidecar: done here at every line
     of the prune in turn. Whenever it reads a sidecar (a hit), its files must survive the prune."""
@@ -297,7 +297,7 @@ def _source(trace_line: str) -> str:
 
 
 def whole_put(root: Path, key: str) -> bool:
-    """An artifact made by test_prune.put is whole: its one file of 100 bytes."""
+    """An artifact made by helpers.put is whole: its one file of 100 bytes."""
     return (root / "compile" / key / "data").read_bytes() == b"x" * 100
 
 
@@ -323,6 +323,7 @@ def _kill_at(point: int, use_at: int, root: Path, key: str, owner: int, hit_file
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"the prune was not killed at {point}"
 
 
+@pytest.mark.slow
 def test_a_prune_killed_while_a_server_uses_what_it_removes_leaves_the_files_until_the_server_is_gone(tmp_path, server):
     template, keys = _template(tmp_path, 1)
     key = keys[0]
@@ -363,6 +364,7 @@ def test_a_prune_killed_while_a_server_uses_what_it_removes_leaves_the_files_unt
 # --- a prune at any moment of a boot --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_prune_at_any_moment_of_a_boot_never_removes_what_the_boot_hits(tmp_path):
     """The runtime's side of the handshake: a whole prune of everything unused runs at a line of
     activate() in turn. Whenever the boot reports a hit, the files it uses are all there."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 import sys
@@ -12,9 +11,7 @@ import pytest
 
 from cachekeeper.keys import parse_key
 
-from .helpers import run_cli, tree
-
-TORCH = importlib.metadata.version("torch")
+from .helpers import TORCH, run_cli, tree
 
 
 @pytest.fixture
@@ -42,6 +39,7 @@ def test_fingerprint_json_has_facts_and_keys(project, root):
     assert data["mismatches"] == []
 
 
+@pytest.mark.slow
 def test_run_publishes_only_on_success_and_passes_the_exit_code_on(project, root):
     failed = cli(project, root, "run", "--", sys.executable, "-c", "import sys; sys.exit(3)")
     assert failed.returncode == 3
@@ -58,6 +56,7 @@ def test_run_publishes_only_on_success_and_passes_the_exit_code_on(project, root
     assert json.loads(again.stdout.strip().splitlines()[-1])["layers"][0]["status"] == "hit"
 
 
+@pytest.mark.slow
 def test_check_exits_by_readiness_and_explains_staleness(project, root):
     cold = cli(project, root, "check", "--json")
     assert cold.returncode == 1
@@ -79,6 +78,7 @@ def test_check_exits_by_readiness_and_explains_staleness(project, root):
     assert "engine.width: 8 → 16" in human.stdout and "not ready" in human.stdout
 
 
+@pytest.mark.slow
 def test_prune_dry_run_lists_and_keeps_then_prune_removes(project, root):
     assert cli(project, root, "run", "--", sys.executable, "-c", "pass").returncode == 0
     assert json.loads(cli(project, root, "prune", "--older-than", "7d", "--json").stdout)["removed"] == []
@@ -121,7 +121,7 @@ BAD_INPUT = [
     ("prune", "--older-than", "-3d"),
     ("prune", "--older-than", ""),
     ("--db", "nonsense", "ls"),
-    ("--db", "postgresql+psycopg://nobody@127.0.0.1:1/none", "ls"),
+    pytest.param(("--db", "postgresql+psycopg://nobody@127.0.0.1:1/none", "ls"), marks=pytest.mark.slow),
     ("--db", "nonsense", "db", "upgrade"),
     ("db",),
     ("db", "downgrade"),

@@ -4,7 +4,6 @@ lists the same artifacts after the manifest was deleted."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import sys
 from dataclasses import dataclass
@@ -15,9 +14,8 @@ import pytest
 from cachekeeper import cli as cachekeeper_cli
 from cachekeeper import uses
 
-from .helpers import run_cli, tree
+from .helpers import TORCH, run_cli, tree
 
-TORCH = importlib.metadata.version("torch")
 WRITE = "import os; open(os.path.join(os.environ['TORCHINDUCTOR_CACHE_DIR'], 'k'), 'w').write('x' * {n})"
 
 

@@ -15,10 +15,8 @@ from cachekeeper.manifest import Manifest
 from cachekeeper.store import Root, Roots, publish, unpublish
 from cachekeeper.sync import sync
 
-from .helpers import facts, run_cli
+from .helpers import TORCH, artifact, facts, run_cli
 from .postgres import free_port
-from .test_cli import TORCH
-from .test_store import artifact
 
 
 @pytest.fixture

@@ -10,15 +10,18 @@ import random
 import time
 import uuid
 
+import pytest
 from sqlalchemy import func, select, text
 
 from cachekeeper.manifest import Manifest, _lock_id
 from cachekeeper.store import DELETING
 from cachekeeper.store import Root, publish, read_sidecar, unpublish
 
-from .helpers import facts
-from .test_store import artifact
+from .helpers import artifact, facts
 from .workers import Workers, run_workers
+
+# Every test starts several worker processes (tests/workers.py) that race on one manifest.
+pytestmark = pytest.mark.slow
 
 
 def test_8_processes_registering_500_artifacts_each_lose_none(postgresql_url):

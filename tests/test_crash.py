@@ -16,6 +16,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 import cachekeeper
 from cachekeeper import journal
 from cachekeeper.check import Status, check
@@ -27,9 +29,10 @@ from cachekeeper.store import Root, Roots, iter_sidecars, publish, read_sidecar
 from cachekeeper.sync import sync
 from cachekeeper.target import load_target
 
-from .helpers import REPO_ROOT
-from .test_prune import DAY, put
-from .test_store import artifact
+from .helpers import DAY, REPO_ROOT, artifact, put
+
+# Each sweep runs its operation a few dozen times: 4 to 7 s apiece.
+pytestmark = pytest.mark.slow
 
 KILLER = REPO_ROOT / "tests" / "kill_at_line.py"
 PARTS = 3

@@ -7,7 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from .helpers import REPO_ROOT
+
+# The whole demo, in subprocesses: about 45 s.
+pytestmark = pytest.mark.slow
 
 
 def test_the_demo_runs_cold_then_warm_then_stale_then_prunes(tmp_path):

@@ -17,6 +17,9 @@ from cachekeeper.store import Root, read_sidecar
 from .helpers import REPO_ROOT, make_hf_model
 from .modal_double import MemoryDict, MemoryVolume
 
+# The examples run for real: the vLLM app alone takes about 25 s.
+pytestmark = pytest.mark.slow
+
 MODAL_EXAMPLES = REPO_ROOT / "examples" / "modal"
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 

@@ -12,7 +12,7 @@ from cachekeeper.errors import UnknownKeyError
 from cachekeeper.inspection import inspect_artifact
 from cachekeeper.store import Root, Roots
 
-from .test_prune import put
+from .helpers import put
 
 
 def factors(vllm_use_v1: str, config_hash: str) -> dict:

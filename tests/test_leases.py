@@ -162,6 +162,7 @@ def test_a_holder_killed_on_this_machine_is_taken_over_at_once(kind, make_leases
     lease.release()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["file", "db"])
 def test_a_stalled_holder_is_taken_over_after_its_ttl_and_then_knows_it_lost(kind, make_leases, root, db_url):
     child = _child(kind, _where(kind, root, db_url), ttl=1.0)
@@ -184,6 +185,7 @@ def test_a_stalled_holder_is_taken_over_after_its_ttl_and_then_knows_it_lost(kin
         child.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["file", "db"])
 def test_processes_racing_for_an_expired_lease_have_exactly_one_winner(kind, root, db_url, manifest):
     where = _where(kind, root, db_url)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from cachekeeper.manifest import Manifest, default_url
 from cachekeeper.store import Root, Roots, iter_sidecars
 from cachekeeper.sync import sync
@@ -16,6 +18,9 @@ from cachekeeper.verify import verify
 
 from .adversary import SOAK
 from .workers import LOAD_PARTS, Workers, load_content
+
+# Runs for SECONDS (16 s, 120 s under make soak) by design.
+pytestmark = pytest.mark.slow
 
 SECONDS = 120.0 if SOAK else 16.0
 BOOTERS, CHECKERS, LISTERS, PRUNERS = 16, 6, 4, 6

@@ -16,8 +16,7 @@ from cachekeeper.errors import ManifestError, ManifestUnreachable, SchemaTooNew
 from cachekeeper.facts import Facts, Source
 from cachekeeper.manifest import Manifest
 
-from .helpers import facts
-from .test_store import artifact
+from .helpers import artifact, facts
 
 
 def test_a_new_database_is_created_at_the_head_revision(manifest):

@@ -23,7 +23,7 @@ import cachekeeper.manifest
 from cachekeeper.errors import SchemaOutOfDate, SchemaTooNew
 from cachekeeper.manifest import Manifest, migrations_dir
 
-from .test_store import artifact
+from .helpers import artifact
 
 NEXT_REVISION = "ffff_next"
 

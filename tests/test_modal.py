@@ -32,6 +32,7 @@ def test_reload_is_retried_while_files_are_open():
     assert volume.calls == ["reload"] * 3
 
 
+@pytest.mark.slow
 def test_a_volume_that_stays_busy_is_not_reloaded_and_the_boot_goes_on(root, caplog):
     volume = MemoryVolume(open_files=100)
     with caplog.at_level(logging.WARNING, logger="cachekeeper"):

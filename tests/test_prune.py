@@ -22,27 +22,7 @@ from cachekeeper.store import Root, Roots, publish, read_sidecar, scan_contents
 from cachekeeper.sync import sync
 from cachekeeper.target import load_target
 
-from .helpers import REPO_ROOT, make_hf_model, tree
-from .test_store import artifact
-
-DAY = 86400.0
-
-
-def put(root, manifest, key, *, age_days, layer=None, model="org/m", size=10, depends_on=()):
-    """A published artifact of ``size`` bytes last used ``age_days`` ago, in the manifest too."""
-    layer = layer or key.split("-")[0]
-    then = time.time() - age_days * DAY
-    directory = root / layer / key
-    directory.mkdir(parents=True)
-    (directory / "data").write_bytes(b"x" * size)
-    contents = scan_contents(directory)
-    record = artifact(
-        key, layer=layer, model=model, relpath=f"{layer}/{key}", created_at=then, last_used_at=then,
-        bytes=size, depends_on=tuple(depends_on), checksum=contents.checksum,
-    )  # fmt: skip
-    publish(Root(root), record, contents)
-    manifest.record_artifact(record)
-    return record
+from .helpers import DAY, REPO_ROOT, artifact, make_hf_model, put, tree
 
 
 def plan(root, manifest, **policy):

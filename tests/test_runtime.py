@@ -84,6 +84,7 @@ def test_busy_key_boots_cold_in_a_private_directory(root):
         lease.release()
 
 
+@pytest.mark.slow
 def test_a_waiter_uses_what_the_builder_publishes(root):
     with cachekeeper.activate(root) as probe:
         probe.discard()

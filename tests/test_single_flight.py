@@ -10,6 +10,8 @@ import textwrap
 import threading
 import time
 
+import pytest
+
 import cachekeeper
 from cachekeeper import journal
 from cachekeeper.leases import ModalDictLeases
@@ -45,6 +47,7 @@ BOOT = textwrap.dedent(
 WHOLE = sorted(["COMPLETE", *(f"part-{i}" for i in range(PARTS))])
 
 
+@pytest.mark.slow
 def test_sixteen_processes_on_one_cold_key_build_it_once(root, tmp_path):
     go = tmp_path / "go"
     processes = [

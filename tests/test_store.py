@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
 from cachekeeper.errors import UnsafePath
 from cachekeeper.store import Artifact, Root, iter_sidecars, measure, publish, read_sidecar, remove_tree, unpublish
 
-
-def artifact(key: str = "compile-sm90-0123456789abcdef", **changes) -> Artifact:
-    now = time.time()
-    fields = dict(
-        key=key, layer=key.split("-")[0], model="org/m", relpath=f"{key.split('-')[0]}/{key}", bytes=10,
-        files=1, created_at=now, last_used_at=now, builder="host:1", facts={"gpu.arch": "sm_90", "sizes": (1, 2)},
-    )  # fmt: skip
-    fields.update(changes)
-    return Artifact(**fields)
+from .helpers import artifact
 
 
 def test_publish_writes_a_sidecar_that_reads_back(root):

@@ -8,8 +8,7 @@ from cachekeeper import journal
 from cachekeeper.store import Root, Roots, publish, unpublish
 from cachekeeper.sync import sync
 
-from .helpers import facts
-from .test_store import artifact
+from .helpers import artifact, facts
 
 
 def test_a_closed_journal_is_folded_once_and_moved_aside(root, manifest):

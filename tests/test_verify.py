@@ -11,8 +11,7 @@ from cachekeeper.store import Root, Roots, publish, read_sidecar
 from cachekeeper.sync import sync
 from cachekeeper.verify import CORRUPT, GHOST, GROWTH, MISSING, ORPHAN, UNINDEXED, UNRECORDED, verify
 
-from .helpers import make_hf_model, tree
-from .test_store import artifact
+from .helpers import artifact, make_hf_model, tree
 
 
 def build(root, manifest, files: dict[str, bytes]) -> str:
