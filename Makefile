@@ -3,21 +3,28 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast soak clean postgresql
+.PHONY: demo test test-fast lint soak clean postgresql
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch==2.13.0 is the CPU build this machine keeps on disk; asking for plain torch would
 	# download a CUDA build of several GB.
 	$(BIN)/pip install --quiet torch==2.13.0 numpy
-	$(BIN)/pip install --quiet -e '.[torch,test,postgres,modal]'
+	$(BIN)/pip install --quiet -e '.[torch,test,lint,postgres,modal]'
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
 
-test: $(VENV)/.installed postgresql
+test: lint postgresql
 	$(BIN)/python -m pytest
+
+# ruff (lint and format) and mypy, on the working tree; .pre-commit-config.yaml runs the same
+# before each commit (`.venv/bin/pre-commit install`).
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # For the edit-test loop: everything but the tests marked slow, postgres or vllm (pyproject.toml),
 # under a minute on two cores and no PostgreSQL server. `make test` still runs them all.

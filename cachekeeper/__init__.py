@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Public name → the module that defines it.
+# Public name → the module that defines it. ``check`` and ``sync`` are functions of the modules
+# of the same name (``cachekeeper.check.check``): a name cannot be both.
 _EXPORTS = {
     "CachekeeperError": "errors",
     "Fact": "facts",
@@ -35,14 +36,12 @@ _EXPORTS = {
     "load_target": "target",
     "Cache": "cache",
     "open_cache": "cache",
-    "check": "check",
     "CheckReport": "check",
     "Manifest": "manifest",
     "PrunePolicy": "prune",
     "plan_prune": "prune",
     "execute_prune": "prune",
     "Scope": "scope",
-    "sync": "sync",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -56,7 +55,7 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from .cache import Cache, open_cache
-    from .check import CheckReport, check
+    from .check import CheckReport
     from .errors import CachekeeperError
     from .facts import Fact, Facts, Source
     from .fingerprint import observe
@@ -67,5 +66,4 @@ if TYPE_CHECKING:
     from .runtime import Activation, activate
     from .scope import Scope
     from .store import Artifact, Root, Roots
-    from .sync import sync
     from .target import Target, find_target, load_target

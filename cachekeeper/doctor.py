@@ -22,7 +22,7 @@ from typing import Any
 from .errors import ManifestError, ManifestUnreachable, SchemaTooNew
 from .journal import SUFFIX, journal_files, read_journal
 from .manifest import DatabaseUrl, Manifest
-from .manifest.database import first_line
+from .manifest.connection import first_line
 from .records import Record
 from .store import DELETING, PUBLISHED, Artifact, Roots, check_state, iter_sidecars
 from .sync import sync

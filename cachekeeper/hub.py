@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import facts as f
 from .errors import UnsafePath
@@ -18,20 +19,21 @@ from .layers import WEIGHTS, layer_named
 from .manifest import Manifest
 from .store import Artifact, Root, Roots
 
+if TYPE_CHECKING:
+    from huggingface_hub import HFCacheInfo
+
 UNTRACKED = "untracked"  # builder of a Hub revision nobody recorded (downloaded outside a boot)
 
 
 def hub_revisions(roots: Roots) -> list[Artifact]:
     """Every model revision in the weights layer's Hub cache, as huggingface_hub scans it, keyed the
     way ``activate()`` keys weights (model and commit sha only)."""
-    weights_dir = roots.hf_cache()
-    if not weights_dir.is_dir():
+    scanned = _scan(roots.hf_cache())
+    if scanned is None:
         return []
-    from huggingface_hub import scan_cache_dir
-
     layer = layer_named(WEIGHTS)
     found = []
-    for repo in scan_cache_dir(weights_dir).repos:
+    for repo in scanned.repos:
         if repo.repo_type != "model":
             continue
         for revision in repo.revisions:
@@ -62,29 +64,40 @@ def freed_by(root: Root, weights: Sequence[Artifact]) -> int | None:
     """What huggingface_hub expects removing these revisions to free (they share blobs)."""
     if not weights:
         return None
-    from huggingface_hub import scan_cache_dir
-
     shas = [revision_sha(a) for a in weights if os.path.lexists(root.path / a.relpath)]
-    if not shas:
-        return 0
-    return scan_cache_dir(root.layer_dir(WEIGHTS)).delete_revisions(*shas).expected_freed_size
+    scanned = _scan(root.layer_dir(WEIGHTS)) if shas else None
+    return scanned.delete_revisions(*shas).expected_freed_size if scanned is not None else 0
 
 
 def removal(root: Root, artifact: Artifact) -> Callable[[], None]:
     """The deletion of one revision, checked to stay inside the Hub cache before anything runs."""
     weights_dir = root.layer_dir(WEIGHTS)
-    if not weights_dir.is_dir() or not os.path.lexists(root.path / artifact.relpath):
-        return lambda: None  # already gone (a prune interrupted after removing it)
-    from huggingface_hub import scan_cache_dir
-
+    scanned = _scan(weights_dir) if os.path.lexists(root.path / artifact.relpath) else None
+    if scanned is None:
+        return _nothing  # already gone: a prune interrupted after removing it, or another process
     # huggingface_hub decides what a revision owns; its strategy deletes snapshots, then refs, then blobs.
-    strategy = scan_cache_dir(weights_dir).delete_revisions(revision_sha(artifact))
+    strategy = scanned.delete_revisions(revision_sha(artifact))
     inside = os.path.realpath(weights_dir)
     for path in (*strategy.repos, *strategy.snapshots, *strategy.refs, *strategy.blobs):
         # A snapshot's link may point anywhere: never let it lead a deletion out of the cache.
         if os.path.commonpath([os.path.realpath(path), inside]) != inside:
             raise UnsafePath(f"refusing to remove {path}: it lies outside {weights_dir}")
     return strategy.execute
+
+
+def _nothing() -> None:
+    pass
+
+
+def _scan(weights_dir: Path) -> HFCacheInfo | None:
+    """huggingface_hub's scan of the Hub cache; None where there is none (or it vanished meanwhile)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        return scan_cache_dir(weights_dir)
+    except CacheNotFound:
+        return None
 
 
 class WeightsRevision(NamedTuple):

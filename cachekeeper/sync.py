@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import ManifestError
 from .journal import journal_files, read_journal
-from .manifest import FoldResult, Manifest
+from .manifest import Manifest
 from .records import Kind, Record
 from .store import Artifact, Roots, check_state, read_sidecar
 
@@ -62,7 +62,9 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
             finished.append(path)
     published = published_artifacts(records, roots)
     # Most syncs find nothing new: they then read, and never load the manifest's write path.
-    result = manifest.fold(records, published, new_cursors) if new_cursors else FoldResult(0, 0)
+    applied = indexed = 0
+    if new_cursors:
+        applied, indexed = manifest.fold(records, published, new_cursors)
     # A prune may have removed an artifact between the look at its sidecar above and the fold,
     # and forgotten its row before the fold wrote it again: that row would list what is gone.
     for artifact in published:
@@ -79,7 +81,7 @@ def sync(manifest: Manifest, roots: Roots) -> SyncReport:
                     continue
         except OSError as error:  # a read-only root: the cursors already say these are done
             logger.warning("cachekeeper: cannot move folded journals to %s: %s", folded, error.strerror)
-    return SyncReport(len(new_cursors), result.records, result.artifacts, unreadable)
+    return SyncReport(len(new_cursors), applied, indexed, unreadable)
 
 
 def published_artifacts(records: list[Record], roots: Roots) -> list[Artifact]:

@@ -171,7 +171,7 @@ def at_lines(actions: Mapping[int, Callable[[], None]], lines: list[str] | None 
         if event == "line":
             count += 1
             if lines is not None:
-                lines.append(f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_code.co_name}:{frame.f_lineno}")
+                lines.append(f"{frame.f_code.co_filename[len(_PACKAGE) :]}:{frame.f_code.co_name}:{frame.f_lineno}")
             if count in actions:
                 actions[count]()
         return on_line

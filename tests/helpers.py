@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cachekeeper.cache import Cache
 from cachekeeper.facts import Facts, Source
-from cachekeeper.store import Artifact, Root, publish, scan_contents
+from cachekeeper.store import Artifact, Root, Roots, publish, scan_contents
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,9 +65,17 @@ def artifact(key: str = "compile-sm90-0123456789abcdef", **changes) -> Artifact:
     ``changes`` override any field. Nothing is written: publish it, or record it in a manifest."""
     now = time.time()
     fields = dict(
-        key=key, layer=key.split("-")[0], model="org/m", relpath=f"{key.split('-')[0]}/{key}", bytes=10,
-        files=1, created_at=now, last_used_at=now, builder="host:1", facts={"gpu.arch": "sm_90", "sizes": (1, 2)},
-    )  # fmt: skip
+        key=key,
+        layer=key.split("-")[0],
+        model="org/m",
+        relpath=f"{key.split('-')[0]}/{key}",
+        bytes=10,
+        files=1,
+        created_at=now,
+        last_used_at=now,
+        builder="host:1",
+        facts={"gpu.arch": "sm_90", "sizes": (1, 2)},
+    )
     fields.update(changes)
     return Artifact(**fields)
 
@@ -83,9 +92,16 @@ def put(root, manifest, key, *, age_days, layer=None, model="org/m", size=10, de
     (directory / "data").write_bytes(b"x" * size)
     contents = scan_contents(directory)
     record = artifact(
-        key, layer=layer, model=model, relpath=f"{layer}/{key}", created_at=then, last_used_at=then,
-        bytes=size, depends_on=tuple(depends_on), checksum=contents.checksum,
-    )  # fmt: skip
+        key,
+        layer=layer,
+        model=model,
+        relpath=f"{layer}/{key}",
+        created_at=then,
+        last_used_at=then,
+        bytes=size,
+        depends_on=tuple(depends_on),
+        checksum=contents.checksum,
+    )
     publish(Root(root), record, contents)
     manifest.record_artifact(record)
     return record
@@ -135,3 +151,10 @@ def write_target(path: Path, body: str) -> Path:
     """A target file at ``path`` holding ``body`` (TOML); returns the path."""
     path.write_text(body)
     return path
+
+
+def folded(root: Path, manifest: Any) -> Cache:
+    """The cache at ``root`` on ``manifest``, with what boots recorded folded in, as commands open it."""
+    cache = Cache(Roots.at(root), manifest)
+    cache.fold()
+    return cache

@@ -66,9 +66,7 @@ class MemoryVolume:
         self.calls.append("reload")
         if self.open_files:
             self.open_files -= 1
-            raise RuntimeError(
-                "there are open files preventing the operation: path /vol/compile/app.log is open"
-            )
+            raise RuntimeError("there are open files preventing the operation: path /vol/compile/app.log is open")
 
     def commit(self) -> None:
         self.calls.append("commit")

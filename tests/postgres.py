@@ -93,9 +93,20 @@ def running_server() -> Iterator[PostgresServer]:
         data = workdir / "data"
         _run(
             as_user,
-            binaries / "initdb", "-D", data, "-U", USER, "--pwfile", workdir / "password",
-            "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync",
-        )  # fmt: skip
+            binaries / "initdb",
+            "-D",
+            data,
+            "-U",
+            USER,
+            "--pwfile",
+            workdir / "password",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
         server = _start(as_user, binaries, data, workdir, password)
         try:
             yield server
@@ -109,16 +120,27 @@ def _start(
     as_user: pwd.struct_passwd | None, binaries: Path, data: Path, workdir: Path, password: str
 ) -> PostgresServer:
     # A port that was free a moment ago can be taken before the server binds it: try another.
-    for attempt in range(3):
+    for _attempt in range(3):
         port = free_port()
         options = (
             f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -F "
             "-c full_page_writes=off -c synchronous_commit=off -c max_connections=100"
         )
         started = _run(
-            as_user, binaries / "pg_ctl", "-D", data, "-l", workdir / "server.log", "-w", "-t", "60",
-            "-o", options, "start", check=False,
-        )  # fmt: skip
+            as_user,
+            binaries / "pg_ctl",
+            "-D",
+            data,
+            "-l",
+            workdir / "server.log",
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+            check=False,
+        )
         if started.returncode == 0:
             return PostgresServer(port=port, password=password)
     log = (workdir / "server.log").read_text(errors="replace") if (workdir / "server.log").exists() else ""
@@ -145,9 +167,7 @@ def _runuser() -> str:
     raise RuntimeError("running as root needs runuser (util-linux) to start PostgreSQL as another user")
 
 
-def _run(
-    as_user: pwd.struct_passwd | None, *command: object, check: bool = True
-) -> subprocess.CompletedProcess:
+def _run(as_user: pwd.struct_passwd | None, *command: object, check: bool = True) -> subprocess.CompletedProcess:
     argv = [str(part) for part in command]
     if as_user is not None:
         argv = [_runuser(), "-u", as_user.pw_name, "--", *argv]

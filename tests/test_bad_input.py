@@ -50,8 +50,22 @@ def _value(text: str, units: dict[str, float]) -> float | None:
 
 
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-BYTES = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+BYTES = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "kb": 1e3,
+    "m": 1e6,
+    "mb": 1e6,
+    "g": 1e9,
+    "gb": 1e9,
+    "t": 1e12,
+    "tb": 1e12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 @pytest.mark.slow
@@ -135,6 +149,7 @@ def rejected(root: Path, *args: str, env=None) -> str:
 
 # --- command lines -------------------------------------------------------------------------------
 
+
 def _not(pattern: re.Pattern, normal=lambda t: t.strip().lower()):
     return lambda text: not pattern.fullmatch(normal(text))
 
@@ -142,22 +157,60 @@ def _not(pattern: re.Pattern, normal=lambda t: t.strip().lower()):
 bad_durations = st.text(max_size=20).filter(_not(DURATION))
 bad_sizes = st.text(max_size=20).filter(_not(SIZE))
 bad_keys = st.text(max_size=40).filter(_not(KEY, lambda t: t))
-bad_counts = st.one_of(st.text(alphabet="abcxyz.,-+ e", max_size=6), st.integers(max_value=-1).map(str))  # no digits, or < 0
+bad_counts = st.one_of(
+    st.text(alphabet="abcxyz.,-+ e", max_size=6), st.integers(max_value=-1).map(str)
+)  # no digits, or < 0
 bad_layers = st.text(max_size=12).filter(lambda t: not re.fullmatch(r"[a-z][a-z0-9_]*", t))
 bad_models = st.text(max_size=20).filter(lambda t: not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", t))
-bad_urls = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\0"), max_size=30).filter(
-    lambda t: t.strip() and not t.strip().lower().startswith(("sqlite", "postgres"))
-)  # fmt: skip
+bad_urls = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\0"), max_size=30
+).filter(lambda t: t.strip() and not t.strip().lower().startswith(("sqlite", "postgres")))
 unknown_options = st.from_regex(r"--[a-z][a-z-]{0,12}", fullmatch=True).filter(
-    lambda t: t not in {"--root", "--db", "--help", "--json", "--target", "--layer", "--model", "--key", "--yes", "--dry-run",
-                        "--older-than", "--stale", "--keep-last", "--max-size", "--since", "--rebuild", "--busy"}
-)  # fmt: skip
+    lambda t: (
+        t
+        not in {
+            "--root",
+            "--db",
+            "--help",
+            "--json",
+            "--target",
+            "--layer",
+            "--model",
+            "--key",
+            "--yes",
+            "--dry-run",
+            "--older-than",
+            "--stale",
+            "--keep-last",
+            "--max-size",
+            "--since",
+            "--rebuild",
+            "--busy",
+        }
+    )
+)
 
-KEY_COMMANDS = [("pin", "{}"), ("unpin", "{}"), ("inspect", "{}"), ("verify", "{}"), ("prune", "--key", "{}"),
-                ("explain", "{}", "compile-a-0123456789abcdef"), ("explain", "compile-a-0123456789abcdef", "{}")]  # fmt: skip
-DB_COMMANDS = [("ls",), ("check",), ("prune", "--older-than", "7d"), ("verify",), ("stats",), ("sync",), ("weights",),
-               ("doctor",), ("db", "current")]  # fmt: skip
-COMMANDS = DB_COMMANDS + [("fingerprint",), ("snapshot-tag",)]
+KEY_COMMANDS = [
+    ("pin", "{}"),
+    ("unpin", "{}"),
+    ("inspect", "{}"),
+    ("verify", "{}"),
+    ("prune", "--key", "{}"),
+    ("explain", "{}", "compile-a-0123456789abcdef"),
+    ("explain", "compile-a-0123456789abcdef", "{}"),
+]
+DB_COMMANDS = [
+    ("ls",),
+    ("check",),
+    ("prune", "--older-than", "7d"),
+    ("verify",),
+    ("stats",),
+    ("sync",),
+    ("weights",),
+    ("doctor",),
+    ("db", "current"),
+]
+COMMANDS = [*DB_COMMANDS, ("fingerprint",), ("snapshot-tag",)]
 
 
 def _fill(template: tuple[str, ...], value: str) -> list[str]:
@@ -186,7 +239,7 @@ command_lines = st.one_of(
     st.tuples(st.sampled_from(DB_COMMANDS), bad_urls).map(lambda c: ["--db", c[1], *c[0]]),
     st.text(max_size=10).filter(lambda t: t not in {"wait", "cold"}).map(lambda v: ["run", "--busy", v, "--", "true"]),
     st.text(min_size=1, max_size=12).filter(lambda t: t.strip() and not t.startswith("-")).map(lambda v: [f"no-{v}"]),
-)  # fmt: skip
+)
 
 
 @pytest.mark.slow
@@ -227,9 +280,15 @@ def test_a_bad_database_url_in_the_environment_is_refused(root, url):
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite:////proc/no/such/dir/manifest.db", "sqlite:///{root}", "sqlite:///a\0b", "mysql://localhost/x",
-     "postgresql://user:secret@localhost:notaport/db", "postgresql+nodriver://localhost/x"],
-)  # fmt: skip
+    [
+        "sqlite:////proc/no/such/dir/manifest.db",
+        "sqlite:///{root}",
+        "sqlite:///a\0b",
+        "mysql://localhost/x",
+        "postgresql://user:secret@localhost:notaport/db",
+        "postgresql+nodriver://localhost/x",
+    ],
+)
 def test_a_database_url_that_cannot_work_is_refused_without_its_password(root, url):
     message = rejected(root, "--db", url.format(root=root), "ls")
     assert "secret" not in message
@@ -239,24 +298,41 @@ def test_a_database_url_that_cannot_work_is_refused_without_its_password(root, u
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 valid_targets = st.fixed_dictionaries(
-    {"target": st.fixed_dictionaries(
-        {"gpu": st.sampled_from(["cpu", "H100", "h100:2", "A100-80GB", "L4:8"])},
-        optional={
-            "model": st.sampled_from(["org/model", "Qwen/Qwen2.5-0.5B-Instruct"]),
-            "packages": st.dictionaries(st.sampled_from(["torch", "vllm", "triton"]), st.sampled_from(["2.9.0", "0.33.0"])),
-            "engine": st.dictionaries(st.sampled_from(["max_model_len", "dtype", "compilation_config"]),
-                                      st.one_of(st.integers(1, 10**6), st.sampled_from(["auto", "bfloat16"]), st.just({"level": 3}))),
-            "env": st.dictionaries(st.sampled_from(["VLLM_USE_V1", "TORCH_CUDA_ARCH_LIST"]), st.sampled_from(["1", "9.0"])),
-            "python": st.just("3.12.7"), "driver": st.just("580.95.05"), "image": st.just("v3"), "cuda": st.just("12.8"),
-            "warmup": st.just(["modal", "run", "app.py::warm"]),
-        },
-    )}
-).filter(lambda d: not (d["target"]["gpu"] == "cpu" and "driver" in d["target"]))  # fmt: skip
+    {
+        "target": st.fixed_dictionaries(
+            {"gpu": st.sampled_from(["cpu", "H100", "h100:2", "A100-80GB", "L4:8"])},
+            optional={
+                "model": st.sampled_from(["org/model", "Qwen/Qwen2.5-0.5B-Instruct"]),
+                "packages": st.dictionaries(
+                    st.sampled_from(["torch", "vllm", "triton"]), st.sampled_from(["2.9.0", "0.33.0"])
+                ),
+                "engine": st.dictionaries(
+                    st.sampled_from(["max_model_len", "dtype", "compilation_config"]),
+                    st.one_of(st.integers(1, 10**6), st.sampled_from(["auto", "bfloat16"]), st.just({"level": 3})),
+                ),
+                "env": st.dictionaries(
+                    st.sampled_from(["VLLM_USE_V1", "TORCH_CUDA_ARCH_LIST"]), st.sampled_from(["1", "9.0"])
+                ),
+                "python": st.just("3.12.7"),
+                "driver": st.just("580.95.05"),
+                "image": st.just("v3"),
+                "cuda": st.just("12.8"),
+                "warmup": st.just(["modal", "run", "app.py::warm"]),
+            },
+        )
+    }
+).filter(lambda d: not (d["target"]["gpu"] == "cpu" and "driver" in d["target"]))
 
 STRING_SETTINGS = ["gpu", "model", "revision", "python", "cuda", "driver", "image"]
 TABLE_SETTINGS = ["packages", "engine", "env"]
-wrong_scalars = st.one_of(st.integers(), st.booleans(), st.floats(allow_nan=False), st.lists(st.integers(), max_size=2),
-                          st.just({"a": 1}), st.sampled_from(["", "   "]))  # fmt: skip
+wrong_scalars = st.one_of(
+    st.integers(),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=2),
+    st.just({"a": 1}),
+    st.sampled_from(["", "   "]),
+)
 odd_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 
 
@@ -290,37 +366,62 @@ def _mutations(document: dict) -> st.SearchStrategy:
 
     choices = [
         st.tuples(st.sampled_from(STRING_SETTINGS), wrong_scalars).map(lambda c: put("target", *c)),
-        st.tuples(st.sampled_from(TABLE_SETTINGS + ["layers"]), st.one_of(st.integers(), st.just("x"), st.just([1]))).map(
-            lambda c: put("target", *c)),
-        st.from_regex(r"[a-z_]{1,12}", fullmatch=True).filter(lambda n: n not in target and n not in STRING_SETTINGS + TABLE_SETTINGS + ["layers", "warmup"]).map(
-            lambda name: put("target", name, "x")),
-        st.from_regex(r"[a-z_]{1,12}", fullmatch=True).filter(lambda n: n not in ("target", "roots", "layers")).map(lambda name: put("top", name, 1)),
+        st.tuples(
+            st.sampled_from([*TABLE_SETTINGS, "layers"]), st.one_of(st.integers(), st.just("x"), st.just([1]))
+        ).map(lambda c: put("target", *c)),
+        st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
+        .filter(lambda n: n not in target and n not in STRING_SETTINGS + TABLE_SETTINGS + ["layers", "warmup"])
+        .map(lambda name: put("target", name, "x")),
+        st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
+        .filter(lambda n: n not in ("target", "roots", "layers"))
+        .map(lambda name: put("top", name, 1)),
         odd_text.filter(lambda t: not _is_gpu(t)).map(lambda t: put("target", "gpu", t)),
         st.just(drop("gpu")),
         st.sampled_from(["H100:0", "cpu:1", "H100:-1", "H100:two"]).map(lambda t: put("target", "gpu", t)),
         odd_text.filter(lambda t: not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", t)).map(
-            lambda t: put("target", "model", t)),
-        odd_text.filter(lambda t: t not in ("torch", "triton", "vllm", "flashinfer")).map(lambda t: put("target", "packages", {t: "1"})),
+            lambda t: put("target", "model", t)
+        ),
+        odd_text.filter(lambda t: t not in ("torch", "triton", "vllm", "flashinfer")).map(
+            lambda t: put("target", "packages", {t: "1"})
+        ),
         st.sampled_from([math.nan, math.inf, -math.inf]).map(lambda v: put("target", "engine", {"max_model_len": v})),
         st.just(put("target", "engine", {"when": "DATETIME"})),
         st.just(put("target", "engine", {"a": {"b": 1}, "a.b": 2})),  # one argument, twice
         st.just(put("target", "gpu", "cpu")).map(lambda d: {**d, "target": {**d["target"], "driver": "580.95.05"}}),
         st.one_of(st.booleans(), st.just({"a": 1}), st.floats()).map(lambda v: put("target", "env", {"VLLM_X": v})),
         st.just(put("target", "layers", ["weights"]) if "model" not in target else drop("gpu")),
-        odd_text.filter(lambda t: t not in ("weights", "compile", "snapshot")).map(lambda t: put("target", "layers", [t])),
-        st.sampled_from([{"x": {"facts": [1]}}, {"x": {"facts": []}}, {"X": {"facts": ["python"]}}, {"x": {"facts": ["python"], "env": ["A=B"]}},
-                         {"x": {"facts": ["python"], "colour": "red"}}, {"compile": {"facts": ["python"]}}]).map(
-            lambda layers: put("top", "layers", layers)),
-        st.sampled_from([{"compile": 3}, {"compile": ""}, {"compile": "a\0b"}, {"nosuchlayer": "/tmp"}, {"compile": "cachekeeper.toml"}]).map(
-            lambda roots: put("top", "roots", roots)),
-        st.sampled_from(["", "  ", [], ["", "x"], [1], "\"unterminated"]).map(lambda w: put("target", "warmup", w)),
-    ]  # fmt: skip
+        odd_text.filter(lambda t: t not in ("weights", "compile", "snapshot")).map(
+            lambda t: put("target", "layers", [t])
+        ),
+        st.sampled_from(
+            [
+                {"x": {"facts": [1]}},
+                {"x": {"facts": []}},
+                {"X": {"facts": ["python"]}},
+                {"x": {"facts": ["python"], "env": ["A=B"]}},
+                {"x": {"facts": ["python"], "colour": "red"}},
+                {"compile": {"facts": ["python"]}},
+            ]
+        ).map(lambda layers: put("top", "layers", layers)),
+        st.sampled_from(
+            [
+                {"compile": 3},
+                {"compile": ""},
+                {"compile": "a\0b"},
+                {"nosuchlayer": "/tmp"},
+                {"compile": "cachekeeper.toml"},
+            ]
+        ).map(lambda roots: put("top", "roots", roots)),
+        st.sampled_from(["", "  ", [], ["", "x"], [1], '"unterminated']).map(lambda w: put("target", "warmup", w)),
+    ]
     return st.one_of(choices)
 
 
 def toml(document: dict) -> str:
     """A TOML text for ``document``: tables as [headers], everything else inline."""
-    lines = [f"{_toml_key(name)} = {_toml_value(value)}" for name, value in document.items() if not isinstance(value, dict)]
+    lines = [
+        f"{_toml_key(name)} = {_toml_value(value)}" for name, value in document.items() if not isinstance(value, dict)
+    ]
     for name, value in document.items():
         if isinstance(value, dict):
             lines.append(f"[{_toml_key(name)}]")
@@ -346,14 +447,29 @@ def _toml_value(value) -> str:
     return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
 
 
-BREAKERS = ["[target\n", 'gpu = "cpu"\n', "= 1\n", 'x = "unterminated\n', "[target]\n", "\x00\n", "a = 1\na = 2\n", "[[target]]\n"]
+BREAKERS = [
+    "[target\n",
+    'gpu = "cpu"\n',
+    "= 1\n",
+    'x = "unterminated\n',
+    "[target]\n",
+    "\x00\n",
+    "a = 1\na = 2\n",
+    "[[target]]\n",
+]
 broken_texts = st.one_of(
     st.tuples(valid_targets.map(_with_model).map(toml), st.sampled_from(BREAKERS), st.integers(0, 20)).map(
         lambda c: "\n".join(c[0].split("\n")[: c[2]]) + "\n" + c[1] + "\n".join(c[0].split("\n")[c[2] :])
     ),
     st.binary(max_size=40).map(lambda b: b"\xff" + b),  # not UTF-8
-)  # fmt: skip
-TARGET_COMMANDS = [("check",), ("fingerprint",), ("snapshot-tag",), ("prune", "--older-than", "1d"), ("run", "--", "true")]
+)
+TARGET_COMMANDS = [
+    ("check",),
+    ("fingerprint",),
+    ("snapshot-tag",),
+    ("prune", "--older-than", "1d"),
+    ("run", "--", "true"),
+]
 
 
 def _valid_toml(text: str | bytes) -> bool:

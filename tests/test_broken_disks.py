@@ -27,10 +27,9 @@ import pytest
 import cachekeeper
 from cachekeeper import uses
 from cachekeeper.manifest import Manifest, default_url
-from cachekeeper.store import DELETING
-from cachekeeper.prune import execute_prune, plan_prune
+from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
 from cachekeeper.runtime import BUILD, HIT
-from cachekeeper.store import Root, Roots, read_sidecar
+from cachekeeper.store import DELETING, Root, Roots, read_sidecar
 from cachekeeper.verify import verify
 
 from .adversary import at_lines, invoke, read_only, small_disk, snapshot
@@ -76,11 +75,19 @@ def test_a_read_only_root_answers_check_and_ls_and_refuses_every_write_in_one_li
         assert [(f["kind"], f["key"]) for f in verified["findings"]] == [("unindexed", unsynced)]
         for command in ("stats", "weights", ("inspect", warm)):
             assert invoke("--root", str(root), *([command] if isinstance(command, str) else command)).code == 0
-        for command in (["sync"], ["prune", "--older-than", "0s", "--yes"], ["pin", warm], ["doctor"], ["run", "--", "true"]):
+        for command in (
+            ["sync"],
+            ["prune", "--older-than", "0s", "--yes"],
+            ["pin", warm],
+            ["doctor"],
+            ["run", "--", "true"],
+        ):
             outcome = invoke("--root", str(root), *command)
             assert outcome.code == 1, (command, outcome)
             outcome.assert_one_line_error()
-            assert str(root) in outcome.err and ("read-only" in outcome.err.lower() or "readonly" in outcome.err), outcome.err
+            assert str(root) in outcome.err and ("read-only" in outcome.err.lower() or "readonly" in outcome.err), (
+                outcome.err
+            )
         with pytest.raises(OSError) as refused:
             boot(root)
         assert refused.value.errno in (errno.EROFS, errno.EACCES) and str(root) in str(refused.value.filename)
@@ -169,7 +176,7 @@ def _template(directory: Path, count: int, *, hub: bool = False) -> tuple[Path, 
 def _prune(root: Path, manifest: Manifest):
     """Everything unused goes (as with --older-than 0s)."""
     roots = Roots.at(root)
-    return execute_prune(plan_prune(manifest, roots=roots, older_than=0), manifest, roots)
+    return execute_prune(plan_prune(manifest, roots, PrunePolicy.of(older_than=0)), manifest, roots)
 
 
 def _trace(template: Path, tmp_path: Path) -> list[str]:
@@ -226,7 +233,7 @@ def test_files_deleted_by_another_process_at_any_moment_of_a_prune_are_no_error(
 
 
 def _use_file(root: Path, key: str, owner_pid: int) -> Path:
-    path = uses.uses_dir(Root(root), "compile", key) / f"{socket.gethostname()}-{owner_pid}.json"
+    path = Root(root).uses_dir("compile", key) / f"{socket.gethostname()}-{owner_pid}.json"
     return path
 
 
@@ -258,7 +265,12 @@ def test_a_boot_that_registers_at_any_moment_of_a_prune_either_keeps_its_files_o
     # Every line of the removal itself and of what it calls to unpublish, look for uses and put
     # back; moments spread over the rest of it.
     window = range(removal[0], removal[-1] + 1)
-    close = {i for i in window if lines[i - 1].split(":")[1] in ("_remove_batch", "unpublish", "users", "publish", "_publish_sidecar")}
+    close = {
+        i
+        for i in window
+        if lines[i - 1].split(":")[1]
+        in ("_remove_batch", "unpublish", "users", "publish", "_write_sidecar", "write_atomically")
+    }
     points = sorted(close | set(window[:: max(1, len(window) // 20)]))
     print(f"{len(points)} moments out of {len(window)} lines")
     outcomes = set()
@@ -389,7 +401,11 @@ def test_a_prune_at_any_moment_of_a_boot_never_removes_what_the_boot_hits(tmp_pa
         lines.clear()
         assert traced(probe, {}, lines) == HIT
         uses.release_all()
-    claim = [i + 1 for i, line in enumerate(lines) if line.split(":")[1] in ("_claim", "_look", "register", "add", "read_sidecar")]
+    claim = [
+        i + 1
+        for i, line in enumerate(lines)
+        if line.split(":")[1] in ("claim", "_look", "register", "add", "read_sidecar")
+    ]
     points = sorted(set(claim) | set(_points(lines, 12)))
     print(f"{len(points)} moments out of {len(lines)} lines")
     outcomes = set()

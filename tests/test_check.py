@@ -11,10 +11,10 @@ from cachekeeper import facts as f
 from cachekeeper.check import Status, check
 from cachekeeper.facts import Source
 from cachekeeper.leases import leases_for
-from cachekeeper.store import Root, Roots
+from cachekeeper.store import Root
 from cachekeeper.target import load_target
 
-from .helpers import make_hf_model
+from .helpers import folded, make_hf_model
 
 TORCH = importlib.metadata.version("torch")
 
@@ -26,7 +26,7 @@ def cpu_target(tmp_path, extra: str = "", packages: str = "") -> cachekeeper.Tar
 
 
 def test_before_any_boot_the_key_is_cold_and_unverified(tmp_path, root, manifest):
-    report = check(cpu_target(tmp_path), Roots.at(root), manifest)
+    report = check(cpu_target(tmp_path), folded(root, manifest))
     [layer] = report.layers
     assert (layer.layer, layer.status) == ("compile", Status.COLD)
     assert not report.ready and report.observation is None
@@ -37,7 +37,7 @@ def test_after_a_boot_the_target_inherits_what_was_observed_and_is_warm(tmp_path
     target = cpu_target(tmp_path)
     with cachekeeper.activate(root, target=target) as ck:
         pass
-    report = check(target, Roots.at(root), manifest)
+    report = check(target, folded(root, manifest))
     assert report.ready and report.unverified == ()
     assert str(report.layers[0].key) == str(ck.keys["compile"])
     assert report.facts["python"].source is Source.INHERITED
@@ -48,7 +48,7 @@ def test_after_a_boot_the_target_inherits_what_was_observed_and_is_warm(tmp_path
 def test_a_newer_vllm_makes_the_layer_stale_and_says_why(tmp_path, root, manifest):
     with cachekeeper.activate(root, target=cpu_target(tmp_path)):
         pass
-    report = check(cpu_target(tmp_path, packages='vllm = "0.34.0"'), Roots.at(root), manifest)
+    report = check(cpu_target(tmp_path, packages='vllm = "0.34.0"'), folded(root, manifest))
     [layer] = report.layers
     assert layer.status is Status.STALE and not report.ready
     assert [(c.name, c.old, c.new) for c in layer.changes] == [("vllm", f.NONE, "0.34.0")]
@@ -59,10 +59,10 @@ def test_a_key_being_built_is_building(tmp_path, root, manifest):
     target = cpu_target(tmp_path)
     with cachekeeper.activate(root, target=target) as ck:
         ck.discard()
-    check(target, Roots.at(root), manifest)  # folds the observation so the key is the same
+    check(target, folded(root, manifest))  # folds the observation so the key is the same
     lease = leases_for(Root(root), manifest).acquire("compile", str(ck.keys["compile"]))
     try:
-        assert check(target, Roots.at(root), manifest).layers[0].status is Status.BUILDING
+        assert check(target, folded(root, manifest)).layers[0].status is Status.BUILDING
     finally:
         lease.release()
 
@@ -70,14 +70,14 @@ def test_a_key_being_built_is_building(tmp_path, root, manifest):
 def test_weights_are_checked_by_resolved_sha(tmp_path, root, manifest):
     sha = make_hf_model(root / "weights", "org/model", {"config.json": b"{}"})
     target = cpu_target(tmp_path, extra='model = "org/model"\nlayers = ["weights"]')
-    assert check(target, Roots.at(root), manifest).layers[0].status is Status.COLD
+    assert check(target, folded(root, manifest)).layers[0].status is Status.COLD
     with cachekeeper.activate(root, target=target):
         pass
-    report = check(target, Roots.at(root), manifest)
+    report = check(target, folded(root, manifest))
     assert report.ready and report.facts["model.revision"].value == sha
     assert report.facts["model.revision"].source is Source.RESOLVED
     newer = make_hf_model(root / "weights", "org/model", {"config.json": b'{"v": 2}'}, sha="e" * 40)
-    stale = check(target, Roots.at(root), manifest).layers[0]
+    stale = check(target, folded(root, manifest)).layers[0]
     assert stale.status is Status.STALE
     assert [(c.name, c.old, c.new) for c in stale.changes] == [("model.revision", sha, newer)]
 
@@ -85,7 +85,7 @@ def test_weights_are_checked_by_resolved_sha(tmp_path, root, manifest):
 def test_a_gpu_target_without_observations_is_cold_with_what_is_missing(tmp_path, root, manifest):
     path = tmp_path / "cachekeeper.toml"
     path.write_text('[target]\ngpu = "H100"\n[target.packages]\nvllm = "0.33.0"\n')
-    report = check(load_target(path), Roots.at(root), manifest)
+    report = check(load_target(path), folded(root, manifest))
     assert report.layers[0].status is Status.COLD
     assert {"gpu.name", "driver.branch"} <= set(report.unverified)
     assert str(report.layers[0].key).startswith("compile-sm90-vllm0.33.0-")
@@ -93,5 +93,5 @@ def test_a_gpu_target_without_observations_is_cold_with_what_is_missing(tmp_path
 
 @pytest.mark.parametrize("layers", ['["snapshot"]', '["compile", "snapshot"]'])
 def test_snapshot_layers_are_checked_when_asked_for(tmp_path, root, manifest, layers):
-    report = check(cpu_target(tmp_path, extra=f"layers = {layers}"), Roots.at(root), manifest)
+    report = check(cpu_target(tmp_path, extra=f"layers = {layers}"), folded(root, manifest))
     assert [layer.layer for layer in report.layers][-1] == "snapshot"

@@ -51,7 +51,12 @@ def test_run_publishes_only_on_success_and_passes_the_exit_code_on(project, root
     assert summary["published"] and summary["layers"][0]["status"] == "build"
     [artifact] = json.loads(cli(project, root, "ls", "--json").stdout)["artifacts"]
     assert artifact["key"] == summary["layers"][0]["key"]
-    assert (artifact["layer"], artifact["status"], artifact["bytes"], artifact["files"]) == ("compile", "published", 7, 1)
+    assert (artifact["layer"], artifact["status"], artifact["bytes"], artifact["files"]) == (
+        "compile",
+        "published",
+        7,
+        1,
+    )
     again = cli(project, root, "run", "--json", "--", sys.executable, "-c", "pass")
     assert json.loads(again.stdout.strip().splitlines()[-1])["layers"][0]["status"] == "hit"
 
@@ -61,7 +66,9 @@ def test_check_exits_by_readiness_and_explains_staleness(project, root):
     cold = cli(project, root, "check", "--json")
     assert cold.returncode == 1
     data = json.loads(cold.stdout)
-    assert data["ready"] is False and [(l["layer"], l["status"]) for l in data["layers"]] == [("compile", "cold")]
+    assert data["ready"] is False and [(layer["layer"], layer["status"]) for layer in data["layers"]] == [
+        ("compile", "cold")
+    ]
     assert cli(project, root, "run", "--", sys.executable, "-c", "pass").returncode == 0
     warm = cli(project, root, "check", "--json")
     assert warm.returncode == 0 and json.loads(warm.stdout)["layers"][0]["status"] == "warm"
@@ -137,7 +144,12 @@ def populated(tmp_path_factory) -> Path:
     (project / "malformed.toml").write_text("[target\n")
     (project / "unknown-gpu.toml").write_text('[target]\ngpu = "H101"\n')
     env = {"HF_HUB_OFFLINE": "1"}
-    assert run_cli("--root", str(project / "root"), "run", "--", sys.executable, "-c", "pass", cwd=project, env=env).returncode == 0
+    assert (
+        run_cli(
+            "--root", str(project / "root"), "run", "--", sys.executable, "-c", "pass", cwd=project, env=env
+        ).returncode
+        == 0
+    )
     run_cli("--root", str(project / "root"), "ls", cwd=project, env=env)
     return project
 
@@ -158,7 +170,10 @@ def test_bad_input_exits_2_with_one_line_and_deletes_nothing(populated, tmp_path
 
 def test_a_usage_error_message_says_where_to_look(project, root):
     result = cli(project, root, "prune", "--older-than", "7x")
-    assert result.stderr.strip() == "error: invalid duration '7x': use a number and a unit s, m, h, d or w, such as 90m, 12h, 7d"
+    assert (
+        result.stderr.strip()
+        == "error: invalid duration '7x': use a number and a unit s, m, h, d or w, such as 90m, 12h, 7d"
+    )
 
 
 def test_help_reads_well(project, root):
@@ -170,7 +185,7 @@ def test_help_reads_well(project, root):
 
 
 def test_json_output_is_one_sorted_line_when_piped_and_keeps_integers_beyond_64_bits(capsys):
-    from cachekeeper.cli.output import print_json
+    from cachekeeper.cli.render import print_json
 
     print_json({"b": [1, 2], "a": {"path": Path("/cache")}})
     print_json({"engine.seed": 2**70})

@@ -61,7 +61,10 @@ def project(tmp_path: Path, root: Path, cli) -> Path:
     """Two compile artifacts built by real runs (widths 8 and 16), the first hit once more."""
     for width, size in ((8, 7), (16, 30), (8, 7)):
         t = target(tmp_path / f"w{width}.toml", width)
-        assert cli(tmp_path, root, "run", "--target", str(t), "--", sys.executable, "-c", WRITE.format(n=size)).returncode == 0
+        assert (
+            cli(tmp_path, root, "run", "--target", str(t), "--", sys.executable, "-c", WRITE.format(n=size)).returncode
+            == 0
+        )
     uses.release_all()  # the runs were in this process, which is not serving anything
     return tmp_path
 
@@ -91,7 +94,9 @@ def test_verify_exits_1_on_damage_and_0_on_growth(project, root, cli, cli_json):
     (Path(artifact["path"]) / "inductor" / "later").write_text("a batch size compiled later")
     grown = cli_json(project, root, "verify")
     assert grown["ok"] and [f["kind"] for f in grown["findings"]] == ["growth"]
-    (Path(artifact["path"]) / "inductor" / "k").write_text("y" * len((Path(artifact["path"]) / "inductor" / "k").read_text()))
+    (Path(artifact["path"]) / "inductor" / "k").write_text(
+        "y" * len((Path(artifact["path"]) / "inductor" / "k").read_text())
+    )
     damaged = cli_json(project, root, "verify", code=1)
     assert [(f["kind"], f["key"], f["files"]) for f in damaged["findings"] if f["problem"]] == [
         ("corrupt", artifact["key"], ["inductor/k"])

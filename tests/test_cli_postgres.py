@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from cachekeeper import journal
 from cachekeeper.cli import main
 from cachekeeper.manifest import Manifest
+from cachekeeper.records import Kind, Record
 from cachekeeper.store import Root, Roots, publish, unpublish
 from cachekeeper.sync import sync
 
@@ -89,11 +90,11 @@ def test_a_wrong_password_from_the_environment_is_one_line_and_exit_2(project, r
 def test_moving_from_sqlite_to_postgresql_as_the_readme_says(project, root, sqlite_url, postgresql_url):
     sqlite = Manifest.open(sqlite_url)
     writer = journal.Journal(Root(root))
-    writer.append(journal.OBSERVED, facts=facts().to_json(), host="h:1")
+    writer.append(Record.new(Kind.OBSERVED, facts=facts(), host="h:1"))
     for key in ("compile-a-00000000000000aa", "compile-b-00000000000000bb"):
         publish(Root(root), artifact(key))
-        writer.append(journal.PUBLISHED, layer="compile", key=key, model="org/m", seconds=3.0)
-    writer.append(journal.HIT, layer="compile", key="compile-a-00000000000000aa", seconds=0.1)
+        writer.append(Record.new(Kind.PUBLISHED, layer="compile", key=key, model="org/m", seconds=3.0))
+    writer.append(Record.new(Kind.HIT, layer="compile", key="compile-a-00000000000000aa", seconds=0.1))
     writer.close()
     sync(sqlite, Roots.at(root))
     unpublish(Root(root), "compile", "compile-b-00000000000000bb")  # pruned since: gone for good

@@ -13,9 +13,9 @@ import uuid
 import pytest
 from sqlalchemy import func, select, text
 
-from cachekeeper.manifest import Manifest, _lock_id
-from cachekeeper.store import DELETING
-from cachekeeper.store import Root, publish, read_sidecar, unpublish
+from cachekeeper.manifest import Manifest
+from cachekeeper.manifest.migration import lock_id
+from cachekeeper.store import DELETING, Root, publish, read_sidecar, unpublish
 
 from .helpers import artifact, facts
 from .workers import Workers, run_workers
@@ -53,7 +53,7 @@ def test_processes_folding_the_same_journals_at_once_apply_each_record_once(db_u
     ] + [
         {"uid": uuid.uuid4().hex, "kind": "hit", "at": now + n, "host": "h:1", "key": keys[n % 30], "layer": "compile"}
         for n in range(300)
-    ]  # fmt: skip
+    ]
 
     def batches(seed: int) -> list[dict]:
         """Every record, in an order and grouping of this process's own; the artifacts come first,
@@ -61,10 +61,13 @@ def test_processes_folding_the_same_journals_at_once_apply_each_record_once(db_u
         shuffled = random.Random(seed).sample(records, len(records))
         artifacts = random.Random(seed).sample(keys, len(keys))
         return [
-            {"records": shuffled[start : start + 40], "artifacts": artifacts if start == 0 else [],
-             "cursors": {"journal-a": [start, False], "journal-b": [len(records) - start, start > 200]}}
+            {
+                "records": shuffled[start : start + 40],
+                "artifacts": artifacts if start == 0 else [],
+                "cursors": {"journal-a": [start, False], "journal-b": [len(records) - start, start > 200]},
+            }
             for start in range(0, len(records), 40)
-        ]  # fmt: skip
+        ]
 
     applied = run_workers("fold", db_url, [{"batches": batches(seed)} for seed in range(4)])
     assert sum(records_applied for records_applied, _ in applied) == len(records)
@@ -134,7 +137,7 @@ def test_a_prune_killed_while_it_holds_a_claim_frees_it_with_its_process(postgre
     # The server ends a dead client's session when its socket closes: wait for that lock to go.
     with manifest.engine.connect() as connection:
         connection.execute(text("set statement_timeout = '60s'"))
-        connection.execute(select(func.pg_advisory_lock(_lock_id(f"remove {record.key}"))))
-        connection.execute(select(func.pg_advisory_unlock(_lock_id(f"remove {record.key}"))))
+        connection.execute(select(func.pg_advisory_lock(lock_id(f"remove {record.key}"))))
+        connection.execute(select(func.pg_advisory_unlock(lock_id(f"remove {record.key}"))))
     with manifest.claim_removals([record.key]) as claimed:
         assert claimed == {record.key} and manifest.keys_in_state(DELETING) == [("compile", record.key)]

@@ -22,14 +22,14 @@ import cachekeeper
 from cachekeeper import journal
 from cachekeeper.check import Status, check
 from cachekeeper.manifest import Manifest, default_url
-from cachekeeper.store import DELETING
-from cachekeeper.prune import execute_prune, plan_prune
+from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
+from cachekeeper.records import Kind, Record
 from cachekeeper.runtime import BUILD, HIT
-from cachekeeper.store import Root, Roots, iter_sidecars, publish, read_sidecar
+from cachekeeper.store import DELETING, Root, Roots, iter_sidecars, publish, read_sidecar
 from cachekeeper.sync import sync
 from cachekeeper.target import load_target
 
-from .helpers import DAY, REPO_ROOT, artifact, put
+from .helpers import DAY, REPO_ROOT, artifact, folded, put
 
 # Each sweep runs its operation a few dozen times: 4 to 7 s apiece.
 pytestmark = pytest.mark.slow
@@ -69,12 +69,12 @@ PRUNE = textwrap.dedent(
     import sys
     from pathlib import Path
     from cachekeeper.manifest import Manifest, default_url
-    from cachekeeper.prune import execute_prune, plan_prune
+    from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
     from cachekeeper.store import Roots
 
     roots = Roots.at(Path(sys.argv[1]))
     manifest = Manifest.open(default_url(roots))
-    execute_prune(plan_prune(manifest, roots=roots, older_than=86400), manifest, roots)
+    execute_prune(plan_prune(manifest, roots, PrunePolicy.of(older_than=86400)), manifest, roots)
     """
 )
 
@@ -112,7 +112,7 @@ def _kill_runs(tmp_path: Path, script: Path, template: Path, points: list[int], 
         return done.returncode
 
     with ThreadPoolExecutor(4) as pool:
-        codes = list(pool.map(run, zip(points, roots)))
+        codes = list(pool.map(run, zip(points, roots, strict=False)))
     assert codes == [-9] * len(points)  # every run died where it was told to
     return roots
 
@@ -136,7 +136,7 @@ def test_a_builder_killed_anywhere_leaves_nothing_trusted_and_the_next_boot_reco
     sync(Manifest.open(default_url(Roots.at(template))), Roots.at(template))
 
     trace = _trace(tmp_path, boot, template)
-    claim = next(i for i, line in enumerate(trace) if line.split(":")[-2] == "_claim")
+    claim = next(i for i, line in enumerate(trace) if line.split(":")[-2] == "claim")
     points = _spread(trace, claim, 16, also=("publish",))
     print(f"{len(points)} kill points")
     locations = {trace[p - 1].rsplit(":", 2)[0] + ":" + trace[p - 1].rsplit(":", 1)[1] for p in points}
@@ -144,10 +144,10 @@ def test_a_builder_killed_anywhere_leaves_nothing_trusted_and_the_next_boot_reco
     killed = _kill_runs(tmp_path, boot, template, points)
 
     outcomes = set()
-    for point, root in zip(points, killed):
+    for point, root in zip(points, killed, strict=False):
         roots = Roots.at(root)
         manifest = Manifest.open(default_url(roots))
-        [report] = check(load_target(target), roots, manifest).layers
+        [report] = check(load_target(target), folded(root, manifest)).layers
         key = str(report.key)
         published = read_sidecar(Root(root), "compile", key)
         artifact_dir = root / "compile" / key
@@ -183,13 +183,13 @@ def test_a_sync_killed_anywhere_is_finished_by_the_next_with_nothing_lost_or_dou
     trace = _trace(tmp_path, script, template, PRELOAD)
     start = next(i for i, line in enumerate(trace) if line.split(":")[-2] == "sync")
     points = _spread(trace, start, 8)
-    for point, root in zip(points, _kill_runs(tmp_path, script, template, points, PRELOAD)):
+    for point, root in zip(points, _kill_runs(tmp_path, script, template, points, PRELOAD), strict=False):
         manifest = Manifest.open(default_url(Roots.at(root)))
         sync(manifest, Roots.at(root))
         assert sync(manifest, Roots.at(root)).records == 0
         assert {a.key for a in manifest.artifacts()} == published, point
-        assert manifest.count_events(journal.PUBLISHED) == 3 and manifest.count_events(journal.OBSERVED) == 3, point
-        assert manifest.count_events(journal.PUBLISHING) == 0, point
+        assert manifest.count_events(Kind.PUBLISHED) == 3 and manifest.count_events(Kind.OBSERVED) == 3, point
+        assert manifest.count_events(Kind.PUBLISHING) == 0, point
 
 
 def _published_keys(root: Path) -> list[str]:
@@ -205,7 +205,7 @@ def test_a_prune_killed_anywhere_never_lies_and_never_removes_a_rebuild(tmp_path
     trace = _trace(tmp_path, script, template, PRELOAD)
     start = next(i for i, line in enumerate(trace) if line.split(":")[-2] == "execute_prune")
     points = _spread(trace, start, 10)
-    for point, root in zip(points, _kill_runs(tmp_path, script, template, points, PRELOAD)):
+    for point, root in zip(points, _kill_runs(tmp_path, script, template, points, PRELOAD), strict=False):
         roots = Roots.at(root)
         manifest = Manifest.open(default_url(roots))
         rows = {a.key: a for a in manifest.artifacts(state=None)}
@@ -226,12 +226,12 @@ def test_a_prune_killed_anywhere_never_lies_and_never_removes_a_rebuild(tmp_path
                 (root / record.relpath).mkdir(parents=True)
                 (root / record.relpath / "data").write_bytes(b"new")
                 writer = journal.Journal(Root(root))
-                writer.append(journal.PUBLISHING, layer="compile", key=record.key, model="org/m", seconds=1.0)
+                writer.append(Record.new(Kind.PUBLISHING, layer="compile", key=record.key, model="org/m", seconds=1.0))
                 assert publish(Root(root), rebuilt)
                 writer.close()
                 break
         sync(manifest, roots)
-        execute_prune(plan_prune(manifest, roots=roots, older_than=DAY), manifest, roots)
+        execute_prune(plan_prune(manifest, roots, PrunePolicy.of(older_than=DAY)), manifest, roots)
         survivors = {a.key for a in manifest.artifacts(state=None)}
         if rebuilt is None:
             assert survivors == set(), point

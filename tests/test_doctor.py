@@ -10,9 +10,9 @@ from cachekeeper import uses
 from cachekeeper.doctor import CREATED, HEALTHY, REPLACED, doctor
 from cachekeeper.errors import SchemaTooNew
 from cachekeeper.manifest import Manifest
-from cachekeeper.store import DELETING
-from cachekeeper.prune import execute_prune, plan_prune, set_pinned
-from cachekeeper.store import Root, Roots
+from cachekeeper.pins import set_pinned
+from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
+from cachekeeper.store import DELETING, Root, Roots
 from cachekeeper.sync import sync
 
 from .helpers import tree
@@ -45,7 +45,7 @@ def test_a_deleted_manifest_is_rebuilt_as_it_was(root, sqlite_manifest):
     roots = Roots.at(root)
     sync(manifest, roots)
     set_pinned(manifest, roots, kept, pinned=True)
-    execute_prune(plan_prune(manifest, roots=roots, keys=[gone]), manifest, roots)
+    execute_prune(plan_prune(manifest, roots, PrunePolicy.of(keys=[gone])), manifest, roots)
     before, files = snapshot(manifest), tree(root)
     manifest.engine.dispose()
     (root / ".cachekeeper" / "manifest.db").unlink()

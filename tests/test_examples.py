@@ -72,7 +72,7 @@ def test_the_vllm_app_boots_cold_then_warm_and_its_check_says_so(modal_roots, mo
     assert isinstance(app.app, modal.App) and isinstance(app.Server, modal.Cls)
     assert app.Server().cache_hits.local() == {"weights": False, "compile": False}
     assert all(volume.calls[0] == "reload" and volume.calls[-1] == "commit" for volume in volumes)
-    weights, compiled = modal_roots
+    _weights, compiled = modal_roots
     [key] = [p.name for p in (compiled / "compile").iterdir()]
     assert read_sidecar(Root(compiled), "compile", key) is not None
     assert any((compiled / "compile" / key / "inductor").rglob("*.py"))  # Inductor wrote under the key

@@ -8,8 +8,10 @@ import sys
 import pytest
 
 from cachekeeper import facts as f
+from cachekeeper import fingerprint
 from cachekeeper.errors import RevisionError, UsageError
-from cachekeeper.facts import Source, cuda_runtime_in, engine_facts, env_facts, is_relevant_env, observe
+from cachekeeper.facts import Source, engine_facts, env_facts, is_relevant_env
+from cachekeeper.fingerprint import cuda_runtime_in, observe
 from cachekeeper.gpus import modal_gpu_type, parse_gpu
 
 from .helpers import make_hf_model
@@ -105,13 +107,13 @@ def test_engine_arguments_that_are_not_plain_values_are_refused():
 
 
 def test_a_sha_revision_is_taken_as_declared(tmp_path):
-    fact = f.resolve_revision("org/model", "c" * 40, tmp_path, {"HF_HUB_OFFLINE": "1"})
+    fact = fingerprint.resolve_revision("org/model", "c" * 40, tmp_path, {"HF_HUB_OFFLINE": "1"})
     assert (fact.value, fact.source) == ("c" * 40, Source.DECLARED)
 
 
 def test_a_branch_is_resolved_offline_from_a_real_hf_cache_layout(tmp_path):
     sha = make_hf_model(tmp_path, "org/model", {"config.json": b"{}", "model.safetensors": b"weights"})
-    fact = f.resolve_revision("org/model", "main", tmp_path, {"HF_HUB_OFFLINE": "1"})
+    fact = fingerprint.resolve_revision("org/model", "main", tmp_path, {"HF_HUB_OFFLINE": "1"})
     assert (fact.value, fact.source) == (sha, Source.RESOLVED)
     facts = observe(model="org/model", hf_cache=tmp_path)
     assert facts.value(f.MODEL_REVISION) == sha
@@ -123,12 +125,12 @@ def test_a_ref_whose_snapshot_is_gone_is_not_trusted(tmp_path):
 
     shutil.rmtree(tmp_path / "models--org--model" / "snapshots" / sha)
     with pytest.raises(RevisionError, match="pin a 40-character commit sha"):
-        f.resolve_revision("org/model", "main", tmp_path, {"HF_HUB_OFFLINE": "1"})
+        fingerprint.resolve_revision("org/model", "main", tmp_path, {"HF_HUB_OFFLINE": "1"})
 
 
 def test_an_unresolvable_revision_offline_says_what_to_do(tmp_path):
     with pytest.raises(RevisionError, match=r"cannot resolve revision 'v2' of org/model offline"):
-        f.resolve_revision("org/model", "v2", tmp_path, {"HF_HUB_OFFLINE": "1"})
+        fingerprint.resolve_revision("org/model", "v2", tmp_path, {"HF_HUB_OFFLINE": "1"})
 
 
 @pytest.mark.parametrize("model", ["not a repo", "/abs/path", "org/name/extra", ""])
@@ -191,7 +193,7 @@ def test_versions_read_from_dist_info_names_agree_with_importlib_metadata():
     import importlib.metadata
     import re
 
-    found = f._dist_info_versions()
+    found = fingerprint._dist_info_versions()
     names = {dist.metadata["Name"] for dist in importlib.metadata.distributions()}
     for name in names:  # the first on sys.path wins for both, as it does for imports
         assert found[re.sub(r"[-_.]+", "_", name).lower()] == importlib.metadata.version(name), name
@@ -201,5 +203,5 @@ def test_a_package_earlier_on_sys_path_wins(tmp_path, monkeypatch):
     (tmp_path / "flashinfer_python-0.7.2.post1.dist-info").mkdir()
     (tmp_path / "torch-9.0.0.dist-info").mkdir()
     monkeypatch.syspath_prepend(str(tmp_path))
-    versions = {fact.name: fact.value for fact in f.package_facts()}
+    versions = {fact.name: fact.value for fact in fingerprint.package_facts()}
     assert versions["flashinfer"] == "0.7.2.post1" and versions["torch"] == "9.0.0"

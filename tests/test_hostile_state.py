@@ -125,7 +125,9 @@ def _set_relpath(case: dict, key: str, layer: str, relpath: str) -> None:
     data = json.loads(sidecar.read_text())
     sidecar.write_text(json.dumps({**data, "relpath": relpath}))
     with _manifest(case["root"]).engine.begin() as connection:
-        connection.execute(text("update artifact set relpath = :relpath where key = :key"), {"relpath": relpath, "key": key})
+        connection.execute(
+            text("update artifact set relpath = :relpath where key = :key"), {"relpath": relpath, "key": key}
+        )
 
 
 def _age(case: dict, days: float = 30) -> None:
@@ -202,7 +204,9 @@ def test_a_layer_directory_that_is_a_link_is_never_followed(case):
     assert (case["outside"] / "layer" / case["older"] / "inductor" / "kernel").exists()
 
 
-@pytest.mark.parametrize("part", ["sidecars", "checksums", "journal", "uses", "leases", "sidecars/compile", "uses/compile"])
+@pytest.mark.parametrize(
+    "part", ["sidecars", "checksums", "journal", "uses", "leases", "sidecars/compile", "uses/compile"]
+)
 def test_a_state_directory_that_is_a_link_makes_every_command_refuse_the_root(case, part):
     state = case["root"] / ".cachekeeper"
     moved = case["outside"] / "state" / part
@@ -238,7 +242,9 @@ def test_a_damaged_manifest_is_named_by_every_command_and_rebuilt_by_doctor(case
         database.unlink()
         database.mkdir()
     else:
-        database.write_bytes({"zero bytes": b"", "garbage": os.urandom(8192), "truncated": content[: len(content) // 3]}[damage])
+        database.write_bytes(
+            {"zero bytes": b"", "garbage": os.urandom(8192), "truncated": content[: len(content) // 3]}[damage]
+        )
     results = run_everything(case, [("ls",), ("check",), ("prune", "--older-than", "0s", "--yes"), ("doctor",)])
     if damage in ("garbage", "truncated"):
         for name in ("ls", "check", "prune"):
@@ -252,7 +258,16 @@ def test_a_damaged_manifest_is_named_by_every_command_and_rebuilt_by_doctor(case
 
 @pytest.mark.parametrize(
     "damage",
-    ["{not json", "[1, 2]", "null", '{"format": 1}', "KEY:../../outside/x", "KEY:compile-a-0123456789abcdef", "NAN", "RELPATH:"],
+    [
+        "{not json",
+        "[1, 2]",
+        "null",
+        '{"format": 1}',
+        "KEY:../../outside/x",
+        "KEY:compile-a-0123456789abcdef",
+        "NAN",
+        "RELPATH:",
+    ],
 )
 def test_an_unreadable_sidecar_is_reported_and_never_trusted(case, damage):
     root, key = case["root"], case["current"]
@@ -276,13 +291,22 @@ def test_an_unreadable_sidecar_is_reported_and_never_trusted(case, damage):
 
 def test_a_journal_with_torn_garbage_and_wrongly_typed_records_is_folded_around_them(case):
     journal = case["root"] / ".cachekeeper" / "journal" / "hostile-1-abc.jsonl"
-    good = {"uid": "good-hit", "kind": "hit", "at": time.time(), "layer": "compile", "key": case["older"], "model": "none"}
+    good = {
+        "uid": "good-hit",
+        "kind": "hit",
+        "at": time.time(),
+        "layer": "compile",
+        "key": case["older"],
+        "model": "none",
+    }
     lines = [
         json.dumps(good),
         "not json at all",
         json.dumps({"uid": "a", "kind": "hit", "at": "yesterday", "key": case["older"]}),
         json.dumps({"uid": "b"}),
-        json.dumps({"uid": "c", "kind": "observed", "at": 1, "facts": {"gpu.type": {"value": {"a": 1}, "source": "observed"}}}),
+        json.dumps(
+            {"uid": "c", "kind": "observed", "at": 1, "facts": {"gpu.type": {"value": {"a": 1}, "source": "observed"}}}
+        ),
         json.dumps({"uid": "d", "kind": "observed", "at": 1, "facts": 5}),
         json.dumps({"uid": "e", "kind": "pinned", "at": 1, "key": ["list"]}),
         json.dumps({"uid": "f", "kind": "hit", "at": 10**30, "key": case["older"]}),
@@ -302,15 +326,19 @@ def test_a_journal_with_torn_garbage_and_wrongly_typed_records_is_folded_around_
 def test_a_damaged_checksum_record_is_a_finding_never_a_crash(case, damage):
     [checksums] = (case["root"] / ".cachekeeper" / "checksums" / "compile").glob(f"{case['current']}.*.json")
     data = json.loads(checksums.read_text())
-    checksums.write_text({
-        "garbage": "\x00\x01garbage",
-        "[1]": "[1]",
-        "LIST_FILES": json.dumps({**data, "files": [1, 2]}),
-        "ESCAPE": json.dumps({**data, "files": {"../../outside/precious": [17, "0" * 32]}}),
-    }[damage])  # fmt: skip
+    checksums.write_text(
+        {
+            "garbage": "\x00\x01garbage",
+            "[1]": "[1]",
+            "LIST_FILES": json.dumps({**data, "files": [1, 2]}),
+            "ESCAPE": json.dumps({**data, "files": {"../../outside/precious": [17, "0" * 32]}}),
+        }[damage]
+    )
     results = run_everything(case, [("verify",)])
     assert results["verify"].code == 1
-    assert findings(case)[case["current"]] == ["corrupt: its checksum record is missing or damaged: its files cannot be checked"]
+    assert findings(case)[case["current"]] == [
+        "corrupt: its checksum record is missing or damaged: its files cannot be checked"
+    ]
 
 
 @pytest.mark.parametrize("age", ["young", "old"])

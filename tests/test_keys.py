@@ -23,7 +23,7 @@ def _changed(value):
     if isinstance(value, int):
         return value + 1
     if isinstance(value, tuple):
-        return value + (8,)
+        return (*value, 8)
     return f"{value}-changed"
 
 

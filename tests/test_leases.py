@@ -20,9 +20,8 @@ from cachekeeper.leases import (
     LeaseInfo,
     ModalDictLeases,
     clean_file_leases,
-    process_gone,
-    this_process,
 )
+from cachekeeper.processes import process_gone, this_process
 from cachekeeper.store import Root
 
 from .modal_double import MemoryDict
@@ -140,8 +139,10 @@ _CHILD = textwrap.dedent(
 def _child(kind: str, where: str, ttl: float, start_at: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", _CHILD, kind, where, str(ttl), str(start_at)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _where(kind: str, root, db_url: str) -> str:

@@ -33,14 +33,18 @@ def test_32_processes_booting_checking_listing_and_pruning_lose_nothing_and_dele
     targets = []
     for variant in range(VARIANTS):
         target = tmp_path / f"variant-{variant}.toml"
-        target.write_text(f'[target]\ngpu = "cpu"\nlayers = ["compile", "snapshot"]\n[target.engine]\nvariant = {variant}\n')
+        target.write_text(
+            f'[target]\ngpu = "cpu"\nlayers = ["compile", "snapshot"]\n[target.engine]\nvariant = {variant}\n'
+        )
         targets.append(str(target))
     url = default_url(Roots.at(root))
     Manifest.open(url)  # the schema, once, before the crowd arrives
     started = time.monotonic()
-    booters = Workers("boot_loop", url, [
-        {"root": str(root), "seconds": SECONDS, "variants": VARIANTS, "seed": n} for n in range(BOOTERS)
-    ])  # fmt: skip
+    booters = Workers(
+        "boot_loop",
+        url,
+        [{"root": str(root), "seconds": SECONDS, "variants": VARIANTS, "seed": n} for n in range(BOOTERS)],
+    )
     commands = (
         [["check", "--target", targets[n % VARIANTS], "--json"] for n in range(CHECKERS)]
         + [["ls", "--json"]] * LISTERS
@@ -60,7 +64,9 @@ def test_32_processes_booting_checking_listing_and_pruning_lose_nothing_and_dele
     counts = {kind: sum(result["counts"][kind] for result in booted) for kind in ("hit", "build", "private")}
     prunes = sum(sum(result["codes"].values()) for result in ran[-PRUNERS:])
     removed = sum(result["removed"] for result in ran[-PRUNERS:])
-    print(f"{time.monotonic() - started:.1f} s: {counts} boots' layers, {prunes} prunes removing {removed}, {sum(sum(r['codes'].values()) for r in ran)} commands")
+    commands = sum(sum(r["codes"].values()) for r in ran)
+    elapsed = time.monotonic() - started
+    print(f"{elapsed:.1f} s: {counts} boots' layers, {prunes} prunes removing {removed}, {commands} commands")
     assert counts["hit"] > 0 and removed > 0 and counts["build"] > VARIANTS * 2  # prunes removed, boots rebuilt
 
     # Nothing lost: what is published is whole, and the manifest says exactly that.

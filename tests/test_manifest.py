@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-import cachekeeper.schema  # noqa: F401  (the tables, on SQLModel.metadata)
-
+import cachekeeper.manifest.tables  # noqa: F401  (the tables, on SQLModel.metadata)
 from cachekeeper.errors import ManifestError, ManifestUnreachable, SchemaTooNew
 from cachekeeper.facts import Facts, Source
-from cachekeeper.manifest import Manifest
+from cachekeeper.manifest import Manifest, migration
+from cachekeeper.records import Record
 
 from .helpers import artifact, facts
 
@@ -29,14 +29,16 @@ def test_the_migrated_schema_matches_the_models(manifest):
     from alembic.migration import MigrationContext
 
     with manifest.engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), SQLModel.metadata)
+        differences = compare_metadata(
+            MigrationContext.configure(connection, opts={"compare_type": True}), SQLModel.metadata
+        )
     assert differences == []
 
 
 def test_downgrade_to_nothing_and_upgrade_again(manifest):
     manifest.downgrade("base")
     assert manifest.current() is None
-    assert not manifest._has_tables()
+    assert not manifest.has_tables()
     manifest.upgrade()
     assert manifest.current() == manifest.head()
     assert Manifest.open(manifest.url).current() == manifest.head()
@@ -57,7 +59,9 @@ def test_a_database_newer_than_the_code_says_to_upgrade_cachekeeper(manifest):
         Manifest.open(manifest.url)
 
 
-@pytest.mark.parametrize("url", ["nonsense", "sqlite:////proc/no/such/dir/manifest.db", "postgresql+psycopg://nobody@127.0.0.1:1/none"])
+@pytest.mark.parametrize(
+    "url", ["nonsense", "sqlite:////proc/no/such/dir/manifest.db", "postgresql+psycopg://nobody@127.0.0.1:1/none"]
+)
 def test_unusable_urls_are_one_clear_error(url):
     with pytest.raises(ManifestUnreachable) as raised:
         Manifest.open(url)
@@ -65,7 +69,7 @@ def test_unusable_urls_are_one_clear_error(url):
 
 
 def _record(kind: str, **fields):
-    return {"uid": uuid.uuid4().hex, "kind": kind, "at": time.time(), "host": "h:1", **fields}
+    return Record.from_json({"uid": uuid.uuid4().hex, "kind": kind, "at": time.time(), "host": "h:1", **fields})
 
 
 def test_folding_the_same_records_twice_changes_nothing(manifest):
@@ -77,7 +81,7 @@ def test_folding_the_same_records_twice_changes_nothing(manifest):
     assert manifest.count_events("observed") == 1 and manifest.count_events("hit") == 1
     assert manifest.latest_observation("H100").seen == 1
     assert [a.key for a in manifest.artifacts()] == [published.key]
-    assert manifest.artifact(published.key).last_used_at == hit["at"]
+    assert manifest.artifact(published.key).last_used_at == hit.at
     assert manifest.journal_cursors() == {"j1": (100, False)}
 
 
@@ -122,7 +126,7 @@ def test_the_head_read_from_the_migration_files_is_alembics():
     script = ScriptDirectory.from_config(config)
     manifest = Manifest.connect("sqlite:///:memory:")
     assert manifest.head() == script.get_current_head()
-    assert manifest._known_revisions() == {revision.revision for revision in script.walk_revisions()}
+    assert set(migration.revisions()) == {revision.revision for revision in script.walk_revisions()}
 
 
 def test_reading_the_default_manifest_loads_no_sqlalchemy(tmp_path):

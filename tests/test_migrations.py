@@ -85,7 +85,7 @@ def next_code(tmp_path: Path) -> Callable[[], AbstractContextManager[None]]:
     @contextmanager
     def running() -> Iterator[None]:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(cachekeeper.manifest, "migrations_dir", lambda: directory)
+            patch.setattr(cachekeeper.manifest.migration, "migrations_dir", lambda: directory)
             yield
 
     return running
@@ -98,7 +98,7 @@ def test_every_revision_goes_up_and_down_one_step_at_a_time(db_url):
         assert manifest.upgrade(revision)[1] == revision
     for previous in reversed([None, *steps[:-1]]):
         assert manifest.downgrade(previous or "base")[1] == previous
-    assert not manifest._has_tables()
+    assert not manifest.has_tables()
 
 
 @pytest.mark.parametrize("code", ["shipped", "next"])

@@ -91,8 +91,12 @@ SNAP = textwrap.dedent(
 
 
 def test_a_snap_hook_takes_the_gpu_from_the_target_and_never_touches_nvml(root, tmp_path):
-    target = write_target(tmp_path / "cachekeeper.toml", f'[target]\ngpu = "H100"\nmodel = "org/m"\nrevision = "{"b" * 40}"\n')
-    out = subprocess.run([sys.executable, "-c", SNAP, str(root), str(target)], capture_output=True, text=True, check=True)
+    target = write_target(
+        tmp_path / "cachekeeper.toml", f'[target]\ngpu = "H100"\nmodel = "org/m"\nrevision = "{"b" * 40}"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", SNAP, str(root), str(target)], capture_output=True, text=True, check=True
+    )
     assert json.loads(out.stdout) == {"nvml": False, "torch": False, "gpu": "H100", "arch": "sm_90", "mismatches": 0}
 
 
@@ -128,7 +132,7 @@ def test_a_restored_process_that_differs_from_its_snapshot_is_loud(tmp_path, cap
         changes = ckm.verify_restore(environ=environ)
     assert {c.name for c in changes} == {"torch", "gpu.arch", "gpu.count"}
     assert "torch: 9.9.9 → " + TORCH in caplog.text and "Redeploy" in caplog.text
-    with pytest.raises(SnapshotMismatch, match="gpu.arch: sm_90 → none"):
+    with pytest.raises(SnapshotMismatch, match=r"gpu\.arch: sm_90 → none"):
         ckm.verify_restore(environ=environ, strict=True)
     with pytest.raises(SnapshotMismatch, match="CACHEKEEPER_SNAPSHOT_FACTS is not set"):
         ckm.verify_restore(environ={})

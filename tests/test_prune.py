@@ -12,21 +12,22 @@ import pytest
 
 import cachekeeper
 from cachekeeper import uses
-from cachekeeper.check import target_facts
+from cachekeeper.deploy import target_facts
 from cachekeeper.errors import UsageError
+from cachekeeper.hub import UNTRACKED, hub_revisions
 from cachekeeper.keys import derive_keys
 from cachekeeper.leases import leases_for
-from cachekeeper.store import DELETING
-from cachekeeper.prune import UNTRACKED, execute_prune, hub_revisions, plan_prune
-from cachekeeper.store import Root, Roots, publish, read_sidecar, scan_contents
+from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
+from cachekeeper.records import Record
+from cachekeeper.store import DELETING, Root, Roots, read_sidecar
 from cachekeeper.sync import sync
 from cachekeeper.target import load_target
 
 from .helpers import DAY, REPO_ROOT, artifact, make_hf_model, put, tree
 
 
-def plan(root, manifest, **policy):
-    return plan_prune(manifest, roots=Roots.at(root), **policy)
+def plan(root, manifest, *, now=None, **policy):
+    return plan_prune(manifest, Roots.at(root), PrunePolicy.of(**policy), now=now)
 
 
 def removed_keys(result_or_plan):
@@ -57,7 +58,9 @@ def fleet(root, manifest):
 
 
 def _pin(key, kind="pinned", at=None):
-    return {"uid": f"{kind}-{key}-{at}", "kind": kind, "key": key, "at": at or time.time(), "host": "h:1"}
+    return Record.from_json(
+        {"uid": f"{kind}-{key}-{at}", "kind": kind, "key": key, "at": at or time.time(), "host": "h:1"}
+    )
 
 
 def test_older_than_removes_exactly_the_unused_and_says_why_the_rest_stays(root, manifest, fleet):
@@ -172,17 +175,17 @@ def test_a_use_by_a_process_that_died_does_not_protect(root, manifest):
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    assert list(uses.uses_dir(Root(root), "compile", old.key).iterdir())  # killed: nothing cleaned up
+    assert list(Root(root).uses_dir("compile", old.key).iterdir())  # killed: nothing cleaned up
     result = execute_prune(plan(root, manifest, older_than=DAY), manifest, Roots.at(root))
     assert removed_keys(result) == [old.key]
-    assert not uses.uses_dir(Root(root), "compile", old.key).exists()
+    assert not Root(root).uses_dir("compile", old.key).exists()
 
 
 def test_stale_removes_what_no_target_derives(root, manifest, tmp_path):
     target_file = tmp_path / "cachekeeper.toml"
     target_file.write_text('[target]\ngpu = "cpu"\nlayers = ["compile"]\n[target.engine]\nwidth = 8\n')
     target = load_target(target_file)
-    current = str(derive_keys(target_facts(target, None, Roots.at(root)), target.layers)["compile"])
+    current = str(derive_keys(target_facts(target, None, Roots.at(root).hf_cache()), target.layers)["compile"])
     live = put(root, manifest, current, age_days=100)
     stale = put(root, manifest, "compile-cpu-00000000000000ee", age_days=0)
     planned = plan(root, manifest, stale=True, targets=[target])

@@ -165,8 +165,8 @@ def test_every_boot_journals_what_it_saw(root):
         pass
     [path] = list(journal.journal_files(Root(root)))
     chunk = journal.read_journal(path)
-    assert [r["kind"] for r in chunk.records] == ["observed", "publishing", "published", "closed"]
-    assert chunk.closed and chunk.records[2]["key"] == str(ck.keys["compile"])
+    assert [r.kind for r in chunk.records] == ["observed", "publishing", "published", "closed"]
+    assert chunk.closed and chunk.records[2].key == str(ck.keys["compile"])
 
 
 def test_an_unknown_layer_is_a_usage_error(root):

@@ -15,6 +15,7 @@ import pytest
 import cachekeeper
 from cachekeeper import journal
 from cachekeeper.leases import ModalDictLeases
+from cachekeeper.records import Kind
 from cachekeeper.runtime import BUILD, HIT, PRIVATE
 from cachekeeper.store import Root, iter_sidecars
 
@@ -53,8 +54,9 @@ def test_sixteen_processes_on_one_cold_key_build_it_once(root, tmp_path):
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", BOOT, str(root), str(go), "wait" if i % 2 == 0 else "cold"],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for i in range(16)
     ]
     assert [p.stdout.readline().strip() for p in processes] == ["ready"] * 16
@@ -75,8 +77,8 @@ def test_sixteen_processes_on_one_cold_key_build_it_once(root, tmp_path):
     [sidecar] = [record for _, record in iter_sidecars(Root(root))]
     assert sidecar.files == PARTS + 1
     records = [r for path in journal.journal_files(Root(root)) for r in journal.read_journal(path).records]
-    assert [r["kind"] for r in records].count(journal.PUBLISHED) == 1
-    assert [r["kind"] for r in records].count(journal.HIT) == statuses.count(HIT)
+    assert [r.kind for r in records].count(Kind.PUBLISHED) == 1
+    assert [r.kind for r in records].count(Kind.HIT) == statuses.count(HIT)
 
 
 def test_containers_sharing_a_modal_dict_build_once(root):
@@ -113,7 +115,7 @@ def test_a_boot_writes_a_server_manifest_directly_and_never_a_sqlite_one(root, d
     journals = list(journal.journal_files(Root(root)))
     if manifest.is_server:  # many containers may write it at once: each does, and leases live there too
         assert manifest.artifact(key) is not None and journals == []
-        assert manifest.count_events(journal.PUBLISHED) == 1
+        assert manifest.count_events(Kind.PUBLISHED) == 1
     else:  # a SQLite file may sit on a Volume: only its single writer, sync, touches it
         assert manifest.artifact(key) is None and len(journals) == 1
         from cachekeeper.store import Roots

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from cachekeeper.records import Record
 from cachekeeper.stats import stats
 
 NOW = 1_800_000_000.0
@@ -13,10 +14,19 @@ DAY = 86400.0
 def boot(model, seconds, kinds, *, at, host="h:1", size=0):
     """The events one boot records: one per layer, all carrying the boot's duration."""
     return [
-        {"uid": uuid.uuid4().hex, "kind": kind, "layer": layer, "key": f"{layer}-x-0123456789abcdef",
-         "model": model, "seconds": seconds, "at": at, "host": host, "bytes": size if kind == "published" else None}
+        {
+            "uid": uuid.uuid4().hex,
+            "kind": kind,
+            "layer": layer,
+            "key": f"{layer}-x-0123456789abcdef",
+            "model": model,
+            "seconds": seconds,
+            "at": at,
+            "host": host,
+            "bytes": size if kind == "published" else None,
+        }
         for layer, kind in kinds.items()
-    ]  # fmt: skip
+    ]
 
 
 def test_hits_builds_bytes_and_boot_time_saved(manifest):
@@ -28,7 +38,7 @@ def test_hits_builds_bytes_and_boot_time_saved(manifest):
         *boot("org/b", 5.0, {"compile": "hit"}, at=NOW - DAY),
         {"uid": "p1", "kind": "pruned", "layer": "compile", "model": "org/a", "bytes": 300, "at": NOW - DAY},
     ]
-    manifest.fold(events, [], {})
+    manifest.fold([Record.from_json(event) for event in events], [], {})
 
     everything = stats(manifest, now=NOW)
     [a] = [m for m in everything.models if m.model == "org/a"]

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from cachekeeper.errors import UnsafePath
-from cachekeeper.store import Artifact, Root, iter_sidecars, measure, publish, read_sidecar, remove_tree, unpublish
+from cachekeeper.store import Root, iter_sidecars, measure, publish, read_sidecar, remove_tree, unpublish
 
 from .helpers import artifact
 

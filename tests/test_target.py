@@ -81,7 +81,7 @@ BAD = [
     ('[target\ngpu = "H100"', "not valid TOML"),
     ('gpu = "H100"\n', r"unknown setting\(s\) gpu in the top level"),
     ("[roots]\n", r"no \[target\] table"),
-    ("[target]\nmodel = \"a/b\"\n", 'needs gpu = "H100"'),
+    ('[target]\nmodel = "a/b"\n', 'needs gpu = "H100"'),
     ('[target]\ngpu = "H101"\n', "unknown GPU type 'H101'"),
     ("[target]\ngpu = 100\n", "gpu must be a non-empty string"),
     ('[target]\ngpu = "H100"\nmodle = "a/b"\n', r"unknown setting\(s\) modle in \[target\]"),

@@ -6,7 +6,16 @@ from cachekeeper.units import format_age, format_bytes, parse_duration, parse_si
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90m", 5400), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("1d12h", 129600), ("30s", 30), ("1.5h", 5400), (" 7D ", 604800)],
+    [
+        ("90m", 5400),
+        ("12h", 43200),
+        ("7d", 604800),
+        ("2w", 1209600),
+        ("1d12h", 129600),
+        ("30s", 30),
+        ("1.5h", 5400),
+        (" 7D ", 604800),
+    ],
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
@@ -19,7 +28,8 @@ def test_bad_durations_say_how_to_write_one(text):
 
 
 @pytest.mark.parametrize(
-    ("text", "size"), [("500MB", 500_000_000), ("20GiB", 20 * 2**30), ("1.5T", 1_500_000_000_000), ("100", 100), ("2 kib", 2048)]
+    ("text", "size"),
+    [("500MB", 500_000_000), ("20GiB", 20 * 2**30), ("1.5T", 1_500_000_000_000), ("100", 100), ("2 kib", 2048)],
 )
 def test_sizes(text, size):
     assert parse_size(text) == size

@@ -57,7 +57,9 @@ def test_a_process_that_exits_releases_its_uses(root):
         f"ck = cachekeeper.activate(pathlib.Path({str(root)!r})).__enter__();"  # never exited: serving
         "print(ck.keys['compile'])"
     )
-    key = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True).stdout.strip()
+    key = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    ).stdout.strip()
     assert key and owners(root, "compile", key) == []
 
 

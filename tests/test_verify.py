@@ -7,6 +7,7 @@ import os
 
 import cachekeeper
 from cachekeeper import uses
+from cachekeeper.scope import Scope
 from cachekeeper.store import Root, Roots, publish, read_sidecar
 from cachekeeper.sync import sync
 from cachekeeper.verify import CORRUPT, GHOST, GROWTH, MISSING, ORPHAN, UNINDEXED, UNRECORDED, verify
@@ -53,14 +54,16 @@ def test_each_kind_of_damage_is_found(root, manifest):
 
     report = verify(manifest, Roots.at(root))
     assert not report.ok
-    assert kinds(report) == sorted([
-        (CORRUPT, flipped, ("inductor/a.so",)),
-        (CORRUPT, truncated, ("triton/b.cubin",)),
-        (MISSING, removed, ("inductor/d.so",)),
-        (GHOST, ghost, ()),
-        (GROWTH, grown, ("inductor/bs8.so",)),
-        (ORPHAN, None, ()),
-    ])  # fmt: skip
+    assert kinds(report) == sorted(
+        [
+            (CORRUPT, flipped, ("inductor/a.so",)),
+            (CORRUPT, truncated, ("triton/b.cubin",)),
+            (MISSING, removed, ("inductor/d.so",)),
+            (GHOST, ghost, ()),
+            (GROWTH, grown, ("inductor/bs8.so",)),
+            (ORPHAN, None, ()),
+        ]
+    )
     orphan = next(f for f in report.findings if f.kind == ORPHAN)
     assert orphan.path == compile_dir / "compile-cpu-00000000000000aa"
     assert "changed content" in next(f.detail for f in report.findings if f.key == flipped)
@@ -89,9 +92,7 @@ def test_unindexed_sidecars_orphan_records_and_artifacts_without_checksums(root,
     (root / ".cachekeeper" / "checksums" / "compile").mkdir(parents=True)
     (root / ".cachekeeper" / "checksums" / "compile" / "compile-x-00000000000000ff.0123.json").write_text("{}")
     report = verify(manifest, Roots.at(root))
-    assert [(f.kind, f.key) for f in report.findings] == [
-        (UNINDEXED, old.key), (ORPHAN, "compile-x-00000000000000ff")
-    ]  # fmt: skip
+    assert [(f.kind, f.key) for f in report.findings] == [(UNINDEXED, old.key), (ORPHAN, "compile-x-00000000000000ff")]
     manifest.record_artifact(old)
     assert [f.kind for f in verify(manifest, Roots.at(root)).findings] == [ORPHAN, UNRECORDED]
 
@@ -109,7 +110,7 @@ def test_weights_are_checked_through_their_links_and_unrecorded_revisions_are_or
     assert orphan.kind == ORPHAN and orphan.path.name == stray
     [blob] = [p for p in (weights / "models--org--m" / "blobs").iterdir() if p.stat().st_size == 4096]
     blob.write_bytes(b"W" + b"w" * 4095)
-    corrupt = [f for f in verify(manifest, Roots.at(root), layer="weights").findings if f.kind == CORRUPT]
+    corrupt = [f for f in verify(manifest, Roots.at(root), scope=Scope(layer="weights")).findings if f.kind == CORRUPT]
     assert [(f.key, f.files) for f in corrupt] == [(str(ck.keys["weights"]), ("model.bin",))]
 
 

@@ -24,11 +24,22 @@ ACTIONS: dict[str, Callable[..., Any]] = {}
 _CONTEXT = multiprocessing.get_context("forkserver")
 # Everything the actions import, so that a worker pays for no import of its own: under load, 32
 # workers importing alembic, typer and huggingface_hub at once would take the whole machine.
-_CONTEXT.set_forkserver_preload([
-    "cachekeeper.manifest", "cachekeeper.prune", "cachekeeper.cli", "cachekeeper.check", "cachekeeper.verify",
-    "alembic.command", "alembic.script", "alembic.runtime.migration", "huggingface_hub", "typer", "rich.table",
-    "tests.workers",
-])  # fmt: skip
+_CONTEXT.set_forkserver_preload(
+    [
+        "cachekeeper.manifest",
+        "cachekeeper.prune",
+        "cachekeeper.cli",
+        "cachekeeper.check",
+        "cachekeeper.verify",
+        "alembic.command",
+        "alembic.script",
+        "alembic.runtime.migration",
+        "huggingface_hub",
+        "typer",
+        "rich.table",
+        "tests.workers",
+    ]
+)
 _START_TIMEOUT = 120.0
 
 
@@ -99,9 +110,17 @@ def _artifact(key: str) -> Any:
 
     now = time.time()
     return Artifact(
-        key=key, layer=key.split("-", 1)[0], model="org/m", relpath=f"{key.split('-', 1)[0]}/{key}",
-        bytes=1, files=1, created_at=now, last_used_at=now, builder="worker", facts={"n": 1},
-    )  # fmt: skip
+        key=key,
+        layer=key.split("-", 1)[0],
+        model="org/m",
+        relpath=f"{key.split('-', 1)[0]}/{key}",
+        bytes=1,
+        files=1,
+        created_at=now,
+        last_used_at=now,
+        builder="worker",
+        facts={"n": 1},
+    )
 
 
 @action
@@ -125,11 +144,13 @@ def register(url: str, keys: list[str]) -> int:
 def fold(url: str, batches: list[dict[str, Any]]) -> tuple[int, int]:
     """Fold each batch of records and artifacts in its own transaction; (records, artifacts) applied."""
     from cachekeeper.manifest import Manifest
+    from cachekeeper.records import Record
 
     manifest = Manifest.open(url)
     records = artifacts = 0
     for batch in batches:
-        result = manifest.fold(batch["records"], [_artifact(key) for key in batch["artifacts"]], batch["cursors"])
+        parsed = [Record.from_json(record) for record in batch["records"]]
+        result = manifest.fold(parsed, [_artifact(key) for key in batch["artifacts"]], batch["cursors"])
         records, artifacts = records + result.records, artifacts + result.artifacts
     return records, artifacts
 
@@ -140,12 +161,12 @@ def prune(url: str, root: str) -> list[str]:
     from pathlib import Path
 
     from cachekeeper.manifest import Manifest
-    from cachekeeper.prune import execute_prune, plan_prune
+    from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
     from cachekeeper.store import Roots
 
     manifest = Manifest.open(url)
     roots = Roots.at(Path(root))
-    plan = plan_prune(manifest, roots=roots, older_than=0, now=time.time() + 1)
+    plan = plan_prune(manifest, roots, PrunePolicy.of(older_than=0), now=time.time() + 1)
     result = execute_prune(plan, manifest, roots)
     # Another prune at work on the same artifact holds its lease or its removal claim.
     expected = ("another prune", "holds its lease")
@@ -182,8 +203,9 @@ def boot_loop(url: str, root: str, seconds: float, variants: int, seed: int) -> 
     and after a pause. Counts, and every file found missing or changed.
 
     The engine settings in use shift with time (booters are released together): the first half
-    of the variants boots in the first and last quarter of the run, the second half in between. So the first half lies idle for half the run, long enough for a
-    prune to remove it however slow the machine, and then comes back to be rebuilt."""
+    of the variants boots in the first and last quarter of the run, the second half in between.
+    So the first half lies idle for half the run, long enough for a prune to remove it however
+    slow the machine, and then comes back to be rebuilt."""
     import random
     from pathlib import Path
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..check import Status
 from ..doctor import CREATED, REPLACED
 from ..facts import Source
 from ..hub import revision_sha
@@ -152,7 +153,7 @@ def one_line(message: str) -> str:
 
 # --- reports, as people read them ------------------------------------------------------------------
 
-_STATUS_STYLE = {"warm": "green", "cold": "yellow", "stale": "red", "building": "cyan"}
+_STATUS_STYLE = {Status.WARM: "green", Status.COLD: "yellow", Status.STALE: "red", Status.BUILDING: "cyan"}
 
 
 def fingerprint(report: Fingerprint, target: Target | None) -> None:
@@ -171,7 +172,7 @@ def fingerprint(report: Fingerprint, target: Target | None) -> None:
 def check(report: CheckReport, out: Any = console) -> None:
     table = make_table("layer", "status", key_column(), title=f"Check of {report.target.source}", title_justify="left")
     for layer in report.layers:
-        style = _STATUS_STYLE[str(layer.status)]
+        style = _STATUS_STYLE[layer.status]
         table.add_row(layer.layer, f"[{style}]{layer.status}[/]", str(layer.key))
     out.print(table)
     for layer in report.layers:

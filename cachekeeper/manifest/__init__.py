@@ -4,7 +4,7 @@ The manifest is an index, not the truth: sidecars say what exists, and ``doctor`
 manifest from them and from the journals.
 """
 
-from .database import FoldResult, Manifest
+from .database import Manifest
 from .migration import migrations_dir
 from .queries import ArtifactSummary, Event, Observation, environment_facts
 from .url import DatabaseUrl, default_url

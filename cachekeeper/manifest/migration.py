@@ -20,7 +20,7 @@ from ..errors import ManifestError, SchemaOutOfDate, SchemaTooNew
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
-    from .database import Manifest
+    from .connection import Database
 
 
 def migrations_dir() -> Path:
@@ -54,7 +54,7 @@ def head() -> str:
     return heads.pop()
 
 
-def adopt(manifest: Manifest) -> None:
+def adopt(database: Database) -> None:
     """Bring a database that is not at head to head, or say why not; one process at a time.
 
     A new database gets the schema. An older SQLite file is backed up and upgraded in place: it
@@ -62,61 +62,61 @@ def adopt(manifest: Manifest) -> None:
     deployers may still run the older cachekeeper against it.
     """
     newest = head()
-    with schema_transaction(manifest) as connection:
+    with schema_transaction(database) as connection:
         current = stamped(connection)
         if current == newest:
             return  # another process got there first
         if current is None:
             if has_tables(connection):
                 raise ManifestError(
-                    f"{manifest.url} holds tables but no cachekeeper schema revision: it is not a "
+                    f"{database.url} holds tables but no cachekeeper schema revision: it is not a "
                     "cachekeeper manifest; point --db elsewhere or move the file away"
                 )
-            run_alembic(manifest, connection, "upgrade", "head")
+            run_alembic(database, connection, "upgrade", "head")
             return
         if current not in revisions():
-            raise too_new(manifest, current)
-        database = manifest.url.sqlite_file
-        if database is None:
+            raise too_new(database, current)
+        sqlite_file = database.url.sqlite_file
+        if sqlite_file is None:
             raise SchemaOutOfDate(
-                f"the manifest at {manifest.url} has schema revision {current}, this cachekeeper "
+                f"the manifest at {database.url} has schema revision {current}, this cachekeeper "
                 f"needs {newest}: run `cachekeeper --db URL db upgrade` with this URL (cachekeepers "
                 "older than this one will then refuse it until they are upgraded too)"
             )
-        _backup_sqlite(database, database.with_name(f"{database.name}.bak-{current}"))
-        run_alembic(manifest, connection, "upgrade", "head")
+        _backup_sqlite(sqlite_file, sqlite_file.with_name(f"{sqlite_file.name}.bak-{current}"))
+        run_alembic(database, connection, "upgrade", "head")
 
 
-def migrate(manifest: Manifest, direction: str, revision: str) -> tuple[str | None, str | None]:
+def migrate(database: Database, direction: str, revision: str) -> tuple[str | None, str | None]:
     """Run the migrations ``direction`` ("upgrade" or "downgrade") to ``revision``; (before, after)."""
-    with schema_transaction(manifest) as connection:
+    with schema_transaction(database) as connection:
         before = stamped(connection)
         if before is not None and before not in revisions():
-            raise too_new(manifest, before)
-        run_alembic(manifest, connection, direction, revision)
+            raise too_new(database, before)
+        run_alembic(database, connection, direction, revision)
         return before, stamped(connection)
 
 
-def too_new(manifest: Manifest, current: str) -> SchemaTooNew:
+def too_new(database: Database, current: str) -> SchemaTooNew:
     return SchemaTooNew(
-        f"the manifest at {manifest.url} has schema revision {current}, newer than this "
+        f"the manifest at {database.url} has schema revision {current}, newer than this "
         f"cachekeeper knows (head {head()}): upgrade cachekeeper"
     )
 
 
-def run_alembic(manifest: Manifest, connection: Connection, direction: str, revision: str) -> None:
+def run_alembic(database: Database, connection: Connection, direction: str, revision: str) -> None:
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
-    config.set_main_option("sqlalchemy.url", manifest.url.text.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", database.url.text.replace("%", "%%"))
     config.attributes["connection"] = connection
     getattr(command, direction)(config, revision)
 
 
 @contextmanager
-def schema_transaction(manifest: Manifest) -> Iterator[Connection]:
+def schema_transaction(database: Database) -> Iterator[Connection]:
     """One transaction in which the schema is read and changed by this process alone.
 
     PostgreSQL changes a schema transactionally: a transaction-scoped advisory lock makes
@@ -125,7 +125,7 @@ def schema_transaction(manifest: Manifest) -> Iterator[Connection]:
     """
     from sqlalchemy import func, select
 
-    with manifest.connection() as connection, manifest.sqlite_lock(), connection.begin():
+    with database.connection() as connection, database.sqlite_lock(), connection.begin():
         if connection.dialect.name == "postgresql":
             connection.execute(select(func.pg_advisory_xact_lock(lock_id("schema"))))
         yield connection

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,17 +21,21 @@ from .. import facts as f
 from ..keys import canonical_json
 from ..records import Kind, Record
 from ..store import DELETING, PUBLISHED, Artifact
-from .database import FoldResult
 from .migration import lock_id
 from .queries import chunks, environment_facts
 from .tables import ARTIFACT, EVENT, JOURNAL_CURSOR, LEASE, OBSERVATION, PIN
 
 if TYPE_CHECKING:
-    from .database import Manifest
+    from .connection import Database
+
+
+class FoldResult(NamedTuple):
+    records: int  # journal records applied for the first time
+    artifacts: int  # artifacts newly indexed
 
 
 def fold(
-    manifest: Manifest,
+    database: Database,
     records: Sequence[Record],
     artifacts: Sequence[Artifact],
     cursors: Mapping[str, tuple[int, bool]],
@@ -42,7 +46,7 @@ def fold(
     whoever stores its uid first (the unique constraint decides), an artifact already indexed is
     left as it is, ``last_used_at`` and journal cursors only move forward.
     """
-    with manifest.session() as session:
+    with database.session() as session:
         # A publishing record only tells sync which sidecar to read; a closed one, that a journal ended.
         fresh = {record.uid: record for record in records if record.kind not in (Kind.PUBLISHING, Kind.CLOSED)}
         applied = [fresh[uid] for uid in _insert_new_events(session, [fresh[uid] for uid in sorted(fresh)])]
@@ -66,31 +70,31 @@ def fold(
     return FoldResult(records=len(applied), artifacts=indexed)
 
 
-def record_artifact(manifest: Manifest, artifact: Artifact) -> bool:
+def record_artifact(database: Database, artifact: Artifact) -> bool:
     """Index a published artifact. False when it was already indexed (nothing changes)."""
-    with manifest.session() as session:
+    with database.session() as session:
         return _insert_artifact(session, artifact)
 
 
-def set_state(manifest: Manifest, key: str, state: str) -> None:
+def set_state(database: Database, key: str, state: str) -> None:
     table = ARTIFACT
-    with manifest.session() as session:
+    with database.session() as session:
         session.exec(update(table).where(table.c.key == key).values(state=state))
 
 
-def forget(manifest: Manifest, key: str, *, created_at: float | None = None) -> None:
+def forget(database: Database, key: str, *, created_at: float | None = None) -> None:
     """Forget an artifact's row. With ``created_at``, only the published row of that very
     publication: not one a prune is removing (``deleting``), nor one published anew since."""
     table = ARTIFACT
     which = [table.c.key == key]
     if created_at is not None:
         which += [table.c.state == PUBLISHED, table.c.created_at == created_at]
-    with manifest.session() as session:  # one statement: a row another process forgot is no error
+    with database.session() as session:  # one statement: a row another process forgot is no error
         session.exec(delete(table).where(*which))
 
 
 @contextmanager
-def claim_removals(manifest: Manifest, keys: Sequence[str]) -> Iterator[set[str]]:
+def claim_removals(database: Database, keys: Sequence[str]) -> Iterator[set[str]]:
     """Mark ``keys`` deleting and hold them while the block removes them; the keys now ours.
 
     Exactly one process at a time holds a key's claim: another prune removing it, or an artifact
@@ -102,11 +106,11 @@ def claim_removals(manifest: Manifest, keys: Sequence[str]) -> Iterator[set[str]
     if not keys:
         yield set()
         return
-    if not manifest.is_server:
-        with manifest.sqlite_lock():
-            yield _mark_deleting(manifest, keys)
+    if not database.is_server:
+        with database.sqlite_lock():
+            yield _mark_deleting(database, keys)
         return
-    with manifest.connection() as connection:
+    with database.connection() as connection:
         locks = {key: lock_id(f"remove {key}") for key in sorted(keys)}
         held = [
             key
@@ -115,17 +119,17 @@ def claim_removals(manifest: Manifest, keys: Sequence[str]) -> Iterator[set[str]
         ]
         connection.commit()
         try:
-            yield _mark_deleting(manifest, held) if held else set()
+            yield _mark_deleting(database, held) if held else set()
         finally:
             for key in held:
                 connection.execute(select(func.pg_advisory_unlock(locks[key])))
             connection.commit()
 
 
-def _mark_deleting(manifest: Manifest, keys: Sequence[str]) -> set[str]:
+def _mark_deleting(database: Database, keys: Sequence[str]) -> set[str]:
     table = ARTIFACT
     marked: set[str] = set()
-    with manifest.session() as session:
+    with database.session() as session:
         for chunk in chunks(sorted(keys)):
             statement = (
                 update(table)
@@ -137,10 +141,10 @@ def _mark_deleting(manifest: Manifest, keys: Sequence[str]) -> set[str]:
     return marked
 
 
-def forget_removed(manifest: Manifest, keys: Sequence[str], events: Sequence[Record]) -> None:
+def forget_removed(database: Database, keys: Sequence[str], events: Sequence[Record]) -> None:
     """Forget the rows of removed artifacts and record the events of their removal, at once."""
     table = ARTIFACT
-    with manifest.session() as session:
+    with database.session() as session:
         for chunk in chunks(sorted(keys)):
             session.exec(delete(table).where(table.c.key.in_(chunk)))
         # Journaled too: a concurrent sync may have stored some of them first.
@@ -150,33 +154,33 @@ def forget_removed(manifest: Manifest, keys: Sequence[str], events: Sequence[Rec
 # --- build leases (leases.DbLeases) ---------------------------------------------------------------
 
 
-def insert_lease(manifest: Manifest, layer: str, key: str, fields: Mapping[str, Any]) -> bool:
+def insert_lease(database: Database, layer: str, key: str, fields: Mapping[str, Any]) -> bool:
     """Create the lease row; False when one exists already (the unique key decides)."""
     table = LEASE
-    with manifest.session() as session:
+    with database.session() as session:
         statement = _insert(session, table).values(layer=layer, key=key, **fields)
         statement = statement.on_conflict_do_nothing(index_elements=["layer", "key"]).returning(table.c.id)
         return session.exec(statement).first() is not None
 
 
-def replace_lease(manifest: Manifest, layer: str, key: str, token: str, fields: Mapping[str, Any]) -> bool:
+def replace_lease(database: Database, layer: str, key: str, token: str, fields: Mapping[str, Any]) -> bool:
     """Overwrite the lease only if it still carries ``token``: one statement, one winner."""
     table = LEASE
     statement = update(table).where(table.c.layer == layer, table.c.key == key, table.c.token == token).values(**fields)
-    with manifest.session() as session:
+    with database.session() as session:
         return bool(session.exec(statement).rowcount == 1)
 
 
-def drop_lease(manifest: Manifest, layer: str, key: str, token: str) -> None:
+def drop_lease(database: Database, layer: str, key: str, token: str) -> None:
     table = LEASE
-    with manifest.session() as session:
+    with database.session() as session:
         session.exec(delete(table).where(table.c.layer == layer, table.c.key == key, table.c.token == token))
 
 
-def drop_dead_leases(manifest: Manifest, *, expired_before: float) -> int:
+def drop_dead_leases(database: Database, *, expired_before: float) -> int:
     """Remove leases that expired before ``expired_before``; how many."""
     table = LEASE
-    with manifest.session() as session:
+    with database.session() as session:
         return int(session.exec(delete(table).where(table.c.expires_at < expired_before)).rowcount)
 
 

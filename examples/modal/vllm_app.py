@@ -92,12 +92,14 @@ class Server:
 @app.function(volumes=VOLUMES, timeout=5 * MINUTES, max_containers=1)
 def cache_report() -> dict:
     """`cachekeeper check` where the Volumes are: the same report as the command's --json."""
+    from cachekeeper.check import check
+
     for volume in (weights_volume, compile_volume):
         ckm.reload(volume)
     target = cachekeeper.load_target(TARGET)
     # Opening the cache folds what the containers recorded into the manifest.
     cache = cachekeeper.open_cache(Path(COMPILE_ROOT), roots={"weights": Path(WEIGHTS_ROOT)}, target=target)
-    report = cachekeeper.check(target, cache)
+    report = check(target, cache)
     compile_volume.commit()
     return {"ready": report.ready, "layers": {r.layer: str(r.status) for r in report.layers}}
 
