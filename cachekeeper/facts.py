@@ -6,6 +6,8 @@ layers.py says which of them key each layer.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -166,9 +168,48 @@ def is_relevant_env(name: str) -> bool:
     )
 
 
+# Variables whose values are known to be harmless, shown as they are so that ``explain`` can say
+# 0 → 1. Every other keyed value may hold a secret (a token, a password in a URL): keys, sidecars,
+# journals, the manifest and every command see only its digest, and ``explain`` still says *that*
+# it changed.
+SHOWN_ENV = frozenset(
+    {
+        "HF_HUB_OFFLINE",
+        "CUDA_LAUNCH_BLOCKING",
+        "TORCH_CUDA_ARCH_LIST",
+        "TORCHINDUCTOR_COMPILE_THREADS",
+        "TORCHINDUCTOR_MAX_AUTOTUNE",
+        "VLLM_ATTENTION_BACKEND",
+        "VLLM_COMPILE_CACHE_SAVE_FORMAT",
+        "VLLM_DISABLE_COMPILE_CACHE",
+        "VLLM_USE_AOT_COMPILE",
+        "VLLM_USE_MEGA_AOT_ARTIFACT",
+        "VLLM_USE_STANDALONE_COMPILE",
+        "VLLM_USE_V1",
+    }
+)
+# Engine arguments whose names say they hold a credential (hf_token, api_key, ...), by the words
+# of the name: max_num_batched_tokens and tokenizer are no credentials.
+_SECRET_WORDS = frozenset(
+    {"token", "key", "apikey", "secret", "password", "passwd", "pass", "auth", "credential", "credentials", "cookie"}
+)
+DIGEST_PREFIX = "sha256:"
+
+
+def conceal(name: str, value: str) -> str:
+    """``sha256:…`` for ``value``: the same on every machine, so it keys as the value would, but
+    it gives the value away to nobody who does not already know it."""
+    digest = hashlib.sha256(f"cachekeeper\0{name}\0{value}".encode("utf-8", "surrogateescape")).hexdigest()
+    return DIGEST_PREFIX + digest[:32]
+
+
 def env_facts(environ: Mapping[str, str], source: Source = Source.OBSERVED) -> list[Fact]:
-    """One fact per relevant variable, value in the clear, so that ``explain`` can name it."""
-    return [Fact(ENV_PREFIX + name, value, source) for name, value in sorted(environ.items()) if is_relevant_env(name)]
+    """One fact per relevant variable: its value if harmless (SHOWN_ENV), else its digest."""
+    return [
+        Fact(ENV_PREFIX + name, value if name in SHOWN_ENV else conceal(name, value), source)
+        for name, value in sorted(environ.items())
+        if is_relevant_env(name)
+    ]
 
 
 def engine_facts(engine: Mapping[str, Any], source: Source = Source.DECLARED) -> list[Fact]:
@@ -181,9 +222,12 @@ def engine_facts(engine: Mapping[str, Any], source: Source = Source.DECLARED) ->
                 walk(f"{prefix}.{key}", value[key])
             return
         try:
-            facts.append(Fact(prefix, freeze(value), source))
+            frozen = freeze(value)
         except TypeError as error:
             raise UsageError(f"engine argument {prefix[len(ENGINE_PREFIX) :]}: {error}") from None
+        if _SECRET_WORDS.intersection(re.split(r"[._-]", prefix.lower())) and frozen is not None:
+            frozen = conceal(prefix, json.dumps(thaw(frozen), sort_keys=True))
+        facts.append(Fact(prefix, frozen, source))
 
     for name in sorted(engine):
         walk(ENGINE_PREFIX + str(name), engine[name])
