@@ -95,6 +95,33 @@ class LeaseRow(SQLModel, table=True):
     process: str = ""
 
 
+class SightingRow(SQLModel, table=True):
+    """When ``observer`` first saw ``thing`` as it is now (``digest``), by the observer's own clock."""
+
+    __tablename__ = "sighting"
+
+    observer: str = Field(primary_key=True)
+    thing: str = Field(primary_key=True)
+    digest: str
+    first_seen_at: float
+
+
+class EventSummaryRow(SQLModel, table=True):
+    """Events older than the retention window, counted per day, kind, layer and model."""
+
+    __tablename__ = "event_summary"
+    __table_args__ = (UniqueConstraint("day", "kind", "layer", "model", name="uq_event_summary"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: str
+    kind: str
+    layer: str
+    model: str
+    count: int
+    bytes: int = Field(sa_type=BigInteger)
+    seconds: float
+
+
 # The Core tables that writes use: sqlmodel's classes carry them, but their types do not say so.
 ARTIFACT = SQLModel.metadata.tables["artifact"]
 PIN = SQLModel.metadata.tables["pin"]
@@ -102,3 +129,5 @@ OBSERVATION = SQLModel.metadata.tables["observation"]
 EVENT = SQLModel.metadata.tables["event"]
 JOURNAL_CURSOR = SQLModel.metadata.tables["journal_cursor"]
 LEASE = SQLModel.metadata.tables["lease"]
+SIGHTING = SQLModel.metadata.tables["sighting"]
+EVENT_SUMMARY = SQLModel.metadata.tables["event_summary"]
