@@ -1,13 +1,15 @@
 """The weights layer is a Hugging Face cache: its revisions as artifacts, and removing them.
 
 huggingface_hub owns that layout (blobs shared between revisions, refs, snapshots of links), so
-cachekeeper scans it and deletes through huggingface_hub's own strategies instead of walking it.
+cachekeeper scans it and plans deletions with huggingface_hub's own strategies, one repo at a time,
+and carries them out by descriptor (store.descriptors) inside the weights layer.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -17,18 +19,20 @@ from .facts import Facts, Source
 from .keys import derive_key
 from .layers import WEIGHTS, layer_named
 from .manifest import Manifest
-from .store import Artifact, Root, Roots
+from .store import Artifact, Root, Roots, artifact_parts, remove_tree
 
 if TYPE_CHECKING:
-    from huggingface_hub import HFCacheInfo
+    from huggingface_hub import DeleteCacheStrategy, HFCacheInfo
 
 UNTRACKED = "untracked"  # builder of a Hub revision nobody recorded (downloaded outside a boot)
 
 
 def hub_revisions(roots: Roots) -> list[Artifact]:
     """Every model revision in the weights layer's Hub cache, as huggingface_hub scans it, keyed the
-    way ``activate()`` keys weights (model and commit sha only)."""
-    scanned = _scan(roots.hf_cache())
+    way ``activate()`` keys weights (model and commit sha only). A repo or revision whose name is
+    not a plain repo id or commit sha is left out: nothing is ever made of it."""
+    root = roots.for_layer(WEIGHTS)
+    scanned = _scan(root.layer_dir(WEIGHTS))
     if scanned is None:
         return []
     layer = layer_named(WEIGHTS)
@@ -37,6 +41,10 @@ def hub_revisions(roots: Roots) -> list[Artifact]:
         if repo.repo_type != "model":
             continue
         for revision in repo.revisions:
+            try:
+                parts = root.hub_snapshot_parts(repo.repo_id, revision.commit_hash)
+            except UnsafePath:
+                continue
             facts = Facts.from_values({f.MODEL: repo.repo_id, f.MODEL_REVISION: revision.commit_hash}, Source.RESOLVED)
             accessed = max((file.blob_last_accessed for file in revision.files), default=revision.last_modified)
             found.append(
@@ -44,7 +52,7 @@ def hub_revisions(roots: Roots) -> list[Artifact]:
                     key=str(derive_key(layer, facts)),
                     layer=WEIGHTS,
                     model=repo.repo_id,
-                    relpath=f"{WEIGHTS}/{repo.repo_path.name}/snapshots/{revision.commit_hash}",
+                    relpath="/".join(parts),
                     bytes=revision.size_on_disk,
                     files=len(revision.files),
                     created_at=revision.last_modified,
@@ -57,32 +65,62 @@ def hub_revisions(roots: Roots) -> list[Artifact]:
 
 
 def revision_sha(artifact: Artifact) -> str:
-    return artifact.relpath.rstrip("/").rsplit("/", 1)[-1]
+    return str(artifact.facts.get(f.MODEL_REVISION, ""))
 
 
 def freed_by(root: Root, weights: Sequence[Artifact]) -> int | None:
-    """What huggingface_hub expects removing these revisions to free (they share blobs)."""
+    """What huggingface_hub expects removing these revisions to free: revisions share blobs, so it
+    counts each blob once, per repo."""
     if not weights:
         return None
-    shas = [revision_sha(a) for a in weights if os.path.lexists(root.path / a.relpath)]
-    scanned = _scan(root.layer_dir(WEIGHTS)) if shas else None
-    return scanned.delete_revisions(*shas).expected_freed_size if scanned is not None else 0
+    scanned = _scan(root.layer_dir(WEIGHTS))
+    if scanned is None:
+        return 0
+    shas: dict[str, list[str]] = {}
+    for artifact in weights:
+        shas.setdefault(artifact.model, []).append(revision_sha(artifact))
+    return sum(strategy.expected_freed_size for strategy in _strategies(scanned, shas))
 
 
 def removal(root: Root, artifact: Artifact) -> Callable[[], None]:
-    """The deletion of one revision, checked to stay inside the Hub cache before anything runs."""
-    weights_dir = root.layer_dir(WEIGHTS)
-    scanned = _scan(weights_dir) if os.path.lexists(root.path / artifact.relpath) else None
-    if scanned is None:
+    """The deletion of one revision of one repo, decided by huggingface_hub (which blobs the revision
+    owns, which refs point at it) and carried out by descriptor inside the weights layer: the same
+    commit sha in another repo (a mirror, a fork) is never touched, and no link is followed."""
+    artifact_parts(root, artifact)  # refuses a record whose names are not the key's own
+    scanned = _scan(root.layer_dir(WEIGHTS))
+    strategies = _strategies(scanned, {artifact.model: [revision_sha(artifact)]}) if scanned is not None else []
+    if not strategies:
         return _nothing  # already gone: a prune interrupted after removing it, or another process
-    # huggingface_hub decides what a revision owns; its strategy deletes snapshots, then refs, then blobs.
-    strategy = scanned.delete_revisions(revision_sha(artifact))
-    inside = os.path.realpath(weights_dir)
-    for path in (*strategy.repos, *strategy.snapshots, *strategy.refs, *strategy.blobs):
-        # A snapshot's link may point anywhere: never let it lead a deletion out of the cache.
-        if os.path.commonpath([os.path.realpath(path), inside]) != inside:
-            raise UnsafePath(f"refusing to remove {path}: it lies outside {weights_dir}")
-    return strategy.execute
+    [strategy] = strategies
+    # huggingface_hub's order: a ref never points at a missing snapshot, nor a snapshot at a missing blob.
+    paths = (*strategy.repos, *strategy.snapshots, *strategy.refs, *strategy.blobs)
+    return functools.partial(_remove_all, root, [_inside(root, Path(path)) for path in paths])
+
+
+def _remove_all(root: Root, targets: Sequence[tuple[str, ...]]) -> None:
+    for target in targets:
+        remove_tree(root, target)
+
+
+def _strategies(scanned: HFCacheInfo, shas: Mapping[str, Sequence[str]]) -> list[DeleteCacheStrategy]:
+    """One deletion strategy per model repo named in ``shas``, planned on that repo alone."""
+    strategies = []
+    for repo in scanned.repos:
+        wanted = [sha for sha in shas.get(repo.repo_id, ()) if any(r.commit_hash == sha for r in repo.revisions)]
+        if repo.repo_type == "model" and wanted:
+            strategies.append(dataclasses.replace(scanned, repos=frozenset({repo})).delete_revisions(*wanted))
+    return strategies
+
+
+def _inside(root: Root, path: Path) -> tuple[str, ...]:
+    """``path`` as names below the weights layer of ``root``; refused if it is anywhere else."""
+    try:
+        parts = path.relative_to(root.layer_dir(WEIGHTS)).parts
+    except ValueError:
+        raise UnsafePath(f"refusing to remove {path}: it lies outside {root.layer_dir(WEIGHTS)}") from None
+    if not parts or any(part in ("", ".", "..") for part in parts):
+        raise UnsafePath(f"refusing to remove {path}: not a plain path inside {root.layer_dir(WEIGHTS)}")
+    return (WEIGHTS, *parts)
 
 
 def _nothing() -> None:

@@ -59,7 +59,7 @@ def clean_leftovers(manifest: Manifest, roots: Roots, *, now: float | None = Non
             # A key a killed prune unpublished may still be in use: it stays until nothing uses it.
             busy = mechanism.holder(layer, key) is not None or uses.users(root, layer, key, now)
             if not busy and not _touched_since(directory, now - LEFTOVER_AGE):
-                remove_tree(root, f"{layer}/{key}")
+                remove_tree(root, root.artifact_parts(layer, key))
                 partial.append(f"{layer}/{key}")
         for leftover in _temporary_files(root):
             if not _touched_since(leftover, now - LEFTOVER_AGE):

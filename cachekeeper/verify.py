@@ -142,7 +142,13 @@ def verify(
 
 
 def _path(roots: Roots, artifact: Artifact) -> Path:
-    return roots.for_layer(artifact.layer).path / artifact.relpath
+    """Where ``artifact`` is, to show: its own directory, or (for a record refused as unsafe) the
+    layer directory, never a path the record itself names."""
+    root = roots.for_layer(artifact.layer)
+    try:
+        return artifact_path(root, artifact)
+    except UnsafePath:
+        return root.layer_dir(artifact.layer)
 
 
 def _check(
@@ -151,10 +157,10 @@ def _check(
     def finding(kind: str, detail: str, files: Iterable[str] = ()) -> Finding:
         return Finding(kind, artifact.layer, artifact.key, path, detail, tuple(sorted(files)))
 
-    path = root.path / artifact.relpath
     try:
-        artifact_path(root, artifact)
+        path = artifact_path(root, artifact)
     except UnsafePath as error:
+        path = root.layer_dir(artifact.layer)
         return [finding(CORRUPT, f"its recorded path is unsafe: {error}")], 0
     if sidecar is None:
         return [finding(GHOST, "the manifest lists it, but its sidecar is gone: no boot will use it")], 0

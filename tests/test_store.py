@@ -51,10 +51,12 @@ def test_a_garbled_sidecar_is_no_artifact_and_iter_reports_it(root, content):
     assert found == path and isinstance(problem, ValueError) and str(path) in str(problem)
 
 
-@pytest.mark.parametrize("relpath", ["/etc", "../outside", "compile/../../outside", "", ".", "compile/x/.."])
-def test_paths_that_could_leave_the_root_are_refused(root, relpath):
+@pytest.mark.parametrize("name", ["/etc", "../outside", "compile/../../outside", "", ".", "compile/x/..", "compile-k"])
+def test_names_that_could_leave_the_root_are_refused(root, name):
     with pytest.raises(UnsafePath):
-        Root(root).inside(relpath)
+        Root(root).artifact_dir("compile", name)
+    with pytest.raises(UnsafePath):
+        Root(root).layer_dir(name)
 
 
 def test_a_symlinked_parent_directory_is_refused(root, tmp_path):
@@ -62,7 +64,7 @@ def test_a_symlinked_parent_directory_is_refused(root, tmp_path):
     (outside / "victim").mkdir(parents=True)
     (root / "compile").symlink_to(outside)
     with pytest.raises(UnsafePath, match="symbolic link"):
-        remove_tree(Root(root), "compile/victim")
+        remove_tree(Root(root), ("compile", "victim"))
     assert (outside / "victim").is_dir()
 
 
@@ -72,19 +74,19 @@ def test_an_artifact_directory_that_is_a_link_is_removed_as_a_link(root, tmp_pat
     (outside / "precious").write_text("keep me")
     (root / "compile").mkdir()
     (root / "compile" / "k").symlink_to(outside)
-    remove_tree(Root(root), "compile/k")
+    remove_tree(Root(root), ("compile", "k"))
     assert not (root / "compile" / "k").exists() and (outside / "precious").read_text() == "keep me"
 
 
 def test_remove_tree_of_nothing_is_fine_and_links_inside_are_not_followed(root, tmp_path):
-    remove_tree(Root(root), "compile/missing")
+    remove_tree(Root(root), ("compile", "missing"))
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious").write_text("keep me")
     tree = root / "compile" / "k"
     tree.mkdir(parents=True)
     (tree / "link").symlink_to(outside)
-    remove_tree(Root(root), "compile/k")
+    remove_tree(Root(root), ("compile", "k"))
     assert not tree.exists() and (outside / "precious").exists()
 
 

@@ -8,6 +8,7 @@ so that no column order is kept by hand.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, NamedTuple
 from .. import facts as f
 from ..facts import Facts
 from ..store import PUBLISHED, Artifact
+
+logger = logging.getLogger("cachekeeper")
 
 Rows = Callable[[str, Mapping[str, Any]], list[Sequence[Any]]]
 
@@ -103,17 +106,15 @@ def artifacts(
 ) -> list[Artifact]:
     """Artifacts, most recently used first."""
     where, params = _filters(layer=layer, model=model, state=state)
-    return [
-        _artifact(row) for row in rows(f"SELECT {_columns(_ARTIFACT)} FROM artifact{where}{_MOST_RECENT_FIRST}", params)
-    ]
+    return _artifacts(rows(f"SELECT {_columns(_ARTIFACT)} FROM artifact{where}{_MOST_RECENT_FIRST}", params))
 
 
 def nearest(rows: Rows, *, layer: str, model: str, other_than: str) -> Artifact | None:
     """The most recently used published artifact of ``layer`` and ``model`` under another key."""
     where, params = _filters(layer=layer, model=model, state=PUBLISHED)
     query = f"SELECT {_columns(_ARTIFACT)} FROM artifact{where} AND key <> :other_than{_MOST_RECENT_FIRST} LIMIT 1"
-    found = rows(query, {**params, "other_than": other_than})
-    return _artifact(found[0]) if found else None
+    found = _artifacts(rows(query, {**params, "other_than": other_than}))
+    return found[0] if found else None
 
 
 def summaries(rows: Rows, *, layer: str | None = None, model: str | None = None) -> list[ArtifactSummary]:
@@ -195,11 +196,21 @@ def lease(rows: Rows, layer: str, key: str) -> dict[str, Any] | None:
     return dict(zip(names, found[0], strict=True)) if found else None
 
 
-def _artifact(row: Sequence[Any]) -> Artifact:
+def _artifact(row: Sequence[Any]) -> Artifact | None:
+    """The artifact a row records; None (and a warning) for a row whose names cannot be trusted:
+    a damaged or hostile row is never acted on."""
     values = dict(zip(_ARTIFACT, row, strict=True))
-    values["facts"] = {name: f.freeze(value) for name, value in _json(values["facts"]).items()}
-    values["depends_on"] = tuple(_json(values["depends_on"]) or ())
-    return Artifact(**values)
+    try:
+        values["facts"] = {name: f.freeze(value) for name, value in _json(values["facts"]).items()}
+        values["depends_on"] = tuple(str(key) for key in _json(values["depends_on"]) or ())
+        return Artifact(**values)
+    except (AttributeError, TypeError, ValueError) as error:
+        logger.warning("cachekeeper: ignoring the manifest row of %r: %s", values.get("key"), error)
+        return None
+
+
+def _artifacts(found: list[Sequence[Any]]) -> list[Artifact]:
+    return [artifact for artifact in map(_artifact, found) if artifact is not None]
 
 
 def _json(value: Any) -> Any:

@@ -22,7 +22,7 @@ from ..store import (
     Artifact,
     Root,
     Roots,
-    artifact_path,
+    artifact_parts,
     builder_id,
     check_state,
     fsync_directory,
@@ -200,7 +200,11 @@ def _republished(root: Root, artifact: Artifact) -> bool:
 
 def _prepare_removal(root: Root, artifact: Artifact) -> Callable[[], None]:
     """The deletion of ``artifact``'s files, checked to stay inside the root before anything runs."""
-    artifact_path(root, artifact)
+    parts = artifact_parts(root, artifact)
     if artifact.layer == WEIGHTS:
         return hub.removal(root, artifact)
-    return lambda: remove_tree(root, artifact.relpath)
+    return lambda: _remove_files(root, parts)
+
+
+def _remove_files(root: Root, parts: tuple[str, ...]) -> None:
+    remove_tree(root, parts)

@@ -21,7 +21,7 @@ from ..facts import Facts
 from ..keys import CacheKey
 from ..layers import SNAPSHOT, WEIGHTS, Layer
 from ..records import Kind, Record
-from ..store import Artifact, Contents, Root, builder_id, publish, read_sidecar, remove_tree, scan_contents
+from ..store import Artifact, Contents, Root, builder_id, descriptors, publish, read_sidecar, remove_tree, scan_contents
 from .recording import Writer
 
 if TYPE_CHECKING:
@@ -99,8 +99,8 @@ class Claim:
             if publish(self.root, artifact, contents):
                 record(Kind.PUBLISHED, artifact.bytes)
         elif self.use.status == DOWNLOAD:
-            relpath = f"{WEIGHTS}/{f.hf_repo_folder(model)}/snapshots/{facts.value(f.MODEL_REVISION)}"
-            snapshot = self.root.path / relpath
+            parts = self.root.hub_snapshot_parts(model, str(facts.value(f.MODEL_REVISION)))
+            relpath, snapshot = "/".join(parts), self.root.path.joinpath(*parts)
             if not snapshot.is_dir() or not any(snapshot.iterdir()):
                 record(Kind.MISS)  # the boot never downloaded them: nothing to record
                 return
@@ -118,7 +118,7 @@ class Claim:
         if self.registration is not None:
             self.registration.release()
         if self.use.status == BUILD and (self.lease is None or self.lease.held()):
-            remove_tree(self.root, f"{self.layer.name}/{self.use.key}")
+            remove_tree(self.root, self.root.artifact_parts(self.layer.name, str(self.use.key)))
 
     def release(self) -> None:
         if self.lease is not None:
@@ -217,10 +217,11 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
     if layer.name == WEIGHTS:
         status = HIT if read_sidecar(root, WEIGHTS, str(key)) is not None else DOWNLOAD
         return Claim(layer, LayerUse(WEIGHTS, key, status, root.layer_dir(WEIGHTS)), root)
-    directory, relpath = root.artifact_dir(layer.name, str(key)), f"{layer.name}/{key}"
+    parts = root.artifact_parts(layer.name, str(key))
+    directory, relpath = root.path.joinpath(*parts), "/".join(parts)
     while True:
         if read_sidecar(root, layer.name, str(key)) is not None:
-            if _leads_out(root, relpath):
+            if _leads_out(root, parts):
                 return _private(layer, key, root)
             return Claim(layer, LayerUse(layer.name, key, HIT, directory), root)
         lease = leases().acquire(layer.name, str(key))
@@ -232,7 +233,7 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
                     continue
                 # Whatever is here was left by a build that died: never trusted, so start afresh.
                 # A link in place of the directory goes as a link; one above it is refused.
-                remove_tree(root, relpath)
+                remove_tree(root, parts)
                 directory.mkdir(parents=True)
             except UnsafePath as error:
                 lease.release()
@@ -253,18 +254,15 @@ def _private(layer: Layer, key: CacheKey, root: Root) -> Claim:
     return Claim(layer, LayerUse(layer.name, key, PRIVATE, private), root)
 
 
-def _leads_out(root: Root, relpath: str) -> bool:
+def _leads_out(root: Root, parts: tuple[str, ...]) -> bool:
     """Whether the key's directory is, or is reached through, a symbolic link: a boot would read
     and write wherever it points, outside the root. Such an artifact is not used."""
     try:
-        linked = root.inside(relpath).is_symlink()
+        with descriptors.opened(root.path, parts):
+            return False
     except UnsafePath as error:
-        linked, reason = True, str(error)
-    else:
-        reason = f"{root.path / relpath} is a symbolic link"
-    if linked:
-        logger.warning("cachekeeper: not using %s: %s; booting cold instead", relpath, reason)
-    return linked
+        logger.warning("cachekeeper: not using %s: %s; booting cold instead", "/".join(parts), error)
+        return True
 
 
 def record_dependencies(claims: Sequence[Claim]) -> None:

@@ -1,5 +1,10 @@
 """Where everything lives under a cache root. Every path under a root is made here, and nowhere else.
 
+Paths are made only from validated names (a layer, a key, a repo id, a commit sha, a checksum, a
+host): whatever a sidecar, a manifest row, a journal line or a file name says, it is checked here
+before it becomes part of a path, and refused (``UnsafePath``) when it is not a plain name of its
+kind.
+
 ::
 
     <root>/weights/                        HF_HUB_CACHE (huggingface_hub's own revision-addressed layout)
@@ -15,13 +20,16 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import UnsafePath
+from ..errors import CachekeeperError, UnsafePath
+from ..facts import COMMIT_SHA, REPO_ID, hf_repo_folder
+from ..keys import parse_key
 from ..layers import WEIGHTS
 
 STATE_DIR = ".cachekeeper"
@@ -33,6 +41,52 @@ USES = "uses"
 LEASES = "leases"
 # Directories of the state directory that hold one subdirectory per layer.
 PER_LAYER_STATE = (SIDECARS, CHECKSUMS, USES, LEASES)
+
+
+_LAYER = re.compile(r"[a-z][a-z0-9_]*")
+_CHECKSUM = re.compile(r"[0-9a-f]{32}")
+_NOT_IN_HOST = re.compile(r"[^A-Za-z0-9.-]+")
+
+
+def layer_name(layer: str) -> str:
+    if not isinstance(layer, str) or not _LAYER.fullmatch(layer):
+        raise UnsafePath(f"refusing the layer name {layer!r}: not a layer name")
+    return layer
+
+
+def key_name(layer: str, key: str) -> str:
+    """``key`` if it is a cache key of ``layer``."""
+    try:
+        key_layer, _ = parse_key(key)
+    except CachekeeperError:
+        raise UnsafePath(f"refusing the key {key!r}: not a cache key") from None
+    if key_layer != layer_name(layer):
+        raise UnsafePath(f"refusing the key {key!r}: not a key of the {layer} layer")
+    return key
+
+
+def checksum_name(checksum: str) -> str:
+    if not isinstance(checksum, str) or not _CHECKSUM.fullmatch(checksum):
+        raise UnsafePath(f"refusing the checksum {checksum!r}: not an xxh3-128 digest")
+    return checksum
+
+
+def repo_folder(model: str) -> str:
+    """``models--org--name``, for a repo id such as ``org/name``."""
+    if not isinstance(model, str) or not REPO_ID.fullmatch(model) or ".." in model:
+        raise UnsafePath(f"refusing the model {model!r}: not a Hugging Face repo id")
+    return hf_repo_folder(model)
+
+
+def sha_name(sha: str) -> str:
+    if not isinstance(sha, str) or not COMMIT_SHA.fullmatch(sha):
+        raise UnsafePath(f"refusing the revision {sha!r}: not a commit sha")
+    return sha
+
+
+def host_name() -> str:
+    """This host's name as a file name: letters, digits, dots and dashes only."""
+    return _NOT_IN_HOST.sub("_", socket.gethostname()).strip(".") or "host"
 
 
 def default_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -71,23 +125,37 @@ class Root(NamedTuple):
         return self.journal_dir / FOLDED
 
     def layer_dir(self, layer: str) -> Path:
-        return self.path / layer
+        return self.path / layer_name(layer)
+
+    def artifact_parts(self, layer: str, key: str) -> tuple[str, str]:
+        """The artifact directory of ``key``, as names below the root."""
+        return layer_name(layer), key_name(layer, key)
 
     def artifact_dir(self, layer: str, key: str) -> Path:
-        return self.path / layer / key
+        return self.path.joinpath(*self.artifact_parts(layer, key))
+
+    def hub_snapshot_parts(self, model: str, sha: str) -> tuple[str, ...]:
+        """The Hub snapshot of ``model`` at commit ``sha`` in the weights layer, as names."""
+        return WEIGHTS, repo_folder(model), "snapshots", sha_name(sha)
+
+    def hub_snapshot(self, model: str, sha: str) -> Path:
+        return self.path.joinpath(*self.hub_snapshot_parts(model, sha))
 
     def state_layer_dir(self, kind: str, layer: str) -> Path:
         """``.cachekeeper/<kind>/<layer>``, for one of PER_LAYER_STATE."""
-        return self.state_dir / kind / layer
+        return self.state_dir / kind / layer_name(layer)
 
     def sidecar_path(self, layer: str, key: str) -> Path:
-        return self.state_layer_dir(SIDECARS, layer) / f"{key}.json"
+        return self.state_layer_dir(SIDECARS, layer) / f"{key_name(layer, key)}.json"
 
     def checksums_path(self, layer: str, key: str, checksum: str) -> Path:
-        return self.state_layer_dir(CHECKSUMS, layer) / f"{key}.{checksum}.json"
+        return self.state_layer_dir(CHECKSUMS, layer) / f"{key_name(layer, key)}.{checksum_name(checksum)}.json"
 
     def uses_dir(self, layer: str, key: str) -> Path:
-        return self.state_layer_dir(USES, layer) / key
+        return self.state_layer_dir(USES, layer) / key_name(layer, key)
+
+    def lease_dir(self, layer: str, key: str) -> Path:
+        return self.leases_dir() / layer_name(layer) / key_name(layer, key)
 
     def leases_dir(self) -> Path:
         return self.state_dir / LEASES
@@ -102,22 +170,6 @@ class Root(NamedTuple):
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 yield entry.name, Path(entry.path)
-
-    def inside(self, relpath: str) -> Path:
-        """``relpath`` under this root, refusing anything that could lead out of it.
-
-        Absolute paths, ``..`` and symlinked parent directories are refused; the last component may
-        itself be a link, which callers must remove as a link and never follow.
-        """
-        parts = PurePosixPath(relpath).parts
-        if not parts or PurePosixPath(relpath).is_absolute() or any(p in ("..", ".", "") for p in parts):
-            raise UnsafePath(f"refusing path {relpath!r}: not a plain relative path inside {self.path}")
-        current = self.path
-        for part in parts[:-1]:
-            current = current / part
-            if current.is_symlink():
-                raise UnsafePath(f"refusing path {relpath!r}: {current} is a symbolic link")
-        return current / parts[-1]
 
 
 def check_state(root: Root) -> None:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
-import sys
-from typing import Any
 
-from ..errors import StoreError
+from . import descriptors
 from .atomic import fsync_directory, write_atomically
 from .contents import Contents, write_checksums
 from .layout import Root
@@ -60,23 +57,7 @@ def remove_checksums(root: Root, artifact: Artifact) -> None:
         root.checksums_path(artifact.layer, artifact.key, artifact.checksum).unlink(missing_ok=True)
 
 
-def remove_tree(root: Root, relpath: str) -> None:
-    """Delete an artifact directory inside ``root``; a symlink is removed as a link, not followed."""
-    target = root.inside(relpath)
-    try:
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif sys.version_info >= (3, 12):
-            shutil.rmtree(target, onexc=_ignore_vanished)
-        else:
-            shutil.rmtree(target, onerror=lambda fn, path, info: _ignore_vanished(fn, path, info[1]))
-    except FileNotFoundError:
-        return
-    except OSError as error:
-        raise StoreError(f"cannot remove {target}: {error.strerror or error}") from error
-
-
-def _ignore_vanished(function: Any, path: str, error: BaseException) -> None:
-    # Another process deleting the same tree is not a failure: the files are gone either way.
-    if not isinstance(error, FileNotFoundError):
-        raise error
+def remove_tree(root: Root, parts: tuple[str, ...]) -> bool:
+    """Delete ``root/parts...`` (an artifact's directory) by descriptor: a link on the way is
+    refused, the entry itself if a link is removed as one. False if it was not there."""
+    return descriptors.remove(root.path, parts)

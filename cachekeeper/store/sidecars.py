@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import facts as f
-from ..errors import CachekeeperError, UnsafePath
+from ..errors import UnsafePath
 from ..facts import Facts, FactValue, Source, freeze, thaw
 from ..keys import CacheKey, derive_key, parse_key
 from ..layers import WEIGHTS, layer_named
-from .layout import SIDECARS, Root
+from .layout import SIDECARS, Root, checksum_name, key_name
 
 # An artifact's states in the manifest.
 PUBLISHED = "published"
@@ -44,6 +44,15 @@ class Artifact:
     facts: Mapping[str, FactValue]
     depends_on: tuple[str, ...] = ()
     checksum: str | None = None
+
+    def __post_init__(self) -> None:
+        # Names a path will be made of are checked where a record enters: a sidecar, a row.
+        try:
+            key_name(self.layer, self.key)
+            if self.checksum is not None:
+                checksum_name(self.checksum)
+        except UnsafePath as error:
+            raise ValueError(str(error)) from None
 
     def cache_key(self) -> CacheKey:
         layer, digest = parse_key(self.key)
@@ -77,34 +86,35 @@ class Artifact:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"sidecar field missing or malformed: {error}") from None
-        try:
-            layer, _ = parse_key(artifact.key)
-        except CachekeeperError:
-            raise ValueError(f"sidecar key {artifact.key!r} is not a cache key") from None
-        if layer != artifact.layer:
-            raise ValueError(f"key {artifact.key} does not belong to layer {artifact.layer}")
         return artifact
 
 
-def artifact_path(root: Root, artifact: Artifact) -> Path:
-    """The directory that ``artifact``'s key owns under ``root``: ``<layer>/<key>``, or for weights
-    the Hub snapshot of the model and commit that derive its key.
+def artifact_parts(root: Root, artifact: Artifact) -> tuple[str, ...]:
+    """The directory that ``artifact``'s key owns under ``root``, as names: ``<layer>/<key>``, or
+    for weights the Hub snapshot of the model and commit that derive its key.
 
-    A recorded path that is anything else (a whole layer, the state directory, another artifact's
-    directory, a path out of the root) or that passes through a symbolic link is refused: whatever
-    a damaged or hostile record says, only the key's own files can be reached. The directory
-    itself may be a link, which callers remove as a link and never follow.
+    The names come from the key (and, for weights, from the facts that derive it), never from the
+    recorded ``relpath``; a record whose ``relpath`` says anything else (a whole layer, the state
+    directory, another artifact's directory, a path out of the root) is refused as damaged or
+    hostile. Callers reach the directory by descriptor (store.descriptors), so that a link on the
+    way is refused, and the directory itself, if a link, is removed as one and never followed.
     """
-    owned = f"{artifact.layer}/{artifact.key}"
     if artifact.layer == WEIGHTS:
         model, sha = artifact.facts.get(f.MODEL), artifact.facts.get(f.MODEL_REVISION)
-        facts = Facts.from_values(artifact.facts, Source.OBSERVED)
-        derived = str(derive_key(layer_named(WEIGHTS), facts))
-        if isinstance(model, str) and isinstance(sha, str) and derived == artifact.key:
-            owned = f"{WEIGHTS}/{f.hf_repo_folder(model)}/snapshots/{sha}"
-    if artifact.relpath != owned:
+        derived = derive_key(layer_named(WEIGHTS), Facts.from_values(artifact.facts, Source.OBSERVED))
+        if not (isinstance(model, str) and isinstance(sha, str)) or str(derived) != artifact.key:
+            raise UnsafePath(f"refusing {artifact.key}: its model and revision do not derive its key")
+        parts: tuple[str, ...] = root.hub_snapshot_parts(model, sha)
+    else:
+        parts = root.artifact_parts(artifact.layer, artifact.key)
+    if artifact.relpath != "/".join(parts):
         raise UnsafePath(f"refusing path {artifact.relpath!r} of {artifact.key}: it is not the directory the key owns")
-    return root.inside(owned)
+    return parts
+
+
+def artifact_path(root: Root, artifact: Artifact) -> Path:
+    """``artifact_parts`` as a path, for reading and showing; removals go by descriptor."""
+    return root.path.joinpath(*artifact_parts(root, artifact))
 
 
 def read_sidecar(root: Root, layer: str, key: str) -> Artifact | None:
