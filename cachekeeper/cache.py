@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .manifest import Manifest, default_url
-from .store import Roots
+from .store import Roots, check_state
 from .sync import SyncReport, refresh, sync
 from .target import Target
 
@@ -40,6 +40,8 @@ def open_cache(
     ``fold`` is false (see ``Cache.fold``)."""
     per_layer = {**(target.roots if target is not None else {}), **(roots or {})}
     layout = Roots.at(root, per_layer)
+    for each in layout.all():
+        check_state(each)  # before the manifest inside is opened
     cache = Cache(layout, Manifest.open(db or default_url(layout)))
     if fold:
         cache.fold(writing=writing)

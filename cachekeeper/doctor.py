@@ -13,16 +13,19 @@ use them anyway), and leaves rows marked ``deleting`` for the next prune to fini
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError, ManifestUnreachable, SchemaTooNew
+from .errors import ManifestError, ManifestUnreachable, SchemaTooNew, UnsafeRoot
 from .journal import SUFFIX, journal_files, read_journal
 from .manifest import DatabaseUrl, Manifest
 from .manifest.connection import first_line
+from .manifest.migration import revisions
 from .records import Record
 from .store import DELETING, PUBLISHED, Artifact, Roots, check_state, iter_sidecars
 from .sync import sync
@@ -80,7 +83,7 @@ def doctor(
     """
     for root in roots.all():
         check_state(root)
-    manifest, state, damage, moved_to = _open_or_replace(url)
+    manifest, state, damage, moved_to = _open_or_replace(url, roots)
     journal_paths = _journal_paths(roots)
     sidecar_paths = [(root, path, parsed) for root in roots.all() for path, parsed in iter_sidecars(root)]
     if total is not None:
@@ -141,12 +144,18 @@ def _journal_paths(roots: Roots) -> list[Path]:
     return older + list(journal_files(roots.main))
 
 
-def _open_or_replace(url: str) -> tuple[Manifest, str, str | None, Path | None]:
+def _open_or_replace(url: str, roots: Roots) -> tuple[Manifest, str, str | None, Path | None]:
     from sqlalchemy.exc import DatabaseError, OperationalError
 
     path = DatabaseUrl.parse(url).sqlite_file  # a URL that cannot work is the usual one-line error
-    if path is not None and not path.exists():
+    if path is not None and not os.path.lexists(path):
         return Manifest.open(url), CREATED, None, None
+    if path is not None and not _provably_ours(path, roots):
+        raise UnsafeRoot(
+            f"refusing to open or replace {path}: it is not a cachekeeper manifest (no schema revision of "
+            "cachekeeper's in it, and it is not the manifest of a marked cache root); move it away or point "
+            "--db at another file"
+        )
     manifest: Manifest | None = None
     try:
         manifest = Manifest.open(url)
@@ -172,6 +181,22 @@ def _open_or_replace(url: str) -> tuple[Manifest, str, str | None, Path | None]:
     if rollback.exists():
         os.replace(rollback, moved_to.with_name(f"{moved_to.name}-journal"))
     return Manifest.open(url), REPLACED, damage, moved_to
+
+
+def _provably_ours(path: Path, roots: Roots) -> bool:
+    """Whether ``path`` is a manifest doctor may move aside: the one in a marked root's state
+    directory, or a SQLite file stamped with a schema revision cachekeeper knows. Never a link."""
+    if path.is_symlink():
+        return False
+    if path == roots.main.manifest_path and roots.main.marked():
+        return True
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            stamped = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+            connection.execute("SELECT count(*) FROM artifact").fetchall()
+    except sqlite3.Error:
+        return False
+    return len(stamped) == 1 and stamped[0][0] in revisions()
 
 
 def _damage(manifest: Manifest) -> str | None:

@@ -69,7 +69,12 @@ class StoreError(CachekeeperError):
 
 
 class UnsafePath(StoreError):
-    """A path recorded in a sidecar or the manifest points outside its cache root."""
+    """A name recorded in a sidecar, a row or a file name that would lead outside its place."""
+
+
+class UnsafeRoot(UsageError):
+    """A directory cachekeeper must not treat as a cache root: ``/``, a home directory, or one it
+    did not make."""
 
 
 class SnapshotMismatch(CachekeeperError):

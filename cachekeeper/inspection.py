@@ -14,6 +14,7 @@ factors it wrote (``cache_key_factors.json``) say which. The layout read here (v
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -272,8 +273,11 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _factors(path: Path) -> Mapping[str, Any] | None:
+    """What vLLM wrote in ``path``; a link there (to anywhere) is not read."""
     try:
-        data = json.loads(path.read_bytes())
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(descriptor, "rb") as handle:
+            data = json.loads(handle.read(1 << 20))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

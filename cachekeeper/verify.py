@@ -29,7 +29,18 @@ from .layers import DEFAULT_LAYERS, WEIGHTS
 from .leases import leases_for
 from .manifest import Manifest
 from .scope import EVERYTHING, Scope
-from .store import DELETING, Artifact, Root, Roots, artifact_path, hash_files, iter_sidecars, list_files, read_checksums
+from .store import (
+    DELETING,
+    Artifact,
+    Root,
+    Roots,
+    artifact_path,
+    foreign_links,
+    hash_files,
+    iter_sidecars,
+    list_files,
+    read_checksums,
+)
 from .store.layout import CHECKSUMS
 from .uses import users
 
@@ -168,7 +179,9 @@ def _check(
         return [finding(CORRUPT, "its directory is a symbolic link, not followed: no boot will use it")], 0
     if not path.is_dir():
         return [finding(GHOST, "the manifest lists it, but its directory is gone")], 0
-    on_disk = list_files(path, follow_links_within=root.path if artifact.layer == WEIGHTS else None)
+    within = root.path if artifact.layer == WEIGHTS else None
+    on_disk = list_files(path, follow_links_within=within)
+    links = foreign_links(path, follow_links_within=within)
     recorded = read_checksums(root, sidecar)
     if recorded is None:
         if sidecar.checksum is None:
@@ -191,6 +204,9 @@ def _check(
             if part
         )
         findings.append(finding(CORRUPT, detail, resized + changed))
+    if links:
+        detail = f"{len(links)} symbolic link(s) inside it, not followed: no boot will use it"
+        findings.append(finding(CORRUPT, detail, links))
     if missing:
         findings.append(finding(MISSING, f"{len(missing)} recorded file(s) are gone", missing))
     if grown:

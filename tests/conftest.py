@@ -33,8 +33,12 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
+    """A cache root, marked as one, as the first boot or `cachekeeper init` marks it."""
+    from cachekeeper.store import Root
+
     path = tmp_path / "root"
     path.mkdir()
+    Root(path).initialise()
     return path
 
 

@@ -16,7 +16,7 @@ from cachekeeper.leases import FileLeases
 from cachekeeper.runtime import BUILD, DOWNLOAD, HIT, PRIVATE
 from cachekeeper.store import Root, read_sidecar
 
-from .helpers import make_hf_model
+from .helpers import make_hf_model, tree
 
 COMPILE_VARS = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "CUDA_CACHE_PATH")
 
@@ -120,11 +120,11 @@ def test_a_waiter_gives_up_after_its_timeout(root):
 
 
 def test_a_revision_that_cannot_be_resolved_stops_before_anything_changes(root):
-    before = dict(os.environ)
+    before, files = dict(os.environ), tree(root)
     with pytest.raises(cachekeeper.CachekeeperError, match="pin a 40-character commit sha"):
         with cachekeeper.activate(root, model="org/model", revision="main"):
             pass
-    assert dict(os.environ) == before and not any(root.iterdir())
+    assert dict(os.environ) == before and tree(root) == files
 
 
 def test_weights_keyed_by_the_resolved_sha(root):

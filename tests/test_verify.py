@@ -114,10 +114,12 @@ def test_weights_are_checked_through_their_links_and_unrecorded_revisions_are_or
     assert [(f.key, f.files) for f in corrupt] == [(str(ck.keys["weights"]), ("model.bin",))]
 
 
-def test_a_link_out_of_the_root_is_never_followed(root, manifest, tmp_path):
+def test_a_link_out_of_the_root_is_never_followed_and_is_reported(root, manifest, tmp_path):
     outside = tmp_path / "secret"
     outside.write_bytes(b"s" * 100)
     key = build(root, manifest, {"inductor/a.so": b"a"})
     (root / "compile" / key / "inductor" / "link").symlink_to(outside)
     report = verify(manifest, Roots.at(root))
-    assert report.ok and report.hashed_bytes == 1
+    assert report.hashed_bytes == 1  # never read through the link
+    [finding] = report.findings
+    assert not report.ok and (finding.kind, finding.files) == (CORRUPT, ("inductor/link",))

@@ -109,6 +109,22 @@ def prune(
         render.prune(plan, result)
 
 
+@app.command("init")
+def init_command(ctx: typer.Context, target: TargetOption = None, as_json: JsonOption = False) -> None:
+    """Make the cache root (and the target's layer roots) a cache root cachekeeper may prune.
+
+    The first boot does this itself; a root made by an older cachekeeper needs it once. / and
+    home directories are refused.
+    """
+    roots = settings_of(ctx).roots(resolve_target(target))
+    made = {str(root.path): root.initialise() for root in roots.all()}
+    if as_json:
+        print_json({"roots": [{"path": path, "marked_now": now} for path, now in made.items()]})
+    else:
+        for path, now in made.items():
+            render.console.print(f"{path}: {'marked as a cache root' if now else 'already a cache root'}")
+
+
 @app.command("sync")
 def sync_command(ctx: typer.Context, target: TargetOption = None, as_json: JsonOption = False) -> None:
     """Fold what containers recorded (journals, sidecars) into the manifest."""

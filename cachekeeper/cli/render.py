@@ -230,12 +230,17 @@ def prune(plan: PrunePlan, result: PruneResult | None = None) -> None:
         console.print(f"[yellow]Still {format_bytes(plan.over_budget)} over the size budget:[/] the rest must stay.")
     freed = plan.bytes if result is None else result.bytes
     console.print(f"{'Would free' if result is None else 'Freed'} {format_bytes(freed)} in {len(removed)} artifact(s).")
-    if result is not None and result.leftovers:
-        left = result.leftovers
-        console.print(
-            f"Cleared what killed processes left: {len(left.partial_builds)} unfinished build(s), "
-            f"{left.temporary_files} temporary file(s), {left.leases} dead lease(s)."
-        )
+    left = plan.leftovers if result is None else result.leftovers
+    if left:
+        verb = "would clear" if result is None else "cleared"
+        for name in left.partial_builds:
+            console.print(f"{verb} the unfinished build {name}")
+        for path in left.temporary_files:
+            console.print(f"{verb} the temporary file {path}")
+        for name in left.leases:
+            console.print(f"{verb} the dead lease of {name}")
+        if left.database_leases:
+            console.print(f"{verb} {left.database_leases} dead lease row(s) in the manifest")
 
 
 def synced(report: SyncReport) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..manifest import Manifest
 from ..store import Root
 from .database import DbLeases
-from .generations import DictStore, FileLeases, LeaseCleanup, ModalDictLeases, clean_file_leases
+from .generations import DictStore, FileLeases, ModalDictLeases, dead_file_leases, lease_temporary_files
 from .lease import DEFAULT_TTL, STALE_AFTER, Lease, LeaseInfo, Leases
 
 __all__ = [
@@ -20,11 +20,11 @@ __all__ = [
     "DictStore",
     "FileLeases",
     "Lease",
-    "LeaseCleanup",
     "LeaseInfo",
     "Leases",
     "ModalDictLeases",
-    "clean_file_leases",
+    "dead_file_leases",
+    "lease_temporary_files",
     "leases_for",
 ]
 

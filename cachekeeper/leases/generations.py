@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -158,32 +157,27 @@ class FileLeases(_GenerationLeases):
         self.root = root
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseCleanup:
-    leases: int  # keys whose dead leases were removed
-    temporary_files: int  # leftovers of writers killed mid-write
-
-
-def clean_file_leases(root: Root, published: Callable[[str, str], bool], *, now: float | None = None) -> LeaseCleanup:
-    """Remove dead lease stacks whose key is published or that died long ago (see STALE_AFTER).
-
-    A live or recently dead stack is never touched: someone may be climbing it right now.
-    """
-    now = time.time() if now is None else now
+def dead_file_leases(root: Root, published: Callable[[str, str], bool], *, now: float) -> list[tuple[str, str]]:
+    """(layer, key) of the dead lease stacks that may be removed: their key is published, or they
+    died long ago (see STALE_AFTER). A live or recently dead stack is never among them: someone may
+    be climbing it right now."""
     slots = _FileSlots(root.leases_dir(), DEFAULT_TTL)
-    removed = temporary = 0
-    for layer, key, directory in _lease_dirs(slots.base):
-        for leftover in directory.glob(".*.tmp"):
-            if _older_than(leftover, STALE_AFTER / 24, now):  # a writer needs microseconds, not an hour
-                leftover.unlink(missing_ok=True)
-                temporary += 1
+    dead = []
+    for layer, key, _ in _lease_dirs(slots.base):
         _, top = _GenerationLeases(slots, DEFAULT_TTL)._top(f"{layer}/{key}")
-        if top is None or top.alive(now):
-            continue
-        if published(layer, key) or top.expires_at < now - STALE_AFTER:
-            shutil.rmtree(directory, ignore_errors=True)
-            removed += 1
-    return LeaseCleanup(removed, temporary)
+        if top is not None and not top.alive(now) and (published(layer, key) or top.expires_at < now - STALE_AFTER):
+            dead.append((layer, key))
+    return dead
+
+
+def lease_temporary_files(root: Root, *, now: float) -> list[Path]:
+    """Lease files being written when their writer died: a writer needs microseconds, not an hour."""
+    return [
+        leftover
+        for _, _, directory in _lease_dirs(root.leases_dir())
+        for leftover in directory.glob(".*.tmp")
+        if _older_than(leftover, STALE_AFTER / 24, now)
+    ]
 
 
 def _lease_dirs(base: Path) -> Iterator[tuple[str, str, Path]]:

@@ -110,6 +110,9 @@ class Manifest(Database):
     def count_events(self, kind: str) -> int:
         return queries.count_events(self.rows, kind)
 
+    def count_dead_leases(self, *, expired_before: float) -> int:
+        return queries.count_dead_leases(self.rows, expired_before=expired_before)
+
     def lease(self, layer: str, key: str) -> dict[str, Any] | None:
         return queries.lease(self.rows, layer, key)
 

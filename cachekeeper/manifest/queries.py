@@ -187,6 +187,11 @@ def count_events(rows: Rows, kind: str) -> int:
     return int(rows("SELECT count(*) FROM event WHERE kind = :kind", {"kind": str(kind)})[0][0])
 
 
+def count_dead_leases(rows: Rows, *, expired_before: float) -> int:
+    found = rows("SELECT count(*) FROM lease WHERE expires_at < :expired_before", {"expired_before": expired_before})
+    return int(found[0][0])
+
+
 def lease(rows: Rows, layer: str, key: str) -> dict[str, Any] | None:
     """The lease row's fields (owner, token, expires_at, process), or None."""
     names = ("owner", "token", "expires_at", "process")

@@ -13,11 +13,10 @@ from ..errors import CachekeeperError
 from ..journal import Journal
 from ..layers import WEIGHTS
 from ..leases import Lease
-from ..leftovers import Leftovers, clean_leftovers
+from ..leftovers import Leftovers, clear_leftovers
 from ..manifest import Manifest
 from ..records import Kind, Record
 from ..store import (
-    DELETING,
     PUBLISHED,
     Artifact,
     Root,
@@ -76,14 +75,14 @@ def execute_prune(
     """Remove what the plan says, batch by batch, checking the roots again just before each batch:
     a process may have started using an artifact, or someone pinned it, since the plan was made."""
     for root in roots.all():
+        root.require_marked("remove artifacts")
         check_state(root)
     removed: list[Artifact] = []
     skipped: list[tuple[Artifact, str]] = []
     writer = Journal(roots.main)
-    unfinished = {key for _, key in manifest.keys_in_state(DELETING)}
     try:
         for batch in _batches(plan.removals):
-            gone, kept = _remove_batch(batch, manifest, roots, writer, unfinished)
+            gone, kept = _remove_batch(batch, manifest, roots, writer)
             removed += gone
             skipped += kept
             if progress is not None:
@@ -91,7 +90,7 @@ def execute_prune(
                     progress(artifact)
     finally:
         writer.close()
-    return PruneResult(plan, tuple(removed), tuple(skipped), clean_leftovers(manifest, roots))
+    return PruneResult(plan, tuple(removed), tuple(skipped), clear_leftovers(manifest, roots, layers=plan.layers))
 
 
 def _batches(removals: Sequence[Artifact]) -> Iterator[Sequence[Artifact]]:
@@ -105,11 +104,11 @@ def _batches(removals: Sequence[Artifact]) -> Iterator[Sequence[Artifact]]:
 
 
 def _remove_batch(
-    batch: Sequence[Artifact], manifest: Manifest, roots: Roots, writer: Journal, unfinished: set[str]
+    batch: Sequence[Artifact], manifest: Manifest, roots: Roots, writer: Journal
 ) -> tuple[list[Artifact], list[tuple[Artifact, str]]]:
     """Remove a batch of artifacts; (removed, [(kept, why)])."""
     kept: list[tuple[Artifact, str]] = []
-    ready = _lease_what_may_go(batch, manifest, roots, unfinished, kept)
+    ready = _lease_what_may_go(batch, manifest, roots, kept)
     gone: list[Artifact] = []
     try:
         # A Hub revision no boot recorded has no manifest row to claim; its lease alone guards it.
@@ -162,7 +161,7 @@ def _remove_batch(
 
 
 def _lease_what_may_go(
-    batch: Sequence[Artifact], manifest: Manifest, roots: Roots, unfinished: set[str], kept: list[tuple[Artifact, str]]
+    batch: Sequence[Artifact], manifest: Manifest, roots: Roots, kept: list[tuple[Artifact, str]]
 ) -> list[_Removal]:
     """The artifacts of ``batch`` nothing protects, each under its build lease, so that no builder
     starts on a key while its files go; the others go to ``kept`` with the reason."""
@@ -171,14 +170,14 @@ def _lease_what_may_go(
     ready = []
     for artifact in batch:
         root = roots.for_layer(artifact.layer)
-        if artifact.key not in unfinished:
-            reasons = blockers(artifact, roots, leases, pinned, dependents, now)
-            if reasons:
-                kept.append((artifact, "; ".join(reasons)))
-                continue
-            if _republished(root, artifact):
-                kept.append((artifact, "rebuilt since it was planned for removal"))
-                continue
+        # Checked again for every removal, a killed prune's unfinished ones included.
+        reasons = blockers(artifact, roots, leases, pinned, dependents, now)
+        if reasons:
+            kept.append((artifact, "; ".join(reasons)))
+            continue
+        if _republished(root, artifact):
+            kept.append((artifact, "rebuilt since it was planned for removal"))
+            continue
         lease = leases[root].acquire(artifact.layer, artifact.key)
         if lease is None:
             kept.append((artifact, "a process holds its lease"))

@@ -14,8 +14,9 @@ from ..hub import freed_by, hub_revisions
 from ..keys import derive_keys
 from ..layers import WEIGHTS
 from ..leases import Leases, leases_for
+from ..leftovers import Leftovers, find_leftovers
 from ..manifest import Manifest
-from ..store import DELETING, PUBLISHED, Artifact, Root, Roots, read_sidecar
+from ..store import DELETING, Artifact, Root, Roots, read_sidecar
 from ..target import Target
 from ..units import format_age, format_bytes, format_duration
 from .policy import PrunePolicy
@@ -34,6 +35,8 @@ class PrunePlan:
     reasons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     weights_freed: int | None = None  # what huggingface_hub expects to free for the weights removed
     over_budget: int = 0
+    leftovers: Leftovers = field(default_factory=Leftovers)  # what killed processes left, cleared too
+    layers: tuple[str, ...] = ()  # the targets' own layers, looked into for leftovers
 
     @property
     def bytes(self) -> int:
@@ -51,6 +54,7 @@ class PrunePlan:
             "skipped": [],
             "bytes": self.bytes,
             "over_budget": self.over_budget,
+            "leftovers": self.leftovers.to_json(),
         }
 
 
@@ -61,9 +65,13 @@ def brief(artifact: Artifact) -> dict[str, Any]:
 def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: float | None = None) -> PrunePlan:
     """Decide what to remove; touches nothing. See the package docstring for the policies."""
     now = time.time() if now is None else now
+    for root in roots.all():
+        root.require_marked("prune")  # a dry run refuses what a real run would refuse
     older_than, stale, keep_last, max_size = policy.older_than, policy.stale, policy.keep_last, policy.max_size
     keys, targets = policy.scope.keys, policy.targets
-    unfinished = manifest.artifacts(state=DELETING)
+    # A removal a killed prune left unfinished is one more candidate: this prune's scope, policy and
+    # every protection apply to it as to any other (it may have been pinned or used since).
+    unfinished = {key for _, key in manifest.keys_in_state(DELETING)}
     in_scope = [artifact for artifact in _candidates(manifest, roots) if policy.scope.matches(artifact)]
     wanted, unresolved = _target_keys(targets, manifest, roots, strict=stale)
     protected = _roots(in_scope, manifest, roots, targets, wanted, unresolved, now)
@@ -78,7 +86,7 @@ def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: fl
             group.sort(key=lambda a: (-a.last_used_at, a.key))
             recent.update(a.key for a in group[:keep_last])
 
-    reasons: dict[str, tuple[str, ...]] = {a.key: ("finishing a prune that was interrupted",) for a in unfinished}
+    reasons: dict[str, tuple[str, ...]] = {}
     chosen: list[Artifact] = []
     spared: list[Artifact] = []
     for artifact in in_scope:
@@ -87,7 +95,8 @@ def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: fl
             reasons[artifact.key] = tuple(protected[artifact.key])
             spared.append(artifact)
         elif (older_than is not None or stale or keep_last is not None or keys) and not unmet:
-            reasons[artifact.key] = tuple(met)
+            finishing = ("finishing a prune that was interrupted",) if artifact.key in unfinished else ()
+            reasons[artifact.key] = (*met, *finishing)
             chosen.append(artifact)
         else:
             reasons[artifact.key] = tuple(unmet) or ("within the size budget",)
@@ -122,13 +131,16 @@ def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: fl
 
     # A snapshot goes before what it was built from, so a failed removal never strands it.
     chosen.sort(key=lambda a: (not a.depends_on, a.last_used_at, a.key))
-    removals = tuple(unfinished) + tuple(chosen)
+    removals = tuple(chosen)
+    layers = tuple(sorted({layer.name for target in targets for layer in target.layers}))
     return PrunePlan(
         removals,
         tuple(spared),
         reasons,
         freed_by(roots.for_layer(WEIGHTS), [a for a in removals if a.layer == WEIGHTS]),
         over_budget,
+        find_leftovers(manifest, roots, layers=layers, now=now),
+        layers,
     )
 
 
@@ -194,10 +206,11 @@ def _criteria(
 
 
 def _candidates(manifest: Manifest, roots: Roots) -> list[Artifact]:
-    """Published artifacts, and Hub revisions that nobody recorded (a boot that failed, a manual
-    download): they take space too, and huggingface_hub knows how to remove them."""
-    tracked = manifest.artifacts(state=PUBLISHED)
-    known = {a.key for a in tracked} | {key for _, key in manifest.keys_in_state(DELETING)}
+    """Published artifacts, removals a killed prune left unfinished, and Hub revisions that nobody
+    recorded (a boot that failed, a manual download): they take space too, and huggingface_hub
+    knows how to remove them."""
+    tracked = manifest.artifacts(state=None)
+    known = {a.key for a in tracked}
     return tracked + [a for a in hub_revisions(roots) if a.key not in known and not _published(roots, a)]
 
 

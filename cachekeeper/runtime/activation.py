@@ -131,8 +131,10 @@ def activate(
         declared = [fact for fact in declared if not is_gpu_fact(fact.name)]
     mismatches = contradictions(declared, facts)
     chosen = _chosen_layers(layers, target, model, known)
+    waiting = Waiting(on_busy, wait_timeout, refresh)  # every argument is checked before the root is touched
 
     for each_root in cache_roots.all():
+        each_root.initialise()
         check_state(each_root)
     writer, manifest = open_writer(cache_roots, db if db is not None else os.environ.get("CACHEKEEPER_DB"))
     writer.append(Record.new(Kind.OBSERVED, facts=facts, host=builder_id()))
@@ -145,7 +147,6 @@ def activate(
         )
         writer.append(Record.new(Kind.MISMATCH, fact=change.name, declared=change.old, observed=change.new))
 
-    waiting = Waiting(on_busy, wait_timeout, refresh)
     claims: list[Claim] = []
     previous_env: dict[str, str | None] = {}
     try:

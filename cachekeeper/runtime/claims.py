@@ -221,7 +221,7 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
     directory, relpath = root.path.joinpath(*parts), "/".join(parts)
     while True:
         if read_sidecar(root, layer.name, str(key)) is not None:
-            if _leads_out(root, parts):
+            if _leads_out(root, parts, layer):
                 return _private(layer, key, root)
             return Claim(layer, LayerUse(layer.name, key, HIT, directory), root)
         lease = leases().acquire(layer.name, str(key))
@@ -254,15 +254,18 @@ def _private(layer: Layer, key: CacheKey, root: Root) -> Claim:
     return Claim(layer, LayerUse(layer.name, key, PRIVATE, private), root)
 
 
-def _leads_out(root: Root, parts: tuple[str, ...]) -> bool:
-    """Whether the key's directory is, or is reached through, a symbolic link: a boot would read
-    and write wherever it points, outside the root. Such an artifact is not used."""
+def _leads_out(root: Root, parts: tuple[str, ...], layer: Layer) -> bool:
+    """Whether the key's directory, or a directory in it that a cache variable will point at, is
+    (or is reached through) a symbolic link, dangling or not: the boot would read and write
+    wherever it points, outside the root. Such an artifact is not used."""
     try:
-        with descriptors.opened(root.path, parts):
-            return False
+        for subdirectory in {"", *(sub for _, sub in layer.env)}:
+            with descriptors.opened(root.path, (*parts, subdirectory) if subdirectory else parts):
+                pass
     except UnsafePath as error:
         logger.warning("cachekeeper: not using %s: %s; booting cold instead", "/".join(parts), error)
         return True
+    return False
 
 
 def record_dependencies(claims: Sequence[Claim]) -> None:

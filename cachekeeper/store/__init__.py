@@ -5,7 +5,16 @@ and removed first.
 """
 
 from .atomic import fsync_directory, write_atomically
-from .contents import Contents, hash_files, list_files, measure, read_checksums, scan_contents, write_checksums
+from .contents import (
+    Contents,
+    foreign_links,
+    hash_files,
+    list_files,
+    measure,
+    read_checksums,
+    scan_contents,
+    write_checksums,
+)
 from .layout import STATE_DIR, Root, Roots, builder_id, check_state, default_root
 from .publishing import publish, remove_checksums, remove_tree, unpublish
 from .sidecars import (
@@ -33,6 +42,7 @@ __all__ = [
     "builder_id",
     "check_state",
     "default_root",
+    "foreign_links",
     "fsync_directory",
     "hash_files",
     "iter_sidecars",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,31 @@ def list_files(path: Path, *, follow_links_within: Path | None = None) -> dict[s
     """
     within = os.path.realpath(follow_links_within) if follow_links_within is not None else None
     found: dict[str, tuple[int, str]] = {}
+    for name, entry in _entries(path):
+        try:
+            if entry.is_file(follow_symlinks=False):
+                found[name] = (entry.stat(follow_symlinks=False).st_size, entry.path)
+            elif within is not None and (real := _inside(entry.path, within)) is not None:
+                found[name] = (os.stat(real).st_size, real)
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def foreign_links(path: Path, *, follow_links_within: Path | None = None) -> list[str]:
+    """The symbolic links under ``path`` that ``list_files`` does not follow: in an artifact, a link
+    is never part of it (and a cache variable pointed through one would write elsewhere)."""
+    within = os.path.realpath(follow_links_within) if follow_links_within is not None else None
+    return sorted(
+        name
+        for name, entry in _entries(path)
+        if entry.is_symlink() and (within is None or _inside(entry.path, within) is None)
+    )
+
+
+def _entries(path: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every entry under ``path`` but directories, by relative POSIX name; links to directories
+    are entries too, and never walked into."""
     stack = [(Path(path), "")]
     while stack:
         directory, prefix = stack.pop()
@@ -91,15 +116,19 @@ def list_files(path: Path, *, follow_links_within: Path | None = None) -> dict[s
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append((Path(entry.path), f"{name}/"))
-                elif entry.is_file(follow_symlinks=False):
-                    found[name] = (entry.stat(follow_symlinks=False).st_size, entry.path)
-                elif entry.is_symlink() and within is not None:
-                    real = os.path.realpath(entry.path)
-                    if os.path.commonpath([real, within]) == within and os.path.isfile(real):
-                        found[name] = (os.stat(real).st_size, real)
-            except (FileNotFoundError, ValueError):
+                    continue
+            except FileNotFoundError:
                 continue
-    return found
+            yield name, entry
+
+
+def _inside(link: str, within: str) -> str | None:
+    """The regular file ``link`` resolves to, if it lies inside ``within``."""
+    real = os.path.realpath(link)
+    try:
+        return real if os.path.commonpath([real, within]) == within and os.path.isfile(real) else None
+    except ValueError:
+        return None
 
 
 def hash_files(paths: Iterable[str], *, progress: Callable[[int], None] | None = None) -> dict[str, str | None]:

@@ -19,20 +19,25 @@ kind.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import stat
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import CachekeeperError, UnsafePath
+from ..errors import CachekeeperError, UnsafePath, UnsafeRoot
 from ..facts import COMMIT_SHA, REPO_ID, hf_repo_folder
 from ..keys import parse_key
 from ..layers import WEIGHTS
+from .atomic import write_atomically
 
 STATE_DIR = ".cachekeeper"
+MARKER = "root.json"  # written when cachekeeper makes a directory a cache root
 SIDECARS = "sidecars"
 CHECKSUMS = "checksums"
 JOURNAL = "journal"
@@ -117,6 +122,36 @@ class Root(NamedTuple):
         return self.state_dir / "manifest.db"
 
     @property
+    def marker_path(self) -> Path:
+        return self.state_dir / MARKER
+
+    def marked(self) -> bool:
+        """Whether cachekeeper made this root (its marker is a file of its own, not a link)."""
+        try:
+            return stat.S_ISREG(os.lstat(self.marker_path).st_mode) and not os.path.islink(self.state_dir)
+        except OSError:
+            return False
+
+    def initialise(self) -> bool:
+        """Make this directory a cache root (mark it), unless it is one already; True if marked now.
+        ``/``, a home directory and the directories above one are refused."""
+        refuse_location(self.path)
+        if self.marked():
+            return False
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        marker = json.dumps({"format": 1, "made_by": "cachekeeper", "at": time.time()}).encode()
+        return write_atomically(self.marker_path, marker, exclusive=True)
+
+    def require_marked(self, doing: str) -> None:
+        """Refuse to ``doing`` (remove, replace) in a directory cachekeeper did not make a root."""
+        refuse_location(self.path)
+        if not self.marked():
+            raise UnsafeRoot(
+                f"refusing to {doing} in {self.path}: it is not a cache root (no {STATE_DIR}/{MARKER}); "
+                f"if it is one made by an older cachekeeper, mark it with `cachekeeper --root {self.path} init`"
+            )
+
+    @property
     def journal_dir(self) -> Path:
         return self.state_dir / JOURNAL
 
@@ -172,11 +207,24 @@ class Root(NamedTuple):
                 yield entry.name, Path(entry.path)
 
 
+def refuse_location(path: Path) -> None:
+    """A cache root is a directory of its own: never ``/``, a home directory, or one above a home."""
+    resolved = path.expanduser().resolve()
+    homes = {Path.home().resolve()}
+    if os.environ.get("HOME"):
+        homes.add(Path(os.environ["HOME"]).resolve())
+    if resolved == Path(resolved.anchor) or any(resolved == home or resolved in home.parents for home in homes):
+        raise UnsafeRoot(
+            f"refusing {path} as a cache root: it is / or a home directory (or above one); "
+            "choose a directory of its own"
+        )
+
+
 def check_state(root: Root) -> None:
     """Refuse a root whose state directory, or a directory in it, is a symbolic link: sidecars,
     journals, uses and leases are written and removed there, and must never be somewhere else."""
     state = root.state_dir
-    parts = [state, root.journal_dir, root.folded_dir, *(state / name for name in PER_LAYER_STATE)]
+    parts = [state, root.journal_dir, root.folded_dir, root.manifest_path, *(state / name for name in PER_LAYER_STATE)]
     linked = [path for path in parts if path.is_symlink()]
     if not linked:
         for name in PER_LAYER_STATE:
