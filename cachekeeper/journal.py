@@ -9,7 +9,6 @@ folds them into the manifest. Every record carries a ``uid`` so that folding twi
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import NamedTuple
 
 from .records import Kind, Record
 from .store import Root
+from .store.layout import host_name
 
 SUFFIX = ".jsonl"
 
@@ -25,7 +25,8 @@ class Journal:
     """An append-only journal owned by this process. Opened lazily, closed by ``close()``."""
 
     def __init__(self, root: Root) -> None:
-        name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
+        # The host's name is made a plain file name: whatever it holds, the journal stays in its directory.
+        name = f"{host_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
         self.path = root.journal_dir / name
 
     def append(self, record: Record) -> None:

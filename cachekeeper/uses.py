@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .store import Root, write_atomically
+from .store.layout import host_name
 
 # Long against a Volume's background commits (every few seconds) and a busy process's heartbeat:
 # a use wrongly thought gone costs a live server its files, one kept too long costs only space.
@@ -94,8 +95,7 @@ def release_all() -> None:
 
 def register(root: Root, layer: str, key: str) -> Registration:
     """Record that this process uses ``key`` until it exits (or ``release()``)."""
-    host = socket.gethostname().replace(os.sep, "_")
-    path = root.uses_dir(layer, key) / f"{host}-{os.getpid()}.json"
+    path = root.uses_dir(layer, key) / f"{host_name()}-{os.getpid()}.json"
     _heartbeat.add(path)
     return Registration(path)
 

@@ -90,8 +90,8 @@ def sha_name(sha: str) -> str:
 
 
 def host_name() -> str:
-    """This host's name as a file name: letters, digits, dots and dashes only."""
-    return _NOT_IN_HOST.sub("_", socket.gethostname()).strip(".") or "host"
+    """This host's name as a file name: letters, digits, dots and dashes only, at most 64 of them."""
+    return _NOT_IN_HOST.sub("_", socket.gethostname())[:64].strip(".") or "host"
 
 
 def default_root(environ: Mapping[str, str] | None = None) -> Path:
