@@ -43,7 +43,7 @@ VLLM_VERSION = "0.33.0"
 TORCH = "torch==2.13.0"
 # Steps of the install, in order: (pip arguments, what the step is for). Change anything here and
 # bump RECIPE_VERSION: an existing venv is then rebuilt.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 STEPS: tuple[tuple[tuple[str, ...], str], ...] = (
     ((TORCH,), "the CPU torch wheel"),
     (
@@ -66,6 +66,8 @@ STEPS: tuple[tuple[tuple[str, ...], str], ...] = (
             # inspect it, and vllm/model_executor/layers/attention imports einops; flashinfer's
             # package __init__ (needed for its cache-location code) imports pynvml.
             "einops", "nvidia-ml-py",
+            # quantization="fp8" (and other methods) import it; the version vLLM 0.33.0 pins.
+            "compressed-tensors==0.17.0",
         ),
         "the pure-Python requirements vLLM's config code imports",
     ),

@@ -9,6 +9,7 @@ A request (or a JSON list of them, to pay for ``import vllm`` once per environme
      "model_dir": "/path/with/config.json",             # optional; no engine config without it
      "fields": false,                                    # optional: every config field's value too
      "env_factors": false,                               # optional: envs.compile_factors() itself
+     "inductor": false,                                  # optional: inductor_hash (see inductor_hash())
      "extract": false}                                   # optional: vLLM's lists (see extract())
 
 Each answer is a JSON object, in request order:
@@ -154,10 +155,25 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
     out["env_hash"] = hash_factors(factors)
     if request.get("env_factors"):
         out["env_factors"] = factors
+    if request.get("inductor"):
+        out["inductor_hash"] = inductor_hash()
     out["paths"], out["path_rules"] = cache_paths()
     if request.get("extract"):
         out["extract"] = extract(engine.get("model"))
     return out
+
+
+def inductor_hash() -> str:
+    """What InductorStandaloneAdaptor.compute_hash() gives (the compiler_hash of the per-backend
+    directory; the AOT key holds the same factors when VLLM_USE_MEGA_AOT_ARTIFACT is on): the
+    system (GPU name or CPU), torch's source hash, and Inductor's and functorch's portable config,
+    which TORCHINDUCTOR_* variables change. It costs ~2 s the first time (torch's source hash)."""
+    import vllm.envs as envs
+    from vllm.compilation.compiler_interface import get_inductor_factors
+    from vllm.utils.hashing import safe_hash
+
+    factors = get_inductor_factors(envs.VLLM_USE_AOT_COMPILE)
+    return safe_hash(str(factors).encode(), usedforsecurity=False).hexdigest()[:10]
 
 
 def config_parts(config: Any) -> dict[str, str | None]:
@@ -278,6 +294,10 @@ def cache_paths() -> tuple[dict[str, str | None], list[str]]:
         "~/.cache/minfer/fmha_sm100"
     )
     rules.append("minfer_fmha_sm100")
+
+    from huggingface_hub import constants
+
+    paths["hf_hub_cache"] = constants.HF_HUB_CACHE
 
     # Last: cache_dir() creates the directory and writes TORCHINDUCTOR_CACHE_DIR into os.environ.
     from torch._inductor.runtime.cache_dir_utils import cache_dir
