@@ -215,6 +215,18 @@ MOE_FLIPS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("enable_expert_parallel (MoE)", {"enable_expert_parallel": True}, {}),
 ]
 
+# Flips on a model whose context (32768) exceeds the default batch (8192 / 2048 / 4096 tokens).
+LONG_FLIPS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("enable_chunked_prefill (max_model_len 32768 > default batch)", {"enable_chunked_prefill": False}, {}),
+    ("performance_mode=throughput", {"performance_mode": "throughput"}, {}),
+]
+
+# The same engine arguments built the way LLM(...) and `vllm serve` build them (usage_context).
+CONTEXT_FLIPS: list[tuple[str, str | None, str | None]] = [
+    ("usage context: LLM(...) vs none", "LLM_CLASS", None),
+    ("usage context: vllm serve vs LLM(...)", "OPENAI_API_SERVER", "LLM_CLASS"),
+]
+
 SHA_A = "a" * 40
 
 
@@ -254,6 +266,12 @@ def requests_for(root: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str,
         flip("engine", label, {"model_dir": base_dir, "engine": engine}, {"model_dir": base_dir, "engine": against})
     for label, engine, against in MOE_FLIPS:
         flip("engine", label, {"model_dir": moe_dir, "engine": engine}, {"model_dir": moe_dir, "engine": against})
+    long_dir = make_model(root / "long", max_position_embeddings=32768)
+    for label, engine, against in LONG_FLIPS:
+        flip("engine", label, {"model_dir": long_dir, "engine": engine}, {"model_dir": long_dir, "engine": against})
+    for label, context, against_context in CONTEXT_FLIPS:
+        flip("engine", label, {"model_dir": base_dir, "usage_context": context},
+             {"model_dir": base_dir, "usage_context": against_context})
     for number, (label, changes) in enumerate(MODEL_FLIPS):
         other = make_model(root / f"model-{number}", **changes)
         flip("model", label, {"model_dir": other}, {"model_dir": base_dir})

@@ -7,6 +7,7 @@ A request (or a JSON list of them, to pay for ``import vllm`` once per environme
     {"engine": {...EngineArgs keyword arguments...},    # optional
      "env": {"VLLM_PORT": "9000", "HOME": null, ...},   # optional; null removes a variable
      "model_dir": "/path/with/config.json",             # optional; no engine config without it
+     "usage_context": null,                              # optional: "LLM_CLASS", "OPENAI_API_SERVER", ...
      "fields": false,                                    # optional: every config field's value too
      "env_factors": false,                               # optional: envs.compile_factors() itself
      "inductor": false,                                  # optional: inductor_hash (see inductor_hash())
@@ -145,7 +146,14 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
         from vllm.engine.arg_utils import EngineArgs
 
         engine.setdefault("skip_tokenizer_init", True)
-        config = EngineArgs(**engine).create_engine_config()
+        # LLM(...) passes LLM_CLASS and `vllm serve` OPENAI_API_SERVER: their batch defaults differ.
+        context = request.get("usage_context")
+        if context:
+            from vllm.usage.usage_lib import UsageContext
+
+            config = EngineArgs(**engine).create_engine_config(usage_context=UsageContext[context])
+        else:
+            config = EngineArgs(**engine).create_engine_config()
         out["config_hash"] = config.compute_hash()
         out["config_parts"] = config_parts(config)
         if request.get("fields"):
