@@ -1,5 +1,5 @@
 """vLLM 0.33.0's own hashing, run through tests/vllm_probe.py, agrees with what docs/vllm-facts.md
-records. The first run builds .venv-vllm (about 2 minutes, 2.5 GB); later runs take ~20 s.
+records. The first run builds .venv-vllm (about 2 minutes, 2.5 GB); later runs take 30-40 s on 2 cores.
 Skipped, with the reason, where that venv cannot be made (no registry, CACHEKEEPER_VLLM_ENV=0)."""
 
 from __future__ import annotations
