@@ -13,6 +13,9 @@ import pytest
 from .vllm_env import PROBE_HOME, run_probe, vllm_python_or_reason
 from .vllm_measure import TINY_QWEN2
 
+# Runs vLLM itself: make test-fast leaves it out.
+pytestmark = pytest.mark.vllm
+
 BASE, GPU_MEMORY, BATCHED_TOKENS, CPU_OFFLOAD, PORT_AND_ROOT, NO_AOT = range(6)
 
 
@@ -34,7 +37,7 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         {"model_dir": str(model), "env": {"VLLM_USE_AOT_COMPILE": "0"}},
     ]
     results = run_probe(requests)  # three environments: three worker processes
-    for request, result in zip(requests, results):
+    for request, result in zip(requests, results, strict=False):
         assert result["ok"], (request, result.get("error"))
     return {"results": results, "other_root": other_root}
 
@@ -51,7 +54,9 @@ def test_memory_settings_leave_the_config_hash_alone(answers: dict[str, Any]) ->
 def test_shapes_and_offload_move_the_config_hash(answers: dict[str, Any]) -> None:
     results = answers["results"]
     assert results[BATCHED_TOKENS]["config_hash"] != results[BASE]["config_hash"]
-    assert results[BATCHED_TOKENS]["config_parts"]["scheduler_config"] != results[BASE]["config_parts"]["scheduler_config"]
+    assert (
+        results[BATCHED_TOKENS]["config_parts"]["scheduler_config"] != results[BASE]["config_parts"]["scheduler_config"]
+    )
     # cpu_offload_gb is memory, yet OffloadConfig hashes every field it has.
     assert results[CPU_OFFLOAD]["config_hash"] != results[BASE]["config_hash"]
 
@@ -80,6 +85,14 @@ def test_vllm_resolves_its_caches_under_vllm_cache_root(answers: dict[str, Any])
         assert Path(paths[name]).is_relative_to(root), name
     # ... and these do not follow it: they need variables of their own (docs/vllm-facts.md).
     # VLLM_ASSETS_CACHE and VLLM_XLA_CACHE_PATH default to XDG_CACHE_HOME/vllm/..., not to the root.
-    for name in ("vllm_config_root", "vllm_assets_cache", "vllm_xla_cache", "triton_cache", "flashinfer_jit",
-                 "flashinfer_autotune_v2", "outlines", "hf_hub_cache"):
+    for name in (
+        "vllm_config_root",
+        "vllm_assets_cache",
+        "vllm_xla_cache",
+        "triton_cache",
+        "flashinfer_jit",
+        "flashinfer_autotune_v2",
+        "outlines",
+        "hf_hub_cache",
+    ):
         assert not Path(paths[name]).is_relative_to(root), name

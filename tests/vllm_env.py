@@ -20,7 +20,6 @@ Set ``CACHEKEEPER_VLLM_ENV=0`` to never build it (the tests that need it then sk
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -49,23 +48,48 @@ STEPS: tuple[tuple[tuple[str, ...], str], ...] = (
     (
         # The versions vLLM 0.33.0 pins for these three; flashinfer only so that its cache-location
         # code can be read and called (it does not run here).
-        ("--no-deps", f"vllm=={VLLM_VERSION}", "xgrammar==0.2.8", "llguidance>=1.7.0,<1.8.0",
-         "flashinfer-python==0.7.2.post1"),
+        (
+            "--no-deps",
+            f"vllm=={VLLM_VERSION}",
+            "xgrammar==0.2.8",
+            "llguidance>=1.7.0,<1.8.0",
+            "flashinfer-python==0.7.2.post1",
+        ),
         "vLLM without its pinned CUDA torch",
     ),
     (
         (
-            "packaging", "huggingface-hub", "regex", "pydantic", "numpy", "psutil", "cbor2", "pyzmq",
+            "packaging",
+            "huggingface-hub",
+            "regex",
+            "pydantic",
+            "numpy",
+            "psutil",
+            "cbor2",
+            "pyzmq",
             # Exact: its version is written into the hf_config JSON that vLLM's config hash covers.
             # 5.20.2 is the newest vLLM 0.33.0 allows (>=5.16.1,<5.21.0).
             "transformers==5.20.2",
-            "aiohttp", "requests", "openai-harmony", "openai", "msgspec", "cloudpickle",
-            "pillow", "pybase64", "cachetools", "uvloop", "py-cpuinfo", "prometheus-client",
-            "fastapi>=0.133.0,<0.137.0", "partial-json-parser", "apache-tvm-ffi==0.1.11",
+            "aiohttp",
+            "requests",
+            "openai-harmony",
+            "openai",
+            "msgspec",
+            "cloudpickle",
+            "pillow",
+            "pybase64",
+            "cachetools",
+            "uvloop",
+            "py-cpuinfo",
+            "prometheus-client",
+            "fastapi>=0.133.0,<0.137.0",
+            "partial-json-parser",
+            "apache-tvm-ffi==0.1.11",
             # Beyond vllm-cache.md's list: the model registry imports the model's module to
             # inspect it, and vllm/model_executor/layers/attention imports einops; flashinfer's
             # package __init__ (needed for its cache-location code) imports pynvml.
-            "einops", "nvidia-ml-py",
+            "einops",
+            "nvidia-ml-py",
             # quantization="fp8" (and other methods) import it; the version vLLM 0.33.0 pins.
             "compressed-tensors==0.17.0",
         ),
@@ -148,7 +172,9 @@ def _build(python: Path, quiet: bool) -> None:
             _run(command, f"pip install {' '.join(args)}", quiet)
     check = subprocess.run(
         [str(python), "-c", "import torch, vllm; print(torch.__version__, vllm.__version__)"],
-        capture_output=True, text=True, env=_clean_env(),
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
     )
     if check.returncode != 0:
         raise VllmEnvUnavailable(f"vllm does not import in {VENV}:\n{check.stderr[-3000:]}")
@@ -157,8 +183,13 @@ def _build(python: Path, quiet: bool) -> None:
         raise VllmEnvUnavailable(f"{VENV} got torch {torch_version} and vllm {vllm_version}; wanted a CPU torch")
     seconds = time.monotonic() - started
     size = sum(p.stat().st_size for p in VENV.rglob("*") if p.is_file() and not p.is_symlink())
-    marker = {"recipe": recipe(), "torch": torch_version, "vllm": vllm_version,
-              "install_seconds": round(seconds, 1), "size_bytes": size}
+    marker = {
+        "recipe": recipe(),
+        "torch": torch_version,
+        "vllm": vllm_version,
+        "install_seconds": round(seconds, 1),
+        "size_bytes": size,
+    }
     partial = VENV / (MARKER + ".partial")
     partial.write_text(json.dumps(marker, indent=1) + "\n")
     partial.rename(VENV / MARKER)  # last: its presence says the venv is whole
@@ -174,7 +205,7 @@ def _run(command: list[str], what: str, quiet: bool) -> None:
         ) as process:
             assert process.stdout is not None
             for line in process.stdout:
-                tail = (tail + [line.rstrip()])[-15:]
+                tail = ([*tail, line.rstrip()])[-15:]
                 if not quiet:
                     sys.stderr.write(f"  {line}")
             returncode = process.wait()

@@ -91,11 +91,16 @@ ENGINE_FLIPS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("data_parallel_address", {"data_parallel_address": "10.1.2.3"}, {}),
     ("data_parallel_rpc_port", {"data_parallel_rpc_port": 13999}, {}),
     ("enable_chunked_prefill", {"enable_chunked_prefill": False}, {}),
-    ("speculative_config (ngram, vs none)", {"speculative_config": {"method": "ngram", "num_speculative_tokens": 3,
-                                                                    "prompt_lookup_max": 3}}, {}),
-    ("speculative_config.num_speculative_tokens (ngram 3 -> 5)",
-     {"speculative_config": {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 3}},
-     {"speculative_config": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}}),
+    (
+        "speculative_config (ngram, vs none)",
+        {"speculative_config": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}},
+        {},
+    ),
+    (
+        "speculative_config.num_speculative_tokens (ngram 3 -> 5)",
+        {"speculative_config": {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 3}},
+        {"speculative_config": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}},
+    ),
     ("hf_overrides (changes a model value)", {"hf_overrides": {"rms_norm_eps": 1e-5}}, {}),
     ("hf_overrides (empty dict)", {"hf_overrides": {}}, {}),
     ("enable_lora", {"enable_lora": True}, {}),
@@ -206,12 +211,21 @@ TINY_QWEN2_MOE = {
 
 # Flips on the MoE model: (label, engine, against).
 MOE_FLIPS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
-    ("data_parallel_rank (MoE, data_parallel_size=2: rank 1 vs rank 0)",
-     {"data_parallel_size": 2, "data_parallel_rank": 1}, {"data_parallel_size": 2, "data_parallel_rank": 0}),
-    ("data_parallel_address (MoE, data_parallel_size=2)",
-     {"data_parallel_size": 2, "data_parallel_address": "10.1.2.3"}, {"data_parallel_size": 2}),
-    ("data_parallel_rpc_port (MoE, data_parallel_size=2)",
-     {"data_parallel_size": 2, "data_parallel_rpc_port": 13999}, {"data_parallel_size": 2}),
+    (
+        "data_parallel_rank (MoE, data_parallel_size=2: rank 1 vs rank 0)",
+        {"data_parallel_size": 2, "data_parallel_rank": 1},
+        {"data_parallel_size": 2, "data_parallel_rank": 0},
+    ),
+    (
+        "data_parallel_address (MoE, data_parallel_size=2)",
+        {"data_parallel_size": 2, "data_parallel_address": "10.1.2.3"},
+        {"data_parallel_size": 2},
+    ),
+    (
+        "data_parallel_rpc_port (MoE, data_parallel_size=2)",
+        {"data_parallel_size": 2, "data_parallel_rpc_port": 13999},
+        {"data_parallel_size": 2},
+    ),
     ("enable_expert_parallel (MoE)", {"enable_expert_parallel": True}, {}),
 ]
 
@@ -270,8 +284,12 @@ def requests_for(root: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str,
     for label, engine, against in LONG_FLIPS:
         flip("engine", label, {"model_dir": long_dir, "engine": engine}, {"model_dir": long_dir, "engine": against})
     for label, context, against_context in CONTEXT_FLIPS:
-        flip("engine", label, {"model_dir": base_dir, "usage_context": context},
-             {"model_dir": base_dir, "usage_context": against_context})
+        flip(
+            "engine",
+            label,
+            {"model_dir": base_dir, "usage_context": context},
+            {"model_dir": base_dir, "usage_context": against_context},
+        )
     for number, (label, changes) in enumerate(MODEL_FLIPS):
         other = make_model(root / f"model-{number}", **changes)
         flip("model", label, {"model_dir": other}, {"model_dir": base_dir})
@@ -280,13 +298,24 @@ def requests_for(root: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str,
     hf_a = fake_hf_cache(root / "hf-a", "org/tiny", TINY_QWEN2)
     hf_b = fake_hf_cache(root / "hf-b", "org/tiny", TINY_QWEN2)
     repo = {"engine": {"model": "org/tiny"}, "env": {"HF_HOME": hf_a}}
-    flip("model", "repo id offline: the same snapshot in an HF cache at another path",
-         {"engine": {"model": "org/tiny"}, "env": {"HF_HOME": hf_b}}, repo)
-    flip("model", "repo id offline: revision=<the sha> vs revision unset (main -> the same sha)",
-         {"engine": {"model": "org/tiny", "revision": SHA_A}, "env": {"HF_HOME": hf_a}}, repo)
-    flip("model", "repo id offline vs the snapshot directory given as a path",
-         {"model_dir": str(Path(hf_a) / "hub" / "models--org--tiny" / "snapshots" / SHA_A), "env": {"HF_HOME": hf_a}},
-         repo)
+    flip(
+        "model",
+        "repo id offline: the same snapshot in an HF cache at another path",
+        {"engine": {"model": "org/tiny"}, "env": {"HF_HOME": hf_b}},
+        repo,
+    )
+    flip(
+        "model",
+        "repo id offline: revision=<the sha> vs revision unset (main -> the same sha)",
+        {"engine": {"model": "org/tiny", "revision": SHA_A}, "env": {"HF_HOME": hf_a}},
+        repo,
+    )
+    flip(
+        "model",
+        "repo id offline vs the snapshot directory given as a path",
+        {"model_dir": str(Path(hf_a) / "hub" / "models--org--tiny" / "snapshots" / SHA_A), "env": {"HF_HOME": hf_a}},
+        repo,
+    )
 
     base_env = {"model_dir": base_dir, "inductor": True}
     for label, env in ENV_FLIPS:
@@ -328,14 +357,13 @@ def measure(kinds: list[str], isolate: bool) -> dict[str, Any]:
         elif not b["ok"]:
             row["error"] = "base failed: " + b["error"][:300]
         else:
-            row["config_hash_changes"] = (
-                a.get("config_hash") != b.get("config_hash") if "config_hash" in a else None
-            )
+            row["config_hash_changes"] = a.get("config_hash") != b.get("config_hash") if "config_hash" in a else None
             row["env_hash_changes"] = a["env_hash"] != b["env_hash"]
             if "inductor_hash" in a and "inductor_hash" in b:
                 row["inductor_hash_changes"] = a["inductor_hash"] != b["inductor_hash"]
             row["parts_changed"] = sorted(
-                name for name in set(a.get("config_parts", {})) | set(b.get("config_parts", {}))
+                name
+                for name in set(a.get("config_parts", {})) | set(b.get("config_parts", {}))
                 if a.get("config_parts", {}).get(name) != b.get("config_parts", {}).get(name)
             )
             row["fields_changed"] = diff_fields(a.get("fields"), b.get("fields"))
@@ -362,10 +390,12 @@ def main() -> None:
             print(f"{row['kind']:6} {row['label']:60} ERROR {row['error'][:150]}")
         else:
             yes = {True: "YES", False: "no", None: "-"}
-            print(f"{row['kind']:6} {row['label']:60} config={yes[row['config_hash_changes']]:3} "
-                  f"env={'YES' if row['env_hash_changes'] else 'no ':3} "
-                  f"inductor={ {True: 'YES', False: 'no'}.get(row.get('inductor_hash_changes'), '-')} "
-                  f"{','.join(row['fields_changed'])[:150]}")
+            print(
+                f"{row['kind']:6} {row['label']:60} config={yes[row['config_hash_changes']]:3} "
+                f"env={'YES' if row['env_hash_changes'] else 'no ':3} "
+                f"inductor={ {True: 'YES', False: 'no'}.get(row.get('inductor_hash_changes'), '-') } "
+                f"{','.join(row['fields_changed'])[:150]}"
+            )
 
 
 if __name__ == "__main__":

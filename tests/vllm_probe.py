@@ -83,7 +83,7 @@ def drive(
 
         def run_group(key: tuple[Any, ...], indexes: list[int]) -> None:
             answers = _run_worker(dict(key[0]), [requests[i] for i in indexes])
-            for index, answer in zip(indexes, answers):
+            for index, answer in zip(indexes, answers, strict=False):
                 results[index] = answer
 
         with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(groups)))) as pool:
@@ -98,7 +98,11 @@ def _run_worker(env: dict[str, str], requests: list[dict[str, Any]]) -> list[dic
     try:
         done = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--worker"],
-            input=json.dumps(requests), capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S,
+            input=json.dumps(requests),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=WORKER_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
         return [{"ok": False, "error": f"worker timed out after {WORKER_TIMEOUT_S} s"}] * len(requests)
@@ -252,7 +256,6 @@ def cache_paths() -> tuple[dict[str, str | None], list[str]]:
     try:
         from flashinfer.autotune_cache import get_default_cache_root
         from flashinfer.jit import env as jit_env
-
         from vllm.model_executor.warmup.flashinfer_autotune_cache import (
             flashinfer_autotune_root,
             resolve_flashinfer_autotune_v2_root,
@@ -291,8 +294,11 @@ def cache_paths() -> tuple[dict[str, str | None], list[str]]:
         paths["torch_extensions"] = explicit
     else:
         accelerator = (
-            f"rocm{torch.version.hip.replace('.', '')}" if torch.version.hip
-            else f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+            f"rocm{torch.version.hip.replace('.', '')}"
+            if torch.version.hip
+            else f"cu{torch.version.cuda.replace('.', '')}"
+            if torch.version.cuda
+            else "cpu"
         )
         python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
         paths["torch_extensions"] = os.path.join(get_default_build_root(), f"{python}_{accelerator}")
@@ -341,7 +347,8 @@ def extract(model: str | None) -> dict[str, Any]:
     literal = next(
         sorted(element.value for element in node.value.elts)
         for node in ast.walk(tree)
-        if isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Set)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.value, ast.Set)
         and getattr(node.target, "id", "") == "ignored_factors"
     )
     out: dict[str, Any] = {
@@ -387,11 +394,21 @@ def extract(model: str | None) -> dict[str, Any]:
 
     # Config classes whose compute_hash builds its own list instead (read, not run): name them.
     own_list = {}
-    for module_name in ("vllm.config.scheduler", "vllm.config.lora", "vllm.config.speculative",
-                        "vllm.config.multimodal", "vllm.config.device", "vllm.config.load",
-                        "vllm.config.observability", "vllm.config.structured_outputs",
-                        "vllm.config.profiler", "vllm.config.kv_transfer", "vllm.config.ec_transfer",
-                        "vllm.config.pooler", "vllm.config.aux_output"):
+    for module_name in (
+        "vllm.config.scheduler",
+        "vllm.config.lora",
+        "vllm.config.speculative",
+        "vllm.config.multimodal",
+        "vllm.config.device",
+        "vllm.config.load",
+        "vllm.config.observability",
+        "vllm.config.structured_outputs",
+        "vllm.config.profiler",
+        "vllm.config.kv_transfer",
+        "vllm.config.ec_transfer",
+        "vllm.config.pooler",
+        "vllm.config.aux_output",
+    ):
         module = importlib.import_module(module_name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ == module_name and "compute_hash" in vars(cls) and cls.__qualname__ not in calls:
