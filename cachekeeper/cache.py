@@ -41,7 +41,10 @@ def open_cache(
     per_layer = {**(target.roots if target is not None else {}), **(roots or {})}
     layout = Roots.at(root, per_layer)
     for each in layout.all():
-        check_state(each)  # before the manifest inside is opened
+        # Before the manifest inside is opened (which may create it): nothing is made or changed in
+        # a directory cachekeeper did not make a root, and no link in its state is followed.
+        each.open_for("use")
+        check_state(each)
     cache = Cache(layout, Manifest.open(db or default_url(layout)))
     if fold:
         cache.fold(writing=writing)

@@ -82,6 +82,7 @@ def doctor(
     some are.
     """
     for root in roots.all():
+        root.open_for("repair the manifest of")
         check_state(root)
     manifest, state, damage, moved_to = _open_or_replace(url, roots)
     journal_paths = _journal_paths(roots)

@@ -75,7 +75,7 @@ def clear_leftovers(
     now = time.time() if now is None else now
     found = _find(manifest, roots, layers, now)
     for each in found:
-        each.root.require_marked("clear what killed processes left")
+        each.root.require_marked("clear what killed processes left in")
         for layer, key in each.builds:
             remove_tree(each.root, each.root.artifact_parts(layer, key))
         for path in each.temporary:

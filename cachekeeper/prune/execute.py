@@ -75,7 +75,7 @@ def execute_prune(
     """Remove what the plan says, batch by batch, checking the roots again just before each batch:
     a process may have started using an artifact, or someone pinned it, since the plan was made."""
     for root in roots.all():
-        root.require_marked("remove artifacts")
+        root.require_marked("remove artifacts in")
         check_state(root)
     removed: list[Artifact] = []
     skipped: list[tuple[Artifact, str]] = []

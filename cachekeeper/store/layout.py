@@ -142,12 +142,23 @@ class Root(NamedTuple):
         marker = json.dumps({"format": 1, "made_by": "cachekeeper", "at": time.time()}).encode()
         return write_atomically(self.marker_path, marker, exclusive=True)
 
+    def open_for(self, doing: str) -> None:
+        """Before a command uses this root: a missing or empty directory becomes a new root, one
+        cachekeeper made is used as it is, anything else is refused (and left as it is)."""
+        refuse_location(self.path)
+        if self.marked():
+            return
+        if not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir())):
+            self.initialise()
+            return
+        self.require_marked(doing)
+
     def require_marked(self, doing: str) -> None:
         """Refuse to ``doing`` (remove, replace) in a directory cachekeeper did not make a root."""
         refuse_location(self.path)
         if not self.marked():
             raise UnsafeRoot(
-                f"refusing to {doing} in {self.path}: it is not a cache root (no {STATE_DIR}/{MARKER}); "
+                f"refusing to {doing} {self.path}: it is not a cache root (no {STATE_DIR}/{MARKER}); "
                 f"if it is one made by an older cachekeeper, mark it with `cachekeeper --root {self.path} init`"
             )
 
