@@ -7,6 +7,7 @@ that a command that only reads starts without loading it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -16,6 +17,7 @@ from ..store import Roots
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|key|auth|credential", re.IGNORECASE)
 FORMS = "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
 _IN_MEMORY = ("", ":memory:")
 
@@ -65,7 +67,10 @@ class DatabaseUrl(NamedTuple):
 
 
 def hidden(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """``url`` for messages: SQLAlchemy hides the password; a parameter that holds one
+    (``?password=``, ``sslpassword``, a token) is hidden the same way."""
+    query = {name: "***" if _SECRET_PARAMETER.search(name) else value for name, value in url.query.items()}
+    return url.set(query=query).render_as_string(hide_password=True)
 
 
 def _parse_server(text: str) -> URL:
