@@ -5,27 +5,40 @@ declares; the model revision resolved to a commit sha; and, for what a deployer 
 driver, the exact GPU name), the newest fingerprint observed on the same GPU type. A key that
 still needs a fact nobody told is *unverified*.
 
+A deploy may land on several GPU types (``gpu = "H100"`` may run on an H200; see gpus.py), and a
+cache built on one is no use, or worse, on another. So every landing is checked on its own: its
+facts are inherited from a fingerprint seen on its own GPU type, never a sibling's, and each layer
+gets one row per landing. A layer that keys no GPU fact (the weights) gets one row for all of
+them when every landing derives the same key. The deploy is ready when every row is warm; with
+``any_landing``, when each layer has at least one warm row (the other landings boot cold).
+
 ``explain_keys`` answers the question a stale layer raises: which facts differ between two keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from . import facts as f
 from .cache import Cache
-from .deploy import local_facts, target_facts
+from .deploy import local_facts, resolved_revision, target_facts
 from .errors import UnknownKeyError
-from .facts import Facts
+from .facts import Fact, Facts
+from .gpus import Landing
 from .keys import CacheKey, FactChange, derive_keys, explain, parse_key
-from .layers import DEFAULT_LAYERS
+from .layers import DEFAULT_LAYERS, Layer, layer_named
 from .leases import leases_for
-from .manifest import Observation
+from .manifest import Manifest, Observation
 from .store import read_sidecar
 from .target import Target
+
+# The facts that differ from one GPU type to another: a layer keyed by none of them (the weights)
+# is the same artifact on every landing.
+_GPU_FACTS = (f.GPU_TYPE, f.GPU_NAME, f.GPU_ARCH, f.GPU_MEMORY, f.GPU_COUNT, f.DRIVER, f.DRIVER_BRANCH, f.CUDA_DRIVER)
 
 
 class Status(StrEnum):
@@ -37,15 +50,26 @@ class Status(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class LayerReport:
+    """One row: a layer on one landing, or on all of them (``landing`` None) when its key is the
+    same everywhere."""
+
     layer: str
     key: CacheKey
     status: Status
     nearest: str | None = None  # for a stale layer: the artifact it would have used
     changes: tuple[FactChange, ...] = ()  # what differs from ``nearest``
+    landing: Landing | None = None
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """Cold or stale: a warm-up would help (one being built will appear)."""
+        return self.status in (Status.COLD, Status.STALE)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
+            "gpu": None if self.landing is None else self.landing.gpu.name,
+            "gpu_count": None if self.landing is None else self.landing.count,
             "key": str(self.key),
             "status": str(self.status),
             "nearest": self.nearest,
@@ -55,20 +79,66 @@ class LayerReport:
 
 
 @dataclass(frozen=True, slots=True)
+class LandingFacts:
+    """What one landing's keys are made of, and the observation its inherited facts came from."""
+
+    landing: Landing
+    facts: Facts
+    observation: Observation | None
+    keys: Mapping[str, CacheKey]
+
+    def unverified(self, layers: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted({name for layer in layers for name in self.keys[layer].unverified}))
+
+    def to_json(self, layers: tuple[str, ...]) -> dict[str, Any]:
+        return {
+            "gpu": self.landing.gpu.name,
+            "gpu_count": self.landing.count,
+            "facts": self.facts.to_json(),
+            "unverified": list(self.unverified(layers)),
+            "observation": _observation_json(self.observation),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class CheckReport:
     target: Target
-    facts: Facts
+    landings: tuple[LandingFacts, ...]
     layers: tuple[LayerReport, ...]
-    observation: Observation | None  # where inherited facts came from
+    any_landing: bool = False  # ready when each layer is warm on at least one landing
+
+    @property
+    def facts(self) -> Facts:
+        """The first landing's facts."""
+        return self.landings[0].facts
+
+    @property
+    def observation(self) -> Observation | None:
+        """Where the first landing's inherited facts came from."""
+        return self.landings[0].observation
 
     @property
     def ready(self) -> bool:
-        return all(report.status is Status.WARM for report in self.layers)
+        if self.any_landing:
+            return all(
+                any(row.status is Status.WARM for row in self.layers if row.layer == name) for name in self.target.needs
+            )
+        return all(row.status is Status.WARM for row in self.layers)
 
     @property
     def needs_rebuild(self) -> bool:
-        """Whether a warm-up would help: a layer is cold or stale (one being built will appear)."""
-        return any(layer.status in (Status.COLD, Status.STALE) for layer in self.layers)
+        """Whether a warm-up would help: not ready, and a row is cold or stale."""
+        return not self.ready and any(row.needs_rebuild for row in self.layers)
+
+    @property
+    def cold_landings(self) -> tuple[Landing, ...]:
+        """The landings a warm-up should boot on: those with a cold or stale row. A layer the same
+        on every landing (the weights) is built by any boot: the first landing's, unless another
+        one boots anyway."""
+        cold = [row.landing for row in self.layers if row.needs_rebuild and row.landing is not None]
+        if not cold and any(row.needs_rebuild for row in self.layers):
+            cold.append(self.landings[0].landing)
+        return tuple(landing for landing in self.target.landings if landing in cold)
 
     @property
     def unverified(self) -> tuple[str, ...]:
@@ -76,39 +146,63 @@ class CheckReport:
         return tuple(sorted(names))
 
     def to_json(self) -> dict[str, Any]:
-        observation = self.observation
         return {
             "ready": self.ready,
+            "any": self.any_landing,
             "target": self.target.source,
+            "landings": [each.to_json(self.target.needs) for each in self.landings],
             "layers": [layer.to_json() for layer in self.layers],
             "facts": self.facts.to_json(),
             "unverified": list(self.unverified),
-            "observation": None
-            if observation is None
-            else {"gpu_type": observation.gpu_type, "host": observation.host, "last_seen_at": observation.last_seen_at},
+            "observation": _observation_json(self.observation),
         }
 
 
-def check(target: Target, cache: Cache) -> CheckReport:
-    """Report every layer the target needs, against the manifest as last folded."""
-    observation = cache.manifest.latest_observation(target.gpu.name)
-    facts = target_facts(target, observation.facts if observation else None, cache.roots.hf_cache())
-    keys = derive_keys(facts, target.layers)
-    reports = tuple(_layer_report(name, keys[name], cache) for name in target.needs)
-    return CheckReport(target, facts, reports, observation)
+def _observation_json(observation: Observation | None) -> dict[str, Any] | None:
+    if observation is None:
+        return None
+    return {"gpu_type": observation.gpu_type, "host": observation.host, "last_seen_at": observation.last_seen_at}
 
 
-def _layer_report(layer: str, key: CacheKey, cache: Cache) -> LayerReport:
+def check(target: Target, cache: Cache, *, any_landing: bool = False) -> CheckReport:
+    """Report every layer the target needs on every landing, against the manifest as last folded."""
+    hf_cache = cache.roots.hf_cache()
+    landings = tuple(landing_facts(target, cache.manifest, hf_cache))
+    rows: list[LayerReport] = []
+    for name in target.needs:
+        keys = [each.keys[name] for each in landings]
+        if not _keys_gpu(layer_named(name, target.layers)) and len({str(key) for key in keys}) == 1:
+            rows.append(_layer_report(name, keys[0], cache, None))
+        else:
+            rows.extend(_layer_report(name, key, cache, each.landing) for key, each in zip(keys, landings, strict=True))
+    return CheckReport(target, landings, tuple(rows), any_landing)
+
+
+def landing_facts(target: Target, manifest: Manifest, hf_cache: Path | None) -> Iterator[LandingFacts]:
+    """Each landing's facts and keys, inheriting from the newest fingerprint seen on its GPU type."""
+    revision: Fact | None = resolved_revision(target, hf_cache)
+    for landing in target.landings:
+        observation = manifest.latest_observation(landing.gpu.name)
+        inherited = observation.facts if observation else None
+        facts = target_facts(target, inherited, hf_cache, landing=landing, revision=revision)
+        yield LandingFacts(landing, facts, observation, derive_keys(facts, target.layers))
+
+
+def _keys_gpu(layer: Layer) -> bool:
+    return any(layer.selects(name) for name in _GPU_FACTS)
+
+
+def _layer_report(layer: str, key: CacheKey, cache: Cache, landing: Landing | None) -> LayerReport:
     root = cache.roots.for_layer(layer)
     if read_sidecar(root, layer, str(key)) is not None:
-        return LayerReport(layer, key, Status.WARM)
+        return LayerReport(layer, key, Status.WARM, landing=landing)
     if leases_for(root, cache.manifest).holder(layer, str(key)) is not None:
-        return LayerReport(layer, key, Status.BUILDING)
+        return LayerReport(layer, key, Status.BUILDING, landing=landing)
     model = str(key.facts.value(f.MODEL, f.NONE))
     nearest = cache.manifest.nearest(layer=layer, model=model, other_than=str(key))
     if nearest is not None:
-        return LayerReport(layer, key, Status.STALE, nearest.key, explain(nearest.cache_key(), key))
-    return LayerReport(layer, key, Status.COLD)
+        return LayerReport(layer, key, Status.STALE, nearest.key, explain(nearest.cache_key(), key), landing)
+    return LayerReport(layer, key, Status.COLD, landing=landing)
 
 
 def explain_keys(old: str, new: str, target: Target | None, cache: Cache) -> tuple[FactChange, ...]:
@@ -136,7 +230,6 @@ def _known_keys(target: Target | None, cache: Cache, wanted: set[str]) -> Iterat
     layers = target.layers if target else DEFAULT_LAYERS
     hf_cache = cache.roots.hf_cache()
     if target is not None:
-        observation = cache.manifest.latest_observation(target.gpu.name)
-        facts = target_facts(target, observation.facts if observation else None, hf_cache)
-        yield from ((str(k), k) for k in derive_keys(facts, layers).values())
+        for each in landing_facts(target, cache.manifest, hf_cache):
+            yield from ((str(k), k) for k in each.keys.values())
     yield from ((str(k), k) for k in derive_keys(local_facts(target, hf_cache), layers).values())

@@ -3,7 +3,9 @@
 A deployer cannot know everything a container will see. Facts a target leaves out are inherited
 from a fingerprint observed on the same GPU type (``check``), or keyed as unknown where none is at
 hand (a snapshot tag made at deploy time); the model revision is always resolved to a commit sha.
-At run time the observed facts are the truth: ``contradictions`` says where they differ.
+A target may land on several GPU types (gpus.py): its facts are those of one landing at a time.
+At run time the observed facts are the truth: ``contradictions`` says where they differ from the
+landing the process is on (``landing_of``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import facts as f
 from .facts import Fact, Facts, Source
 from .fingerprint import observe, resolve_revision
+from .gpus import Landing
 from .keys import CacheKey, FactChange, derive_keys
 from .layers import DEFAULT_LAYERS
 
@@ -24,16 +27,45 @@ if TYPE_CHECKING:
 
 
 def target_facts(
-    target: Target, inherited: Facts | None, hf_cache: Path | None, environ: Mapping[str, str] | None = None
+    target: Target,
+    inherited: Facts | None,
+    hf_cache: Path | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    landing: Landing | None = None,
+    revision: Fact | None = None,
 ) -> Facts:
-    """Declared facts over ``inherited`` ones (a fingerprint seen on the target's GPU type), with
-    the model revision resolved to a sha in ``hf_cache`` or on the Hub."""
-    environ = os.environ if environ is None else environ
+    """The facts of a deploy on ``landing`` (default: the target's first): declared facts over
+    ``inherited`` ones (a fingerprint seen on that landing's GPU type, never a sibling's), with the
+    model revision resolved to a sha in ``hf_cache`` or on the Hub (or ``revision``, resolved
+    already by ``resolved_revision``: one lookup serves every landing)."""
     base = Facts(tuple(Fact(x.name, x.value, Source.INHERITED) for x in inherited)) if inherited else Facts()
-    facts = base.merged(target.declared_facts())
+    facts = base.merged(target.declared_facts(landing))
     if target.model is not None:
-        facts = facts.merged([resolve_revision(target.model, target.revision or "main", hf_cache, environ)])
+        facts = facts.merged(
+            [revision or resolve_revision(target.model, target.revision or "main", hf_cache, _env(environ))]
+        )
     return facts
+
+
+def resolved_revision(target: Target, hf_cache: Path | None, environ: Mapping[str, str] | None = None) -> Fact | None:
+    """The target's model revision as a commit sha (None without a model)."""
+    if target.model is None:
+        return None
+    return resolve_revision(target.model, target.revision or "main", hf_cache, _env(environ))
+
+
+def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def landing_of(target: Target, observed: Facts) -> Landing:
+    """The landing a running process is on: the one of its GPU type (and count, when several share
+    the type), else the target's first (whose declared facts it then contradicts)."""
+    gpu_type, count = observed.value(f.GPU_TYPE, f.NONE), observed.value(f.GPU_COUNT, 0)
+    same_type = [landing for landing in target.landings if landing.gpu.name == gpu_type]
+    same_count = [landing for landing in same_type if landing.count == count]
+    return (same_count or same_type or [target.landings[0]])[0]
 
 
 def local_facts(target: Target | None, hf_cache: Path) -> Facts:
@@ -48,7 +80,8 @@ def local_facts(target: Target | None, hf_cache: Path) -> Facts:
 
 
 def declared_gpu_facts(target: Target | None) -> list[Fact]:
-    """The GPU facts a target declares (type, count, arch; the driver if it names one)."""
+    """The GPU facts a target declares on its first landing (type, count, arch; the driver if it
+    names one)."""
     return [fact for fact in (target.declared_facts() if target else []) if is_gpu_fact(fact.name)]
 
 
@@ -86,4 +119,5 @@ class Fingerprint(NamedTuple):
 def fingerprint(target: Target | None, hf_cache: Path) -> Fingerprint:
     facts = local_facts(target, hf_cache)
     keys = derive_keys(facts, target.layers if target else DEFAULT_LAYERS)
-    return Fingerprint(facts, keys, contradictions(target.declared_facts(), facts) if target else ())
+    mismatches = contradictions(target.declared_facts(landing_of(target, facts)), facts) if target else ()
+    return Fingerprint(facts, keys, mismatches)

@@ -1,25 +1,41 @@
-"""Modal's GPU types, the architecture each one means, and how NVML names them."""
+"""Modal's GPU types, the architecture each one means, how NVML names them, and where a request lands.
+
+The GPU a deploy asks for is not always the GPU it gets. Modal's GPU guide
+(https://modal.com/docs/guide/gpu: the list of ``gpu`` values, "Specifying GPU count", and its
+section on automatic upgrades and fallbacks) says:
+
+- ``"H100"`` may be upgraded to an H200 at no extra cost; ``"H100!"`` forbids that;
+- ``"A100"`` may be upgraded to an A100-80GB at no extra cost; ``"A100-40GB"`` asks for the 40 GB
+  card alone (and ``"A100-80GB"`` for the 80 GB one);
+- ``"B200+"`` may run on a B200 or a B300 (billed as a B200; a B300 needs CUDA 13);
+- a list (``gpu=["H100", "A100-80GB"]``) is fallbacks, tried in order of preference;
+- ``":N"`` asks for N GPUs of the type on one machine.
+
+No other upgrade is documented, so no other spelling lands on more than its own type. ``"B300"``
+on its own is in Modal's newer GPU tables; ``"A10G"`` is the older name of ``"A10"``.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from .errors import UsageError
 
 
 class GpuType(NamedTuple):
-    """A GPU type as Modal spells it (``gpu="A100-80GB"``) and what a deployer knows of it."""
+    """One kind of GPU a container can land on, named as Modal names it (``"A100-80GB"``)."""
 
     name: str
-    arch: str | None  # None where the type covers several architectures (B200+ may be a B300)
+    arch: str
     device_pattern: str  # matches the names NVML gives such devices
 
 
 CPU = GpuType("cpu", "none", r"^none$")
 
 # Order matters: the first pattern that matches an NVML name wins (A100-80GB before A100-40GB).
-# Types from https://modal.com/docs/guide/gpu ; architectures from NVIDIA's compute capability list.
+# Architectures are NVIDIA's compute capabilities; the B300 (Blackwell Ultra) is 10.3, sm_103.
 GPU_TYPES: tuple[GpuType, ...] = (
     GpuType("T4", "sm_75", r"\bT4\b"),
     GpuType("L4", "sm_89", r"\bL4\b"),
@@ -31,33 +47,145 @@ GPU_TYPES: tuple[GpuType, ...] = (
     GpuType("H100", "sm_90", r"\bH100\b"),
     GpuType("H200", "sm_90", r"\bH200\b"),
     GpuType("B200", "sm_100", r"\bB200\b"),
-    GpuType("B200+", None, r"\bB300\b"),
+    GpuType("B300", "sm_103", r"\bB300\b"),
     CPU,
 )
+_BY_NAME = {gpu.name: gpu for gpu in GPU_TYPES}
 
-# Other spellings Modal accepts for the same hardware.
-_ALIASES = {"A100": "A100-40GB", "A10G": "A10", "H100!": "H100"}
-_BY_NAME = {gpu.name.upper(): gpu for gpu in GPU_TYPES}
+# Every spelling Modal accepts (upper case; Modal ignores case), and the types it may land on, in
+# order of preference. "cpu" is cachekeeper's own: a deploy without a GPU. The first spelling
+# that lands on one type alone is how a warm-up asks for exactly that type (H100 → "H100!").
+_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "T4": ("T4",),
+    "L4": ("L4",),
+    "A10": ("A10",),
+    "A10G": ("A10",),
+    "L40S": ("L40S",),
+    "A100": ("A100-40GB", "A100-80GB"),
+    "A100-40GB": ("A100-40GB",),
+    "A100-80GB": ("A100-80GB",),
+    "RTX-PRO-6000": ("RTX-PRO-6000",),
+    "H100": ("H100", "H200"),
+    "H100!": ("H100",),
+    "H200": ("H200",),
+    "B200": ("B200",),
+    "B200+": ("B200", "B300"),
+    "B300": ("B300",),
+    "CPU": ("cpu",),
+}
+_EXACT = {lands[0]: spelling for spelling, lands in reversed(_SPELLINGS.items()) if len(lands) == 1}
 _SPEC = re.compile(r"(?P<type>[^:\s]+)(?::(?P<count>\d+))?")
 
 
+@dataclass(frozen=True, slots=True)
+class Landing:
+    """One kind of machine a deploy's containers may boot on: a GPU type and how many of it."""
+
+    gpu: GpuType
+    count: int
+
+    @property
+    def label(self) -> str:
+        """How people read it: ``H100``, ``H100:8``, ``cpu``."""
+        return self.gpu.name if self.count <= 1 else f"{self.gpu.name}:{self.count}"
+
+    @property
+    def exact(self) -> str:
+        """The Modal ``gpu`` value that lands here and nowhere else (``"H100!"`` for an H100)."""
+        spelling = "cpu" if self.gpu is CPU else _EXACT[self.gpu.name]
+        return spelling if self.count <= 1 else f"{spelling}:{self.count}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True, slots=True)
+class GpuRequest:
+    """What a target asks Modal for, and every landing it may get, in order of preference."""
+
+    spec: str  # as written: "H100", "B200+:2", or a fallback list '["H100", "A100-80GB"]'
+    landings: tuple[Landing, ...]
+
+    @property
+    def first(self) -> Landing:
+        return self.landings[0]
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.first.gpu is CPU
+
+    @property
+    def written(self) -> str:
+        """As a target file writes it: ``"H100"``, or the list."""
+        return self.spec if self.spec.startswith("[") else f'"{self.spec}"'
+
+    def landing(self, gpu: str | None = None) -> Landing:
+        """The landing on ``gpu`` (a type such as ``"H200"``, or a label such as ``"H100:8"``);
+        the first when None."""
+        if gpu is None:
+            return self.first
+        wanted = gpu.strip().upper()
+        for each in self.landings:
+            if wanted in (each.gpu.name.upper(), each.label.upper()):
+                return each
+        labels = ", ".join(each.label for each in self.landings)
+        raise UsageError(f"gpu = {self.written} never lands on {gpu!r}: its landings are {labels}")
+
+
+def parse_request(value: object) -> GpuRequest:
+    """A target's ``gpu``: one spelling (``"H100"``, ``"B200+:2"``, ``"cpu"``) or a list of
+    fallbacks (``["H100", "A100-80GB"]``). Raises UsageError saying what is wrong, in one line."""
+    if isinstance(value, str):
+        return GpuRequest(value.strip(), _landings(value))
+    if not isinstance(value, list):
+        raise UsageError(f'must be a GPU type such as "H100", or a list of them for fallbacks, not {value!r}')
+    if not value:
+        raise UsageError('an empty list lands nowhere: name at least one GPU type, such as ["H100"]')
+    landings: list[Landing] = []
+    for number, entry in enumerate(value, start=1):
+        if not isinstance(entry, str):
+            raise UsageError(f'entry {number} of the list must be a GPU type such as "A100-80GB", not {entry!r}')
+        try:
+            found = _landings(entry)
+        except UsageError as error:
+            raise UsageError(f"entry {number} of the list: {error}") from None
+        if found[0].gpu is CPU:
+            raise UsageError(f'entry {number} of the list: "cpu" cannot be a fallback; Modal falls back to GPUs only')
+        landings.extend(landing for landing in found if landing not in landings)
+    return GpuRequest("[" + ", ".join(f'"{entry.strip()}"' for entry in value) + "]", tuple(landings))
+
+
 def parse_gpu(spec: str) -> tuple[GpuType, int]:
-    """``"H100:2"`` → (the H100 type, 2). Case does not matter, as in Modal."""
+    """``"H100:2"`` → (the H100 type, 2): the first type one spelling lands on, and the count."""
+    first = _landings(spec)[0]
+    return first.gpu, first.count
+
+
+def _landings(spec: str) -> tuple[Landing, ...]:
     match = _SPEC.fullmatch(spec.strip())
     name = match.group("type").upper() if match else ""
-    gpu = _BY_NAME.get(_ALIASES.get(name, name))
-    if gpu is None:
-        known = ", ".join(g.name for g in GPU_TYPES)
-        raise UsageError(f"unknown GPU type {spec!r}: use one of {known} (optionally with :COUNT)")
-    assert match is not None
+    if match is None or name not in _SPELLINGS:
+        raise UsageError(_unknown(spec, name if match else ""))
     count = match.group("count")
-    if gpu is CPU:
+    types = [_BY_NAME[each] for each in _SPELLINGS[name]]
+    if types[0] is CPU:
         if count:
             raise UsageError(f"GPU type {spec!r}: cpu takes no count")
-        return gpu, 0
+        return (Landing(CPU, 0),)
     if count is not None and int(count) < 1:
         raise UsageError(f"GPU count in {spec!r} must be at least 1")
-    return gpu, int(count or 1)
+    return tuple(Landing(gpu, int(count or 1)) for gpu in types)
+
+
+def _unknown(spec: str, name: str) -> str:
+    base = name[:-1]
+    if name.endswith(("!", "+")) and base in _SPELLINGS:
+        return (
+            f"GPU type {spec!r}: Modal takes '!' only after H100 (H100! never lands on an H200) and '+' only "
+            f"after B200 (B200+ may land on a B300); write {base}"
+        )
+    known = ", ".join(spelling if spelling != "CPU" else "cpu" for spelling in _SPELLINGS)
+    return f"unknown GPU type {spec!r}: use one of {known} (optionally with :COUNT), or a list of them"
 
 
 def modal_gpu_type(device_name: str) -> str | None:

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import facts as f
-from .deploy import target_facts
+from .deploy import resolved_revision, target_facts
 from .errors import SnapshotMismatch
-from .facts import Facts, Source
+from .facts import Fact, Facts, Source
 from .fingerprint import observe
+from .gpus import Landing
 from .keys import FactChange, derive_key
 from .layers import SNAPSHOT, layer_named
 from .leases import DEFAULT_TTL, DictStore, Leases, ModalDictLeases
@@ -146,40 +147,95 @@ def activate(
 
 
 def snapshot_facts(
-    target: Target | str | os.PathLike[str], *, hf_cache: Path | None = None, environ: Mapping[str, str] | None = None
+    target: Target | str | os.PathLike[str],
+    *,
+    hf_cache: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    gpu: str | None = None,
 ) -> Facts:
-    """The facts a deploy's memory snapshot is keyed by, from the target alone: no GPU needed.
+    """The facts a deploy's memory snapshot is keyed by on one landing (``gpu``, such as
+    ``"H200"``; default: the target's first), from the target alone: no GPU needed.
 
     What the target leaves out (usually the exact driver) is keyed as unknown; Modal itself
     takes new snapshots when its hosts' runtime changes. A revision name is resolved in
     ``hf_cache`` (default: $HF_HUB_CACHE), else on the Hub.
     """
-    target = target if isinstance(target, Target) else load_target(Path(target))
-    environ = os.environ if environ is None else environ
-    if hf_cache is None and environ.get("HF_HUB_CACHE"):
-        hf_cache = Path(environ["HF_HUB_CACHE"])
-    return layer_named(SNAPSHOT, target.layers).keyed(target_facts(target, None, hf_cache, environ))
+    target = _target(target)
+    return _landing_facts(target, target.landing(gpu), _hf_cache(hf_cache, environ), environ)
 
 
-def snapshot_tag(target: Target | str | os.PathLike[str], *, hf_cache: Path | None = None) -> str:
-    """The snapshot layer's key for a deploy. Put it in the image's environment (see
-    ``snapshot_env``) so that a change of key is a change of config, which makes Modal take a new
-    memory snapshot; Modal offers no other way to drop one."""
-    target = target if isinstance(target, Target) else load_target(Path(target))
-    facts = snapshot_facts(target, hf_cache=hf_cache)
-    return str(derive_key(layer_named(SNAPSHOT, target.layers), facts))
+def snapshot_tag(
+    target: Target | str | os.PathLike[str], *, hf_cache: Path | None = None, gpu: str | None = None
+) -> str:
+    """The snapshot layer's key for a deploy on one landing (default: the first). Put it in the
+    image's environment (see ``snapshot_env``) so that a change of key is a change of config,
+    which makes Modal take a new memory snapshot; Modal offers no other way to drop one."""
+    target = _target(target)
+    return str(derive_key(layer_named(SNAPSHOT, target.layers), snapshot_facts(target, hf_cache=hf_cache, gpu=gpu)))
 
 
-def snapshot_env(target: Target | str | os.PathLike[str], *, hf_cache: Path | None = None) -> dict[str, str]:
-    """``image.env(snapshot_env(target))``: the snapshot's key, and the facts it was made of for
-    ``verify_restore`` to compare against after a restore."""
-    target = target if isinstance(target, Target) else load_target(Path(target))
-    facts = snapshot_facts(target, hf_cache=hf_cache)
-    known = {fact.name: f.thaw(fact.value) for fact in facts if fact.source is not Source.UNKNOWN}
+def snapshot_tags(target: Target | str | os.PathLike[str], *, hf_cache: Path | None = None) -> dict[str, str]:
+    """The snapshot tag of every landing, by its label (``{"H100": ..., "H200": ...}``).
+
+    An image's environment holds one tag, and ``snapshot_env`` puts the first landing's there.
+    That is enough: the landings' tags differ only in their GPU facts, which the target fixes, so
+    whatever changes one tag changes them all; and Modal keeps a snapshot per GPU type.
+    """
+    target = _target(target)
+    layer = layer_named(SNAPSHOT, target.layers)
+    hf_cache = _hf_cache(hf_cache, None)
+    revision = resolved_revision(target, hf_cache)
     return {
-        SNAPSHOT_KEY_ENV: str(derive_key(layer_named(SNAPSHOT, target.layers), facts)),
+        landing.label: str(derive_key(layer, _landing_facts(target, landing, hf_cache, None, revision)))
+        for landing in target.landings
+    }
+
+
+def snapshot_env(
+    target: Target | str | os.PathLike[str], *, hf_cache: Path | None = None, gpu: str | None = None
+) -> dict[str, str]:
+    """``image.env(snapshot_env(target))``: the snapshot's key on one landing (default: the
+    first), and the facts it was made of for ``verify_restore`` to compare against after a restore.
+
+    Without ``gpu``, the facts are those every landing shares: a container restored on the H200 of
+    an ``"H100"`` deploy is where it should be, and ``verify_restore`` must not say otherwise.
+    """
+    target = _target(target)
+    hf_cache = _hf_cache(hf_cache, None)
+    layer = layer_named(SNAPSHOT, target.layers)
+    revision = resolved_revision(target, hf_cache)
+    chosen = _landing_facts(target, target.landing(gpu), hf_cache, None, revision)
+    known = {fact.name: f.thaw(fact.value) for fact in chosen if fact.source is not Source.UNKNOWN}
+    if gpu is None:
+        for landing in target.landings[1:]:
+            other = _landing_facts(target, landing, hf_cache, None, revision)
+            known = {name: value for name, value in known.items() if f.thaw(other.value(name, f.UNKNOWN)) == value}
+    return {
+        SNAPSHOT_KEY_ENV: str(derive_key(layer, chosen)),
         SNAPSHOT_FACTS_ENV: json.dumps(known, sort_keys=True, separators=(",", ":")),
     }
+
+
+def _target(target: Target | str | os.PathLike[str]) -> Target:
+    return target if isinstance(target, Target) else load_target(Path(target))
+
+
+def _hf_cache(hf_cache: Path | None, environ: Mapping[str, str] | None) -> Path | None:
+    environ = os.environ if environ is None else environ
+    if hf_cache is None and environ.get("HF_HUB_CACHE"):
+        return Path(environ["HF_HUB_CACHE"])
+    return hf_cache
+
+
+def _landing_facts(
+    target: Target,
+    landing: Landing,
+    hf_cache: Path | None,
+    environ: Mapping[str, str] | None,
+    revision: Fact | None = None,
+) -> Facts:
+    facts = target_facts(target, None, hf_cache, environ, landing=landing, revision=revision)
+    return layer_named(SNAPSHOT, target.layers).keyed(facts)
 
 
 # Facts a running process can observe about itself; the model and engine are what it was told.
@@ -232,5 +288,6 @@ __all__ = [
     "snapshot_env",
     "snapshot_facts",
     "snapshot_tag",
+    "snapshot_tags",
     "verify_restore",
 ]

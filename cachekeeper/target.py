@@ -3,11 +3,11 @@
 ::
 
     [target]
-    gpu = "H100"                       # a Modal GPU type, optionally ":COUNT", or "cpu"
+    gpu = "H100"                       # a Modal GPU type, optionally ":COUNT"; a list of fallbacks; or "cpu"
     model = "Qwen/Qwen2.5-0.5B-Instruct"
     revision = "main"                  # resolved to a commit sha
     layers = ["weights", "compile"]    # what the deploy needs warm
-    warmup = ["modal", "run", "app.py::warm"]  # boots once to build what is cold (check --rebuild)
+    warmup = ["modal", "run", "app.py::warm", "--gpu", "{gpu}"]  # check --rebuild: once per cold landing
 
     [target.packages]
     vllm = "0.33.0"
@@ -17,13 +17,17 @@
 
 A target declares what the deployer knows. What it leaves out (the driver, usually) is inherited
 from the newest fingerprint observed on the same GPU type; see check.py.
+
+``gpu`` means what it means to Modal: the *landings* of a request are every GPU type (and count)
+its containers may boot on, since ``"H100"`` may run on an H200, ``"B200+"`` on a B300, and a list
+falls back from one type to the next (see gpus.py). Each landing has facts and keys of its own.
 """
 
 from __future__ import annotations
 
 import shlex
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +35,12 @@ from typing import Any
 from . import facts as f
 from .errors import TargetError, UsageError
 from .facts import Fact, Source
-from .gpus import CPU, GpuType, parse_gpu
+from .gpus import CPU, GpuRequest, GpuType, Landing, parse_request
 from .layers import COMPILE, DEFAULT_LAYERS, WEIGHTS, Layer, custom_layer
 
 TARGET_FILE = "cachekeeper.toml"
+# In a warmup command: the Modal GPU value that lands on exactly one landing ("H100!", "H200").
+GPU_PLACEHOLDER = "{gpu}"
 
 _TARGET_KEYS = {
     "gpu",
@@ -56,8 +62,7 @@ _TOP_KEYS = {"target", "roots", "layers"}
 @dataclass(frozen=True)
 class Target:
     source: str  # where it was read from, for messages
-    gpu: GpuType
-    gpu_count: int
+    request: GpuRequest  # the GPU asked for, and every landing it may get
     model: str | None = None
     revision: str | None = None
     python: str | None = None
@@ -72,14 +77,45 @@ class Target:
     roots: Mapping[str, Path] = field(default_factory=dict)
     warmup: tuple[str, ...] = ()  # the command that boots once inside activate(); see check --rebuild
 
-    def declared_facts(self) -> list[Fact]:
-        """Every fact the target states, except the model revision (which must be resolved)."""
+    @property
+    def landings(self) -> tuple[Landing, ...]:
+        """Every GPU type (and count) the deploy's containers may boot on, preferred first."""
+        return self.request.landings
+
+    @property
+    def gpu(self) -> GpuType:
+        """The first landing's GPU type."""
+        return self.request.first.gpu
+
+    @property
+    def gpu_count(self) -> int:
+        return self.request.first.count
+
+    def landing(self, gpu: str | None = None) -> Landing:
+        """The landing on ``gpu`` (``"H200"``), the first when None; UsageError when it has none."""
+        return self.request.landing(gpu)
+
+    def warmup_commands(self, landings: Sequence[Landing]) -> list[tuple[Landing | None, tuple[str, ...]]]:
+        """The warm-up to run so that ``landings`` get warm: once per landing when an argument holds
+        ``{gpu}`` (filled with the Modal ``gpu`` value that lands on exactly that GPU type, such
+        as ``H100!`` or ``H200:2``), else once, as written."""
+        if not any(GPU_PLACEHOLDER in argument for argument in self.warmup):
+            return [(None, self.warmup)]
+        return [
+            (landing, tuple(argument.replace(GPU_PLACEHOLDER, landing.exact) for argument in self.warmup))
+            for landing in landings
+        ]
+
+    def declared_facts(self, landing: Landing | None = None) -> list[Fact]:
+        """Every fact the target states on ``landing`` (default: the first), except the model
+        revision (which must be resolved)."""
         declared = Source.DECLARED
-        facts = [Fact(f.GPU_TYPE, self.gpu.name, declared)]
-        facts.append(Fact(f.GPU_COUNT, self.gpu_count, declared))
-        if self.gpu.arch is not None:
-            facts.append(Fact(f.GPU_ARCH, self.gpu.arch, declared))
-        if self.gpu is CPU:
+        landing = landing or self.request.first
+        gpu = landing.gpu
+        facts = [Fact(f.GPU_TYPE, gpu.name, declared)]
+        facts.append(Fact(f.GPU_COUNT, landing.count, declared))
+        facts.append(Fact(f.GPU_ARCH, gpu.arch, declared))
+        if gpu is CPU:
             # A machine without a GPU has none of these; nothing needs to be inherited.
             for name in (f.GPU_NAME, f.DRIVER, f.DRIVER_BRANCH, f.CUDA_DRIVER):
                 facts.append(Fact(name, f.NONE, declared))
@@ -147,16 +183,18 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
     where = f"[{prefix}target]"
     _reject_unknown(table, _TARGET_KEYS, path, where)
     text = _StringReader(table, path, where)
-    gpu_spec = text("gpu")
-    if gpu_spec is None:
-        raise TargetError(path, f'{where} needs gpu = "H100" (a Modal GPU type, or "cpu")')
+    if table.get("gpu") is None:
+        raise TargetError(path, f'{where} needs gpu = "H100" (a Modal GPU type, a list of them, or "cpu")')
     try:
-        gpu, count = parse_gpu(gpu_spec)
+        request = parse_request(table["gpu"])
+    except UsageError as error:
+        raise TargetError(path, f"{where} gpu: {error}") from None
+    try:
         engine_table = _table(table, "engine", path, where)
         f.engine_facts(engine_table)  # validates the values
     except UsageError as error:
         raise TargetError(path, f"{where} {error}") from None
-    if gpu is CPU and table.get("driver") is not None:
+    if request.is_cpu and table.get("driver") is not None:
         raise TargetError(path, f'{where} driver: a machine without a GPU (gpu = "cpu") has no NVIDIA driver')
     packages = _string_table(table, "packages", path, where)
     unknown_packages = set(packages) - set(f.PACKAGES)
@@ -183,8 +221,7 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         raise TargetError(path, f"[{prefix}roots] names unknown layer(s) {', '.join(sorted(unknown_roots))}")
     return Target(
         source=str(path),
-        gpu=gpu,
-        gpu_count=count,
+        request=request,
         model=model,
         revision=text("revision"),
         python=text("python"),

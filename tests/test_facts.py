@@ -152,7 +152,7 @@ def test_models_must_be_repo_ids(model, tmp_path):
         ("A100-80GB:2", "A100-80GB", "sm_80", 2),
         ("A10G", "A10", "sm_86", 1),
         ("L40S", "L40S", "sm_89", 1),
-        ("B200+", "B200+", None, 1),
+        ("B200+", "B200", "sm_100", 1),
         ("cpu", "cpu", "none", 0),
     ],
 )

@@ -71,6 +71,37 @@ def test_pyproject_tool_table_is_read_and_found(tmp_path):
     assert target is not None and target.gpu.name == "L4"
 
 
+@pytest.mark.parametrize(
+    ("gpu", "landings"),
+    [
+        ('"H100"', ["H100", "H200"]),  # Modal may run it on an H200
+        ('"H100!"', ["H100"]),
+        ('"B200+:2"', ["B200:2", "B300:2"]),
+        ('["H100", "A100-80GB:2"]', ["H100", "H200", "A100-80GB:2"]),  # fallbacks, in order
+        ('"cpu"', ["cpu"]),
+    ],
+)
+def test_gpu_means_every_landing_modal_may_give_it(tmp_path, gpu, landings):
+    target = load_target(_write(tmp_path / "cachekeeper.toml", f"[target]\ngpu = {gpu}\n"))
+    assert [landing.label for landing in target.landings] == landings
+    assert (target.gpu, target.gpu_count) == (target.landings[0].gpu, target.landings[0].count)
+
+
+def test_each_landing_declares_its_own_gpu_facts(tmp_path):
+    target = load_target(_write(tmp_path / "cachekeeper.toml", '[target]\ngpu = ["B200+", "H100:2"]\n'))
+    declared = {
+        landing.label: {fact.name: fact.value for fact in target.declared_facts(landing)} for landing in target.landings
+    }
+    assert {label: (d[f.GPU_TYPE], d[f.GPU_ARCH], d[f.GPU_COUNT]) for label, d in declared.items()} == {
+        "B200": ("B200", "sm_100", 1),
+        "B300": ("B300", "sm_103", 1),
+        "H100:2": ("H100", "sm_90", 2),
+        "H200:2": ("H200", "sm_90", 2),
+    }
+    assert target.declared_facts() == target.declared_facts(target.landings[0])  # the first by default
+    assert target.landing("b300") == target.landings[1]
+
+
 def test_no_target_found_is_none_and_a_missing_explicit_one_is_an_error(tmp_path):
     assert find_target(None, cwd=tmp_path) is None
     with pytest.raises(UsageError, match="does not exist"):
@@ -83,7 +114,7 @@ BAD = [
     ("[roots]\n", r"no \[target\] table"),
     ('[target]\nmodel = "a/b"\n', 'needs gpu = "H100"'),
     ('[target]\ngpu = "H101"\n', "unknown GPU type 'H101'"),
-    ("[target]\ngpu = 100\n", "gpu must be a non-empty string"),
+    ("[target]\ngpu = 100\n", "gpu: must be a GPU type"),
     ('[target]\ngpu = "H100"\nmodle = "a/b"\n', r"unknown setting\(s\) modle in \[target\]"),
     ('[target]\ngpu = "H100"\nmodel = "not a repo"\n', "not a Hugging Face repo id"),
     ('[target]\ngpu = "H100"\npackages = "vllm"\n', "packages in .target. must be a table"),
@@ -97,6 +128,12 @@ BAD = [
     ('[target]\ngpu = "H100"\n[roots]\nkernels = "/x"\n', r"names unknown layer\(s\) kernels"),
     ('[target]\ngpu = "H100"\n[layers.Bad-Name]\nfacts = ["model"]\n', "new lowercase identifier"),
     ('[target]\ngpu = "H100"\n[layers.mine]\nlabel = ["model"]\n', "needs facts"),
+    ('[target]\ngpu = "H100!!"\n', r"\[target\] gpu: GPU type 'H100!!': Modal takes '!' only after H100"),
+    ('[target]\ngpu = "!H100"\n', r"\[target\] gpu: unknown GPU type '!H100'"),
+    ('[target]\ngpu = "B200++"\n', r"\[target\] gpu: GPU type 'B200\+\+'.*write B200\+"),
+    ("[target]\ngpu = []\n", r"\[target\] gpu: an empty list lands nowhere"),
+    ('[target]\ngpu = ["H100", 3]\n', r"\[target\] gpu: entry 2 of the list must be a GPU type"),
+    ('[target]\ngpu = ["H100", "H101"]\n', r"\[target\] gpu: entry 2 of the list: unknown GPU type 'H101'"),
 ]
 
 

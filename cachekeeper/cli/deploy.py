@@ -101,15 +101,26 @@ def check(
         bool,
         typer.Option(
             "--rebuild",
-            help="When a layer is cold or stale, run the target's warmup command, then check again.",
+            help="When a layer is cold or stale, run the target's warmup command (once per cold GPU "
+            "type when it holds {gpu}), then check again.",
+        ),
+    ] = False,
+    any_landing: Annotated[
+        bool,
+        typer.Option(
+            "--any",
+            help="Ready when each layer is warm on at least one GPU type the deploy may land on "
+            "(the others boot cold), not on every one.",
         ),
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Say, per layer, whether the deploy a target describes will find its caches warm.
+    """Say, per layer and per GPU type the deploy may land on, whether its caches are warm.
 
-    Exit 0 when every layer is warm, 1 when not, 2 on bad input. With --rebuild the exit code is
-    the second check's.
+    gpu = "H100" may run on an H200, "B200+" on a B300, and a list falls back from one type to the
+    next: each of these landings is checked. Exit 0 when every row is warm (with --any: when each
+    layer is warm somewhere), 1 when not, 2 on bad input. With --rebuild the exit code is the
+    second check's.
     """
     from ..check import check as check_target
 
@@ -118,18 +129,20 @@ def check(
     if rebuild and not found.warmup:
         raise UsageError(f"{found.source} names no warmup command: add warmup = [...] to its [target] table")
     cache = settings_of(ctx).open(found)
-    report = check_target(found, cache)
+    report = check_target(found, cache, any_landing=any_landing)
     first = None
     if rebuild and report.needs_rebuild:
         first = report
         if not as_json:
             render.check(report, out=stderr)  # stdout holds only the final answer
-        stderr.print(f"cachekeeper: running the warmup: {' '.join(found.warmup)}")
-        code = _run_warmup(found.warmup)
-        if code != 0:
-            stderr.print(f"[bold red]cachekeeper: the warmup exited with {code}[/]")
+        for landing, command in found.warmup_commands(report.cold_landings):
+            where = "" if landing is None else f" for {landing}"
+            stderr.print(f"cachekeeper: running the warmup{where}: {' '.join(command)}")
+            code = _run_warmup(command)
+            if code != 0:
+                stderr.print(f"[bold red]cachekeeper: the warmup{where} exited with {code}[/]")
         cache.fold()
-        report = check_target(found, cache)
+        report = check_target(found, cache, any_landing=any_landing)
     if as_json:
         data = report.to_json()
         if first is not None:
@@ -152,17 +165,21 @@ def snapshot_tag(ctx: typer.Context, target: TargetOption = None, as_json: JsonO
     """Print the key a deploy's memory snapshot is made under, computed from the target (no GPU).
 
     Put it in the image's environment: a new key is a new config, so Modal takes a new snapshot.
-    With --json, also the variables that cachekeeper.modal.snapshot_env() would set.
+    A deploy that may land on several GPU types has a tag per type, one line each; the image's
+    environment holds the first. With --json: {"tags": {gpu: key}, "key", "env"}, where "key" and
+    "env" (the variables cachekeeper.modal.snapshot_env() would set) are the first landing's.
     """
-    from ..modal import SNAPSHOT_KEY_ENV, snapshot_env
+    from ..modal import SNAPSHOT_KEY_ENV, snapshot_env, snapshot_tags
 
     found = resolve_target(target, required=True)
     assert found is not None
-    env = snapshot_env(found, hf_cache=settings_of(ctx).roots(found).hf_cache())
+    hf_cache = settings_of(ctx).roots(found).hf_cache()
+    env = snapshot_env(found, hf_cache=hf_cache)
+    tags = snapshot_tags(found, hf_cache=hf_cache)
     if as_json:
-        print_json({"key": env[SNAPSHOT_KEY_ENV], "env": env})
+        print_json({"key": env[SNAPSHOT_KEY_ENV], "env": env, "tags": tags})
     else:
-        print(env[SNAPSHOT_KEY_ENV])
+        render.snapshot_tags(tags)
 
 
 @app.command()

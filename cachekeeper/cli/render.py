@@ -23,7 +23,7 @@ from ..units import format_age, format_bytes, format_duration
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..check import CheckReport
+    from ..check import CheckReport, LayerReport
     from ..deploy import Fingerprint
     from ..doctor import DoctorReport
     from ..hub import WeightsRevision
@@ -170,29 +170,70 @@ def fingerprint(report: Fingerprint, target: Target | None) -> None:
 
 
 def check(report: CheckReport, out: Any = console) -> None:
-    table = make_table("layer", "status", key_column(), title=f"Check of {report.target.source}", title_justify="left")
+    title = f"Check of {report.target.source}"
+    if len(report.landings) > 1:
+        lands = ", ".join(each.landing.label for each in report.landings)
+        title += f": gpu = {report.target.request.written} lands on {lands}"
+    table = make_table("layer", "gpu", "status", key_column(), title=title, title_justify="left")
     for layer in report.layers:
         style = _STATUS_STYLE[layer.status]
-        table.add_row(layer.layer, f"[{style}]{layer.status}[/]", str(layer.key))
+        table.add_row(layer.layer, _gpu(layer), f"[{style}]{layer.status}[/]", str(layer.key))
     out.print(table)
     for layer in report.layers:
         if layer.changes:
-            out.print(f"[red]{layer.layer}[/] is stale against {layer.nearest}:")
+            out.print(f"[red]{_row(layer, report)}[/] is stale against {layer.nearest}:")
             for change in layer.changes:
                 out.print(f"  {change}")
-    inherited = sorted(fact.name for fact in report.facts if fact.source is Source.INHERITED)
-    if report.observation is not None and inherited:
-        seen = format_age(time.time() - report.observation.last_seen_at)
-        out.print(
-            f"Inherited from the fingerprint seen on {report.observation.gpu_type} "
-            f"({report.observation.host}, {seen}): {', '.join(inherited)}"
-        )
-    if report.unverified:
-        out.print(
-            f"[yellow]Unverified:[/] nothing observed or declared {', '.join(report.unverified)}; "
-            "boot once on this GPU type (or declare them) to verify these keys."
-        )
-    out.print("[green]ready[/]" if report.ready else "[red]not ready[/]")
+    for each in report.landings:
+        inherited = sorted(fact.name for fact in each.facts if fact.source is Source.INHERITED)
+        if each.observation is not None and inherited:
+            seen = format_age(time.time() - each.observation.last_seen_at)
+            out.print(
+                f"Inherited from the fingerprint seen on {each.observation.gpu_type} "
+                f"({each.observation.host}, {seen}): {', '.join(inherited)}"
+            )
+    for each in report.landings:
+        unverified = each.unverified(report.target.needs)
+        if unverified:
+            out.print(
+                f"[yellow]Unverified on {each.landing.gpu.name}:[/] nothing observed or declared "
+                f"{', '.join(unverified)}; boot once on {each.landing.gpu.name} (or declare them) to verify these keys."
+            )
+    if report.ready and report.any_landing:
+        out.print("[green]ready[/] (--any: every layer is warm on at least one GPU type)")
+    elif report.ready:
+        out.print("[green]ready[/]")
+    else:
+        waiting = ", ".join(_row(row, report) for row in report.layers if row.status is not Status.WARM)
+        out.print(f"[red]not ready[/]: not warm: {waiting}")
+
+
+def _row(row: LayerReport, report: CheckReport) -> str:
+    """``compile on H200``; the layer alone where the deploy lands on one GPU type."""
+    return row.layer if row.landing is None or len(report.landings) == 1 else f"{row.layer} on {row.landing}"
+
+
+def _gpu(row: LayerReport) -> str:
+    return "all" if row.landing is None else row.landing.label
+
+
+def snapshot_tags(tags: dict[str, str]) -> None:
+    """One tag alone, as it goes into the image's environment; one line per GPU type otherwise."""
+    if len(tags) == 1:
+        print(next(iter(tags.values())))
+        return
+    width = max(len(label) for label in tags)
+    for label, tag in tags.items():
+        print(f"{label:<{width}}  {tag}")
+    first = next(iter(tags))
+    if len(set(tags.values())) == 1:
+        stderr.print("Every GPU type the deploy may land on has the same tag; Modal keeps a snapshot per GPU type.")
+        return
+    stderr.print(
+        f"An image's environment holds one tag: cachekeeper.modal.snapshot_env() puts the first ({first}) "
+        "there. The tags differ only in their GPU facts, so it changes whenever any of them does, and "
+        "Modal keeps a snapshot per GPU type."
+    )
 
 
 def changes(found: Sequence[FactChange]) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import uses
-from ..deploy import target_facts
+from ..deploy import resolved_revision, target_facts
 from ..errors import RevisionError
 from ..hub import freed_by, hub_revisions
 from ..keys import derive_keys
@@ -221,22 +221,26 @@ def _published(roots: Roots, artifact: Artifact) -> bool:
 def _target_keys(
     targets: Sequence[Target], manifest: Manifest, roots: Roots, *, strict: bool
 ) -> tuple[dict[str, set[str]], set[str]]:
-    """Per layer, the keys the targets derive (facts they leave out inherited as ``check`` does),
-    and the models whose revision could not be resolved offline. ``strict`` (for ``--stale``,
-    which cannot judge without every key) lets that failure through."""
+    """Per layer, the keys the targets derive on every landing (facts they leave out inherited
+    as ``check`` does, from the landing's own GPU type), and the models whose revision could not
+    be resolved offline. ``strict`` (for ``--stale``, which cannot judge without every key) lets
+    that failure through."""
     wanted: dict[str, set[str]] = {}
     unresolved: set[str] = set()
     for target in targets:
         try:
-            observation = manifest.latest_observation(target.gpu.name)
-            facts = target_facts(target, observation.facts if observation else None, roots.hf_cache())
+            revision = resolved_revision(target, roots.hf_cache())
         except RevisionError:
             if strict:
                 raise
             unresolved.add(str(target.model))
             continue
-        for name, key in derive_keys(facts, target.layers).items():
-            wanted.setdefault(name, set()).add(str(key))
+        for landing in target.landings:
+            observation = manifest.latest_observation(landing.gpu.name)
+            inherited = observation.facts if observation else None
+            facts = target_facts(target, inherited, roots.hf_cache(), landing=landing, revision=revision)
+            for name, key in derive_keys(facts, target.layers).items():
+                wanted.setdefault(name, set()).add(str(key))
     return wanted, unresolved
 
 

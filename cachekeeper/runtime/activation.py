@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..deploy import contradictions, declared_gpu_facts, is_gpu_fact
+from ..deploy import contradictions, declared_gpu_facts, is_gpu_fact, landing_of
 from ..facts import Facts
 from ..fingerprint import observe
 from ..keys import CacheKey, FactChange, derive_keys
@@ -126,7 +126,7 @@ def activate(
     )
     known = target.layers if target else DEFAULT_LAYERS
     keys = derive_keys(facts, known)
-    declared = target.declared_facts() if target else []
+    declared = target.declared_facts(landing_of(target, facts)) if target else []
     if not probe_gpu:  # the GPU facts were copied from the target: comparing them proves nothing
         declared = [fact for fact in declared if not is_gpu_fact(fact.name)]
     mismatches = contradictions(declared, facts)

@@ -1,6 +1,6 @@
 """vLLM on Modal with cachekeeper: weights on one Volume, compile caches on another, keyed.
 
-    modal run examples/modal/vllm_app.py::warm          # boot once: builds what is cold
+    modal run examples/modal/vllm_app.py::warm          # boot once per GPU type: builds what is cold
     modal run examples/modal/vllm_app.py::check_cache   # warm / cold / stale, inside Modal
     modal deploy examples/modal/vllm_app.py
 
@@ -72,6 +72,7 @@ def boot():
     return engine, ck.hits
 
 
+# gpu as in cachekeeper.toml: "H100" may run on an H200 too, and `cachekeeper check` checks both.
 @app.cls(gpu="H100", volumes=VOLUMES, timeout=20 * MINUTES, scaledown_window=5 * MINUTES)
 class Server:
     @modal.enter()
@@ -101,13 +102,18 @@ def cache_report() -> dict:
     cache = cachekeeper.open_cache(Path(COMPILE_ROOT), roots={"weights": Path(WEIGHTS_ROOT)}, target=target)
     report = check(target, cache)
     compile_volume.commit()
-    return {"ready": report.ready, "layers": {r.layer: str(r.status) for r in report.layers}}
+    # One row per layer and GPU type the deploy may land on; the weights are the same on all.
+    rows = {r.layer if r.landing is None else f"{r.layer} on {r.landing}": str(r.status) for r in report.layers}
+    return {"ready": report.ready, "layers": rows}
 
 
 @app.local_entrypoint()
-def warm():
-    """Boot one container: what is cold gets built and published."""
-    print("cache hits:", Server().cache_hits.remote())
+def warm(gpu: str = ""):
+    """Boot one container on each GPU type the deploy may land on (``--gpu H200``: on that one;
+    `cachekeeper check --rebuild` passes each cold one): what is cold gets built and published."""
+    spellings = [gpu] if gpu else [landing.exact for landing in cachekeeper.load_target(TARGET).landings]
+    for spelling in spellings:  # "H100!": exactly an H100, where "H100" might run on an H200
+        print(spelling, "cache hits:", Server.with_options(gpu=spelling)().cache_hits.remote())
 
 
 @app.local_entrypoint()
