@@ -55,6 +55,14 @@ def prune(
             help="Remove the least recently used until what is in scope fits: 500GB, 2TiB.", show_default=False
         ),
     ] = None,
+    max_files: Annotated[
+        int | None,
+        typer.Option(
+            help="Remove the least recently used until what is in scope holds at most N files "
+            "(a Modal v1 Volume allows 500,000 and advises 50,000).",
+            show_default=False,
+        ),
+    ] = None,
     layer: Annotated[str | None, typer.Option(help="Only this layer.")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model (org/name).")] = None,
     key: Annotated[list[str] | None, typer.Option("--key", help="Only this key (repeatable).")] = None,
@@ -70,9 +78,9 @@ def prune(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove artifacts by age, staleness, count or size budget; never what is pinned, in use, or
-    what a live snapshot was built from. Policies combine: an artifact goes when it meets every
-    criterion given, and --keep-last is a floor that --max-size respects too.
+    """Remove artifacts by age, staleness, count, or size and file budgets; never what is pinned,
+    in use, or what a live snapshot was built from. Policies combine: an artifact goes when it meets
+    every criterion given, and --keep-last is a floor that --max-size and --max-files respect too.
     """
     from ..prune import PrunePolicy, execute_prune, plan_prune
     from ..units import parse_size
@@ -83,6 +91,7 @@ def prune(
         stale=stale,
         keep_last=keep_last,
         max_size=parse_size(max_size) if max_size is not None else None,
+        max_files=max_files,
         layer=layer,
         model=model,
         keys=key or (),

@@ -269,6 +269,8 @@ def prune(plan: PrunePlan, result: PruneResult | None = None) -> None:
         console.print(f"[yellow]kept[/] {artifact.key}: {reason}")
     if plan.over_budget:
         console.print(f"[yellow]Still {format_bytes(plan.over_budget)} over the size budget:[/] the rest must stay.")
+    if plan.over_files:
+        console.print(f"[yellow]Still {plan.over_files:,} file(s) over the file budget:[/] the rest must stay.")
     freed = plan.bytes if result is None else result.bytes
     console.print(f"{'Would free' if result is None else 'Freed'} {format_bytes(freed)} in {len(removed)} artifact(s).")
     left = plan.leftovers if result is None else result.leftovers

@@ -83,6 +83,9 @@ class Manifest(Database):
     ) -> list[Artifact]:
         return queries.artifacts(self.rows, layer=layer, model=model, state=state)
 
+    def candidates(self) -> list[Artifact]:
+        return queries.candidates(self.rows)
+
     def nearest(self, *, layer: str, model: str, other_than: str) -> Artifact | None:
         return queries.nearest(self.rows, layer=layer, model=model, other_than=other_than)
 
@@ -112,6 +115,9 @@ class Manifest(Database):
 
     def count_dead_leases(self, *, expired_before: float) -> int:
         return queries.count_dead_leases(self.rows, expired_before=expired_before)
+
+    def lease_keys(self) -> list[tuple[str, str]]:
+        return queries.lease_keys(self.rows)
 
     def lease(self, layer: str, key: str) -> dict[str, Any] | None:
         return queries.lease(self.rows, layer, key)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from .. import facts as f
 from ..facts import Facts
+from ..layers import WEIGHTS
 from ..store import PUBLISHED, Artifact
 
 logger = logging.getLogger("cachekeeper")
@@ -109,6 +110,15 @@ def artifacts(
     return _artifacts(rows(f"SELECT {_columns(_ARTIFACT)} FROM artifact{where}{_MOST_RECENT_FIRST}", params))
 
 
+def candidates(rows: Rows) -> list[Artifact]:
+    """Every artifact, most recently used first, with the facts of weights only (a prune's
+    candidates: what it plans with needs no facts, what removes weights does)."""
+    columns = ", ".join(
+        "CASE WHEN layer = :weights THEN facts ELSE '{}' END" if name == "facts" else f'"{name}"' for name in _ARTIFACT
+    )
+    return _artifacts(rows(f"SELECT {columns} FROM artifact{_MOST_RECENT_FIRST}", {"weights": WEIGHTS}))
+
+
 def nearest(rows: Rows, *, layer: str, model: str, other_than: str) -> Artifact | None:
     """The most recently used published artifact of ``layer`` and ``model`` under another key."""
     where, params = _filters(layer=layer, model=model, state=PUBLISHED)
@@ -192,6 +202,11 @@ def count_dead_leases(rows: Rows, *, expired_before: float) -> int:
     return int(found[0][0])
 
 
+def lease_keys(rows: Rows) -> list[tuple[str, str]]:
+    """(layer, key) of every lease row."""
+    return [(layer, key) for layer, key in rows("SELECT layer, key FROM lease", {})]
+
+
 def lease(rows: Rows, layer: str, key: str) -> dict[str, Any] | None:
     """The lease row's fields (owner, token, expires_at, process), or None."""
     names = ("owner", "token", "expires_at", "process")
@@ -220,6 +235,10 @@ def _artifacts(found: list[Sequence[Any]]) -> list[Artifact]:
 
 def _json(value: Any) -> Any:
     """A JSON column's value: SQLite hands back text, PostgreSQL's driver the decoded value."""
+    if value == "{}":  # most rows of a prune's candidates: no parse needed
+        return {}
+    if value == "[]":
+        return []
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
