@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .budget import RootFiles, files_per_root
 from .errors import ManifestError, ManifestUnreachable, SchemaTooNew, UnsafeRoot
 from .journal import SUFFIX, journal_files, read_journal
 from .manifest import DatabaseUrl, Manifest
@@ -29,6 +30,7 @@ from .manifest.migration import revisions
 from .records import Record
 from .store import DELETING, PUBLISHED, Artifact, Roots, check_state, iter_sidecars
 from .sync import sync
+from .target import DEFAULT_FILE_BUDGET
 
 HEALTHY = "healthy"
 CREATED = "created"  # there was no manifest
@@ -48,6 +50,7 @@ class DoctorReport:
     unfinished: tuple[str, ...]  # rows a killed prune left: the next prune finishes them
     journals: int  # journal files read
     records: int  # journal records applied that the manifest lacked
+    files: tuple[RootFiles, ...] = ()  # what each root holds, against its file budget
 
     @property
     def changed(self) -> bool:
@@ -66,6 +69,7 @@ class DoctorReport:
             "unfinished": list(self.unfinished),
             "journals": self.journals,
             "records": self.records,
+            "files": [root.to_json() for root in self.files],
         }
 
 
@@ -73,10 +77,12 @@ def doctor(
     url: str,
     roots: Roots,
     *,
+    max_files: int = DEFAULT_FILE_BUDGET,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
 ) -> tuple[Manifest, DoctorReport]:
-    """Make the manifest at ``url`` agree with the sidecars and journals of ``roots``.
+    """Make the manifest at ``url`` agree with the sidecars and journals of ``roots``, and count
+    each root's files against ``max_files``.
 
     ``total`` is told how many files (journals and sidecars) will be read, ``progress`` each time
     some are.
@@ -135,6 +141,7 @@ def doctor(
         unfinished=tuple(sorted(key for _, key in manifest.keys_in_state(DELETING))),
         journals=len(journal_paths),
         records=folded.records,
+        files=files_per_root(manifest, roots, max_files),
     )
     return manifest, report
 

@@ -325,6 +325,16 @@ def doctored(report: DoctorReport) -> None:
     if report.unfinished:
         console.print(f"{len(report.unfinished)} interrupted removal(s): the next `cachekeeper prune` finishes them.")
     console.print("[green]The manifest agrees with the root.[/]" if report.changed else "[green]Nothing to fix.[/]")
+    for root in report.files:
+        held = f"{root.path} holds {root.total:,} files"
+        held += f" ({root.artifacts:,} in artifacts, {root.state:,} of cachekeeper's own)"
+        if root.over:
+            console.print(
+                f"[yellow]warning:[/] {held}, over its budget of {root.budget:,}: "
+                f"`cachekeeper prune --max-files {root.budget}` removes the least recently used"
+            )
+        else:
+            console.print(f"{held}, within its budget of {root.budget:,}")
 
 
 def inspection(found: Inspection) -> None:

@@ -92,6 +92,9 @@ class Manifest(Database):
     def summaries(self, *, layer: str | None = None, model: str | None = None) -> list[queries.ArtifactSummary]:
         return queries.summaries(self.rows, layer=layer, model=model)
 
+    def files_per_layer(self) -> dict[str, int]:
+        return queries.files_per_layer(self.rows)
+
     def keys_in_state(self, state: str) -> list[tuple[str, str]]:
         return queries.keys_in_state(self.rows, state)
 
@@ -140,6 +143,12 @@ class Manifest(Database):
         from . import writes
 
         writes.set_state(self, key, state)
+
+    def set_counts(self, key: str, size: int, files: int) -> None:
+        """Record what an artifact holds now: its size in bytes and its number of files."""
+        from . import writes
+
+        writes.set_counts(self, key, size, files)
 
     def forget(self, key: str, *, created_at: float | None = None) -> None:
         from . import writes

@@ -137,6 +137,12 @@ def summaries(rows: Rows, *, layer: str | None = None, model: str | None = None)
     )
 
 
+def files_per_layer(rows: Rows) -> dict[str, int]:
+    """The files recorded for each layer's artifacts, in any state."""
+    found = rows("SELECT layer, sum(files) FROM artifact GROUP BY layer", {})
+    return {layer: int(files or 0) for layer, files in found}
+
+
 def keys_in_state(rows: Rows, state: str) -> list[tuple[str, str]]:
     """(layer, key) of every artifact in ``state``."""
     return [

@@ -82,6 +82,11 @@ def set_state(database: Database, key: str, state: str) -> None:
         session.exec(update(table).where(table.c.key == key).values(state=state))
 
 
+def set_counts(database: Database, key: str, size: int, files: int) -> None:
+    with database.session() as session:
+        session.exec(update(ARTIFACT).where(ARTIFACT.c.key == key).values(bytes=size, files=files))
+
+
 def forget(database: Database, key: str, *, created_at: float | None = None) -> None:
     """Forget an artifact's row. With ``created_at``, only the published row of that very
     publication: not one a prune is removing (``deleting``), nor one published anew since."""
