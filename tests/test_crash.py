@@ -281,6 +281,7 @@ def _uids(root: Path) -> list[str]:
 def test_a_compaction_killed_anywhere_loses_no_record_and_the_next_finishes_it(tmp_path):
     template = tmp_path / "template"
     roots, now = Roots.at(template), time.time()
+    roots.main.initialise()
     manifest = Manifest.open(default_url(roots))
     # Journals of two days ago compacted already, then three more of that day folded late, which
     # the compaction merges with them; today's stays as it is.

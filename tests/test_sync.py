@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from cachekeeper import journal
+from cachekeeper.errors import UnsafeRoot
 from cachekeeper.records import Kind, Record
 from cachekeeper.store import Root, Roots, publish, unpublish
 from cachekeeper.sync import sync
 
-from .helpers import artifact, facts
+from .helpers import artifact, facts, tree
 
 
 def test_a_closed_journal_is_folded_once_and_moved_aside(root, manifest):
@@ -149,3 +152,13 @@ def test_a_compacted_file_is_never_followed_through_a_link_nor_a_link_removed(ro
     assert link.is_symlink() and outside.read_text().count("\n") == 1
     [compacted] = [p for p in link.parent.iterdir() if p.name.startswith("compacted-")]
     assert len(journal.read_journal(compacted).records) == 4  # the two journals' miss and close
+
+
+def test_tidying_refuses_a_directory_cachekeeper_did_not_make_a_root(tmp_path, manifest):
+    stranger = tmp_path / "stranger"
+    _closed_journals(stranger, 2, days_ago=[3])
+    sync(manifest, Roots.at(stranger), now=NOW)
+    before = tree(stranger)
+    with pytest.raises(UnsafeRoot):
+        sync(manifest, Roots.at(stranger), tidy=True, now=NOW)
+    assert tree(stranger) == before
