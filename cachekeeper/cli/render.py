@@ -330,9 +330,9 @@ def synced(report: SyncReport) -> None:
 def tidied(report: Tidied) -> None:
     """What a tidying sync removed; nothing when it removed nothing."""
     done = [
-        f"forgot {report.uses} use record(s) of stopped processes" if report.uses else "",
-        f"compacted {report.journals} folded journal(s) into daily files" if report.journals else "",
-        f"summarised {report.events} event(s) from before {_day(report.summarised_before)} into daily counts"
+        f"forgot {report.uses:,} use record(s) of stopped processes" if report.uses else "",
+        f"compacted {report.journals:,} folded journal(s) into daily files" if report.journals else "",
+        f"summarised {report.events:,} event(s) from before {_day(report.summarised_before)} into daily counts"
         if report.events
         else "",
     ]
@@ -342,7 +342,9 @@ def tidied(report: Tidied) -> None:
 
 
 def _day(at: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(at))
+    from ..manifest import utc_day
+
+    return utc_day(at)
 
 
 def verification(report: VerifyReport) -> None:
