@@ -69,7 +69,7 @@ def sync(
     now: float | None = None,
 ) -> SyncReport:
     """Apply every journal record not yet applied; move finished journals to ``journal/folded/``.
-    With ``tidy`` (``cachekeeper sync`` and ``prune``), also keep state bounded: see ``tidy``.
+    With ``tidy`` (``cachekeeper sync`` and ``prune``), also keep state bounded: see ``_tidy``.
 
     Safe to run at any time and any number of times: the manifest changes in one transaction, and
     a crash before the journals are moved only means they are read again and found applied.
@@ -133,8 +133,8 @@ def sync(
 def _tidy(manifest: Manifest, roots: Roots, keep_events: float, now: float) -> Tidied:
     """Remove what would otherwise grow without bound, each step safe to kill and to repeat:
 
-    - the use records of stopped processes, of every key (``uses.forget_stopped``, asking the
-      liveness rule of ``uses.stopped``), and key directories left empty;
+    - the use records of stopped processes, of every key (``uses.forget_stopped``, which asks the
+      liveness rule through ``uses.forget_expired``), and key directories left empty;
     - folded journals of past days, compacted into one file per UTC day, and their cursor rows
       (``compaction``);
     - events older than ``keep_events``, counted per UTC day, kind, layer and model into
@@ -148,7 +148,7 @@ def _tidy(manifest: Manifest, roots: Roots, keep_events: float, now: float) -> T
     forgotten = compacted = 0
     try:
         for root in present:
-            forgotten += uses.forget_stopped(root, uses.stopped(now))
+            forgotten += uses.forget_stopped(root, now)
         if roots.main in present:
             compacted = compact_folded(manifest, roots.main, now=now)
     except OSError as error:  # a read-only root: nothing is lost by tidying it later

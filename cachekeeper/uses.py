@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -76,26 +75,15 @@ def forget_expired(root: Root, layer: str, key: str, now: float | None = None) -
         pass  # a live use is left, or one was registered in between
 
 
-# Whether the owner of a use record has stopped: (record path, record) -> bool.
-IsDead = Callable[[Path, UseInfo], bool]
+def forget_stopped(root: Root, now: float | None = None) -> int:
+    """Remove, for every key, the records of uses whose process stopped without saying so, and the
+    key directories left empty; how many records were removed.
 
-
-def stopped(now: float | None = None) -> IsDead:
-    """The liveness rule as ``forget_stopped`` asks it: ``UseInfo.alive`` at ``now``. The one seam
-    through which housekeeping judges a use, so that a new rule changes here and nowhere else."""
-    now = time.time() if now is None else now
-    return lambda path, info: not info.alive(now)
-
-
-def forget_stopped(root: Root, is_dead: IsDead) -> int:
-    """Remove the records of every use, of any key, whose owner ``is_dead`` says has stopped, and
-    the key directories left empty; how many records were removed.
-
-    Walks ``uses/<layer>/<key>/`` by directory entries and never follows a link: a linked layer,
-    key or record is skipped. Unreadable records and names that are not a layer's keys are left
-    alone (unknown means keep). A boot registering a use meanwhile is safe: its temporary file
-    keeps the key directory from being removed, and the writer makes the directory again if it
-    went just before (``write_atomically``).
+    The walk only finds the keys: each key's records are judged and removed by ``forget_expired``,
+    the one place that asks the liveness rule (``UseInfo.alive``), so that this never decides
+    liveness itself. It goes by directory entries and never follows a link: a linked layer or key
+    directory is skipped, and so is a key directory holding a link (unknown means keep), so that
+    no record is ever read through one. Names that are not a layer's keys are left alone.
     """
     from .errors import CachekeeperError
     from .keys import parse_key
@@ -108,21 +96,12 @@ def forget_stopped(root: Root, is_dead: IsDead) -> int:
                     continue
             except CachekeeperError:
                 continue  # not a key: not ours to judge
-            for record in _entries(Path(entry.path)):
-                if not record.name.endswith(".json") or not record.is_file(follow_symlinks=False):
-                    continue
-                path = Path(record.path)
-                info = _read_unlinked(path)
-                if info is not None and is_dead(path, info):
-                    try:
-                        path.unlink()
-                        removed += 1
-                    except FileNotFoundError:
-                        continue
-            try:
-                os.rmdir(entry.path)
-            except OSError:
-                pass  # a live use is left, or one was registered in between
+            records = _entries(Path(entry.path))
+            if any(record.is_symlink() for record in records):
+                continue
+            before = {record.name for record in records if record.name.endswith(".json")}
+            forget_expired(root, layer, entry.name, now)
+            removed += len(before - {record.name for record in _entries(Path(entry.path))})
     return removed
 
 
@@ -238,16 +217,6 @@ def _remove(path: Path) -> None:
 def _read(path: Path) -> UseInfo | None:
     try:
         data = json.loads(path.read_bytes())
-        return UseInfo(str(data["owner"]), float(data["since"]), float(data["expires_at"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _read_unlinked(path: Path) -> UseInfo | None:
-    """``_read``, but None when ``path`` is a link (a walk never follows one)."""
-    try:
-        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
-            data = json.loads(handle.read())
         return UseInfo(str(data["owner"]), float(data["since"]), float(data["expires_at"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
