@@ -201,6 +201,7 @@ def _published_keys(root: Path) -> list[str]:
 def test_a_prune_killed_anywhere_never_lies_and_never_removes_a_rebuild(tmp_path):
     template = tmp_path / "template"
     template.mkdir()
+    Root(template).initialise()  # a cache root, as the first boot makes it: prune refuses any other
     manifest = Manifest.open(default_url(Roots.at(template)))
     old = [put(template, manifest, f"compile-x-{i:016x}", age_days=10, size=100) for i in range(3)]
     script = _script(tmp_path, "prune", PRUNE)
