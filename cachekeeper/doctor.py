@@ -1,10 +1,11 @@
 """``doctor``: rebuild the manifest from what the root itself says, and report what was found.
 
 The manifest is an index; the truth is on disk. Sidecars say which artifacts exist, and the
-journals (``journal/`` and ``journal/folded/``) hold every hit, miss, publish, prune, pin and
-observed fingerprint ever recorded. A lost manifest is created anew, a damaged SQLite manifest is
-moved aside (never deleted) and replaced, and either way both sources are folded in again:
-folding is idempotent, so on a healthy manifest doctor only adds what was missing.
+journals (``journal/`` and ``journal/folded/``, compacted files included) hold every hit, miss,
+publish, prune, pin and observed fingerprint ever recorded. A lost manifest is created anew, a
+damaged SQLite manifest is moved aside (never deleted) and replaced, and either way both sources
+are folded in again: folding is idempotent, so on a healthy manifest doctor only adds what was
+missing (events of days already summarised into daily counts are not folded again).
 
 Doctor never deletes an artifact: it forgets manifest rows whose sidecar is gone (no boot would
 use them anyway), and leaves rows marked ``deleting`` for the next prune to finish.
@@ -116,6 +117,11 @@ def doctor(
             progress(1)
 
     before = {a.key for a in manifest.artifacts(state=None)}
+    # Events of days already summarised are counted in event_summary and deleted: folding them
+    # again would count them twice. A manifest built anew has no summaries, and folds them all.
+    summarised = manifest.summarised_before()
+    if summarised is not None:
+        records = [record for record in records if record.at >= summarised]
     records.sort(key=lambda record: record.at)
     folded = manifest.fold(records, list(artifacts.values()), {})
     unreadable_keys = {(path.parent.name, path.stem) for path in unreadable}

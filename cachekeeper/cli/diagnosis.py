@@ -109,7 +109,13 @@ def stats_command(
     target: TargetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Hits, misses, builds and bytes per layer and model, and the boot time the cache saved."""
+    """Hits, misses, builds and bytes per layer and model, and the boot time the cache saved.
+
+    Events older than the window `sync` keeps them in (--keep-events, 90 days by default) are kept
+    as daily counts: hits, misses, builds and bytes per layer and model keep their totals (whole
+    UTC days), but boots, boot times and the time saved count only the boots still recorded one
+    by one.
+    """
     from ..stats import stats
 
     period = parse_duration(since) if since is not None else None

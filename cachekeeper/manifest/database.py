@@ -3,7 +3,7 @@ read (queries.py) and written (writes.py) through frozen values, never rows."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +89,21 @@ class Manifest(Database):
     def nearest(self, *, layer: str, model: str, other_than: str) -> Artifact | None:
         return queries.nearest(self.rows, layer=layer, model=model, other_than=other_than)
 
-    def summaries(self, *, layer: str | None = None, model: str | None = None) -> list[queries.ArtifactSummary]:
-        return queries.summaries(self.rows, layer=layer, model=model)
+    def summaries(
+        self, *, layer: str | None = None, model: str | None = None, limit: int | None = None
+    ) -> list[queries.ArtifactSummary]:
+        return queries.summaries(self.rows, layer=layer, model=model, limit=limit)
+
+    def summary_pages(
+        self,
+        *,
+        layer: str | None = None,
+        model: str | None = None,
+        limit: int | None = None,
+        first: int = 100,
+        size: int = 2000,
+    ) -> Iterator[list[queries.ArtifactSummary]]:
+        return queries.summary_pages(self.rows, layer=layer, model=model, limit=limit, first=first, size=size)
 
     def files_per_layer(self) -> dict[str, int]:
         return queries.files_per_layer(self.rows)
@@ -122,6 +135,12 @@ class Manifest(Database):
     def lease_keys(self) -> list[tuple[str, str]]:
         return queries.lease_keys(self.rows)
 
+    def event_counts(self, *, since: float | None = None, kinds: Sequence[str]) -> list[queries.EventCount]:
+        return queries.event_counts(self.rows, since=since, kinds=kinds)
+
+    def summarised_before(self) -> float | None:
+        return queries.summarised_before(self.rows)
+
     def lease(self, layer: str, key: str) -> dict[str, Any] | None:
         return queries.lease(self.rows, layer, key)
 
@@ -133,6 +152,16 @@ class Manifest(Database):
         from . import writes
 
         return writes.fold(self, records, artifacts, cursors)
+
+    def drop_journal_cursors(self, names: Sequence[str]) -> int:
+        from . import writes
+
+        return writes.drop_journal_cursors(self, names)
+
+    def summarise_events(self, *, before: float) -> int:
+        from . import writes
+
+        return writes.summarise_events(self, before=before)
 
     def record_artifact(self, artifact: Artifact) -> bool:
         from . import writes
