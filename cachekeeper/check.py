@@ -23,6 +23,7 @@ from .facts import Facts
 from .keys import CacheKey, FactChange, derive_keys, explain, parse_key
 from .layers import DEFAULT_LAYERS
 from .leases import leases_for
+from .liveness import Sightings, Witness
 from .manifest import Observation
 from .store import read_sidecar
 from .target import Target
@@ -32,7 +33,7 @@ class Status(StrEnum):
     WARM = "warm"  # published under exactly this key
     COLD = "cold"  # nothing for this layer and model yet
     STALE = "stale"  # something exists for this layer and model, under another key
-    BUILDING = "building"  # a live process holds the build lease for this key
+    BUILDING = "building"  # a process that may still live holds the build lease for this key
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +95,16 @@ def check(target: Target, cache: Cache) -> CheckReport:
     observation = cache.manifest.latest_observation(target.gpu.name)
     facts = target_facts(target, observation.facts if observation else None, cache.roots.hf_cache())
     keys = derive_keys(facts, target.layers)
-    reports = tuple(_layer_report(name, keys[name], cache) for name in target.needs)
+    with Sightings(cache.manifest) as witness:  # is a lease still live? judged by this host's clock
+        reports = tuple(_layer_report(name, keys[name], cache, witness) for name in target.needs)
     return CheckReport(target, facts, reports, observation)
 
 
-def _layer_report(layer: str, key: CacheKey, cache: Cache) -> LayerReport:
+def _layer_report(layer: str, key: CacheKey, cache: Cache, witness: Witness) -> LayerReport:
     root = cache.roots.for_layer(layer)
     if read_sidecar(root, layer, str(key)) is not None:
         return LayerReport(layer, key, Status.WARM)
-    if leases_for(root, cache.manifest).holder(layer, str(key)) is not None:
+    if leases_for(root, cache.manifest, witness=witness).holder(layer, str(key)) is not None:
         return LayerReport(layer, key, Status.BUILDING)
     model = str(key.facts.value(f.MODEL, f.NONE))
     nearest = cache.manifest.nearest(layer=layer, model=model, other_than=str(key))

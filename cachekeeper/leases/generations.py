@@ -7,8 +7,9 @@ creating generation ``top + 1`` after seeing ``top`` dead (expired, released, or
 Create-if-absent lets exactly one process create each generation, and generations are never
 removed while anyone may still climb them, so two live holders would need someone to have seen
 the older one dead. Renewals and releases overwrite only the holder's own generation, which no
-longer matters once a higher one exists. Expiry compares the holder's clock with the reader's:
-clocks must agree to well within the TTL.
+longer matters once a higher one exists. Whether the top generation is dead is judged by the
+reader's own clock (``lease.judge``): released, its holder proven gone, or unchanged for a TTL
+since the reader first saw it so. Clocks need not agree.
 
 On NFS, ``link`` and exclusive create are atomic (NFSv3 and later), but a client may serve a
 lease file's attributes from its cache for up to ``acregmax`` (60 s by default): keep the TTL
@@ -27,13 +28,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..liveness import Memory, Witness, digest
 from ..processes import this_process
 from ..store import Root, builder_id, write_atomically
-from .lease import DEFAULT_TTL, STALE_AFTER, Lease, LeaseInfo
+from .lease import DEFAULT_TTL, STALE_AFTER, Lease, LeaseInfo, judge
 
 
 class _Slots(Protocol):
     """Named records with an atomic create-if-absent: all that generation leases need."""
+
+    where: str  # what witnesses call this store
 
     def create(self, name: str, info: LeaseInfo) -> bool: ...
 
@@ -50,25 +54,34 @@ def _slot(stem: str, generation: int) -> str:
 
 
 class _GenerationLeases:
-    def __init__(self, slots: _Slots, ttl: float) -> None:
+    def __init__(self, slots: _Slots, ttl: float, witness: Witness | None = None) -> None:
         self._slots = slots
         self.ttl = ttl
+        # A process that waits for a lease remembers, by its monotonic clock, when it first saw it.
+        self.witness: Witness = Memory() if witness is None else witness
 
     def holder(self, layer: str, key: str) -> LeaseInfo | None:
-        _, top = self._top(f"{layer}/{key}")
-        return top if top is not None and top.alive(time.time()) else None
+        stem = f"{layer}/{key}"
+        generation, top = self._top(stem)
+        return top if top is not None and self._judge(stem, generation, top)[0] else None
 
     def acquire(self, layer: str, key: str) -> Lease | None:
         stem = f"{layer}/{key}"
         generation, top = self._top(stem)
         while True:
-            if top is not None and top.alive(time.time()):
+            if top is not None and self._judge(stem, generation, top)[0]:
                 return None
-            mine = LeaseInfo(builder_id(), uuid.uuid4().hex, time.time() + self.ttl, this_process())
+            mine = LeaseInfo(builder_id(), uuid.uuid4().hex, time.time() + self.ttl, str(this_process()), self.ttl)
             if self._slots.create(_slot(stem, generation + 1), mine):
                 keeper = _GenerationKeeper(self._slots, stem, generation + 1)
-                return Lease(stem, mine, self.ttl, keeper)
+                return Lease(stem, mine, self.ttl, keeper, previous=top)
             generation, top = self._top(stem, generation + 1)  # someone else took that generation
+
+    def _judge(self, stem: str, generation: int, top: LeaseInfo) -> tuple[bool, float]:
+        """(whether the top generation may be live, how long it has been as it is)."""
+        scope = f"lease {self._slots.where}/{stem}/"
+        top = replace(top, token=f"{generation} {top.token}")  # a new generation is a new record
+        return judge(top, scope + "top", scope, self.witness, self.ttl)
 
     def _top(self, stem: str, start: int | None = None) -> tuple[int, LeaseInfo | None]:
         generation = self._slots.top_hint(stem) if start is None else start
@@ -97,8 +110,7 @@ class _GenerationKeeper:
 
     def release(self, info: LeaseInfo) -> None:
         if self.holds(info):
-            # Expired as of now: prune can tell a lease released long ago from one released just now.
-            self.slots.write(_slot(self.stem, self.generation), replace(info, expires_at=time.time()))
+            self.slots.write(_slot(self.stem, self.generation), replace(info, released=True))
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -109,9 +121,9 @@ _GENERATION_FILE = re.compile(r"(\d+)\.lease")
 class _FileSlots:
     """``<root>/.cachekeeper/leases/<layer>/<key>/<generation>.lease``."""
 
-    def __init__(self, base: Path, ttl: float) -> None:
+    def __init__(self, base: Path) -> None:
         self.base = base
-        self.ttl = ttl
+        self.where = str(base)
 
     def _path(self, name: str) -> Path:
         stem, _, generation = name.rpartition("/")
@@ -124,15 +136,20 @@ class _FileSlots:
     def read(self, name: str) -> LeaseInfo | None:
         path = self._path(name)
         try:
-            return LeaseInfo.from_json(path.read_bytes())
+            content = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            # Damaged by something outside cachekeeper: honour it for a TTL from its last change.
+        except OSError:
             try:
-                return LeaseInfo("unreadable", "", path.stat().st_mtime + self.ttl)
+                stat = path.lstat()
             except FileNotFoundError:
                 return None
+            content = f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino}".encode()
+        try:
+            return LeaseInfo.from_json(content)
+        except ValueError:
+            # Damaged by something outside cachekeeper: honoured until it has not changed for a TTL.
+            return LeaseInfo.unreadable(content)
 
     def write(self, name: str, info: LeaseInfo) -> None:
         write_atomically(self._path(name), info.to_json().encode())
@@ -153,8 +170,8 @@ class FileLeases(_GenerationLeases):
     container would take its own lease. Use ``ModalDictLeases`` there.
     """
 
-    def __init__(self, root: Root, ttl: float = DEFAULT_TTL) -> None:
-        super().__init__(_FileSlots(root.leases_dir(), ttl), ttl)
+    def __init__(self, root: Root, ttl: float = DEFAULT_TTL, witness: Witness | None = None) -> None:
+        super().__init__(_FileSlots(root.leases_dir()), ttl, witness)
         self.root = root
 
 
@@ -164,26 +181,46 @@ class LeaseCleanup:
     temporary_files: int  # leftovers of writers killed mid-write
 
 
-def clean_file_leases(root: Root, published: Callable[[str, str], bool], *, now: float | None = None) -> LeaseCleanup:
-    """Remove dead lease stacks whose key is published or that died long ago (see STALE_AFTER).
+def clean_file_leases(root: Root, published: Callable[[str, str], bool], witness: Witness) -> LeaseCleanup:
+    """Remove dead lease stacks whose key is published, or that have been dead for STALE_AFTER of
+    the observer's time (``witness``), and temporary files left by writers killed mid-write.
 
     A live or recently dead stack is never touched: someone may be climbing it right now.
     """
-    now = time.time() if now is None else now
-    slots = _FileSlots(root.leases_dir(), DEFAULT_TTL)
+    slots = _FileSlots(root.leases_dir())
+    leases = _GenerationLeases(slots, DEFAULT_TTL, witness)
     removed = temporary = 0
     for layer, key, directory in _lease_dirs(slots.base):
-        for leftover in directory.glob(".*.tmp"):
-            if _older_than(leftover, STALE_AFTER / 24, now):  # a writer needs microseconds, not an hour
-                leftover.unlink(missing_ok=True)
+        leftovers = sorted(directory.glob(".*.tmp"))
+        where = f"tmp {directory}/"
+        ages = witness.ages({where + path.name: _stat_digest(path) for path in leftovers}, scope=where)
+        for path in leftovers:
+            if ages[where + path.name] > STALE_AFTER / 24:  # a writer needs microseconds, not an hour
+                path.unlink(missing_ok=True)
                 temporary += 1
-        _, top = _GenerationLeases(slots, DEFAULT_TTL)._top(f"{layer}/{key}")
-        if top is None or top.alive(now):
+        stem = f"{layer}/{key}"
+        generation, top = leases._top(stem)
+        if top is None:
             continue
-        if published(layer, key) or top.expires_at < now - STALE_AFTER:
+        live, dead_for = leases._judge(stem, generation, top)
+        if not live and (published(layer, key) or dead_for >= STALE_AFTER):
             shutil.rmtree(directory, ignore_errors=True)
+            witness.forget(f"lease {slots.where}/{stem}/")
+            witness.forget(where)
             removed += 1
+    # Everything there is was looked at: what this observer remembers and did not see is gone.
+    witness.forget_unseen(f"lease {slots.where}/")
+    witness.forget_unseen(f"tmp {slots.base}/")
     return LeaseCleanup(removed, temporary)
+
+
+def _stat_digest(path: Path) -> str:
+    """What changes when a file does, for files whose content is not worth reading."""
+    try:
+        stat = path.lstat()
+    except FileNotFoundError:
+        return "gone"
+    return digest(f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino}")
 
 
 def _lease_dirs(base: Path) -> Iterator[tuple[str, str, Path]]:
@@ -194,13 +231,6 @@ def _lease_dirs(base: Path) -> Iterator[tuple[str, str, Path]]:
             for key_dir in sorted(layer_dir.iterdir()):
                 if key_dir.is_dir() and not key_dir.is_symlink():
                     yield layer_dir.name, key_dir.name, key_dir
-
-
-def _older_than(path: Path, seconds: float, now: float) -> bool:
-    try:
-        return now - path.lstat().st_mtime > seconds
-    except FileNotFoundError:
-        return False
 
 
 # --- Modal Dict -------------------------------------------------------------------------------
@@ -225,6 +255,7 @@ class _DictSlots:
 
     def __init__(self, store: DictStore) -> None:
         self.store = store
+        self.where = f"dict {id(store):x}"
 
     def create(self, name: str, info: LeaseInfo) -> bool:
         return bool(self.store.put(f"{self.PREFIX}/{name}", info.to_json(), skip_if_exists=True))
@@ -235,8 +266,8 @@ class _DictSlots:
             return None
         try:
             return LeaseInfo.from_json(text)
-        except ValueError:  # written by something else: a record nobody can renew is dead
-            return LeaseInfo("unreadable", "", 0.0)
+        except ValueError:  # written by something else: honoured until it has not changed for a TTL
+            return LeaseInfo.unreadable(str(text))
 
     def write(self, name: str, info: LeaseInfo) -> None:
         self.store.put(f"{self.PREFIX}/{name}", info.to_json())
@@ -249,5 +280,5 @@ class ModalDictLeases(_GenerationLeases):
     """Leases kept in a ``modal.Dict``: ``ModalDictLeases(modal.Dict.from_name("cachekeeper-leases",
     create_if_missing=True))``. Any object with ``get`` and ``put(..., skip_if_exists=)`` works."""
 
-    def __init__(self, store: DictStore, ttl: float = DEFAULT_TTL) -> None:
-        super().__init__(_DictSlots(store), ttl)
+    def __init__(self, store: DictStore, ttl: float = DEFAULT_TTL, witness: Witness | None = None) -> None:
+        super().__init__(_DictSlots(store), ttl, witness)

@@ -195,6 +195,33 @@ def lease(rows: Rows, layer: str, key: str) -> dict[str, Any] | None:
     return dict(zip(names, found[0], strict=True)) if found else None
 
 
+def leases(rows: Rows) -> list[dict[str, Any]]:
+    """Every lease row's fields (layer, key, owner, token, expires_at, process), by key."""
+    names = ("layer", "key", "owner", "token", "expires_at", "process")
+    found = rows(f"SELECT {_columns(names)} FROM lease ORDER BY layer, key", {})
+    return [dict(zip(names, row, strict=True)) for row in found]
+
+
+class Sighting(NamedTuple):
+    """When an observer first saw a thing as it is now (``digest``), by the observer's own clock."""
+
+    digest: str
+    first_seen_at: float
+
+
+def sightings(rows: Rows, observer: str, things: Sequence[str] | None = None) -> dict[str, Sighting]:
+    """What ``observer`` remembers of ``things`` (default: of everything it has seen)."""
+    query = "SELECT thing, digest, first_seen_at FROM sighting WHERE observer = :observer"
+    if things is None:
+        found = rows(query, {"observer": observer})
+    else:
+        found = []
+        for chunk in chunks(list(things)):
+            where, names = _where_in("", "thing", chunk)
+            found += rows(f"{query} AND {where.removeprefix(' WHERE ')}", {**names, "observer": observer})
+    return {str(thing): Sighting(str(value), float(first)) for thing, value, first in found}
+
+
 def _artifact(row: Sequence[Any]) -> Artifact:
     values = dict(zip(_ARTIFACT, row, strict=True))
     values["facts"] = {name: f.freeze(value) for name, value in _json(values["facts"]).items()}

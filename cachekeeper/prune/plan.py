@@ -14,8 +14,9 @@ from ..hub import freed_by, hub_revisions
 from ..keys import derive_keys
 from ..layers import WEIGHTS
 from ..leases import Leases, leases_for
+from ..liveness import Sightings, Witness
 from ..manifest import Manifest
-from ..store import DELETING, PUBLISHED, Artifact, Root, Roots, read_sidecar
+from ..store import DELETING, PUBLISHED, Artifact, Root, Roots, UnreadableSidecar, look_up_sidecar, read_sidecar
 from ..target import Target
 from ..units import format_age, format_bytes, format_duration
 from .policy import PrunePolicy
@@ -66,7 +67,9 @@ def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: fl
     unfinished = manifest.artifacts(state=DELETING)
     in_scope = [artifact for artifact in _candidates(manifest, roots) if policy.scope.matches(artifact)]
     wanted, unresolved = _target_keys(targets, manifest, roots, strict=stale)
-    protected = _roots(in_scope, manifest, roots, targets, wanted, unresolved, now)
+    witness = Sightings(manifest, clock=lambda: now)  # uses and leases, judged by this host's clock
+    protected = _roots(in_scope, manifest, roots, targets, wanted, unresolved, witness)
+    witness.flush()
     dependents = manifest.dependents()
 
     recent: set[str] = set()
@@ -234,14 +237,14 @@ def _roots(
     targets: Sequence[Target],
     wanted: Mapping[str, set[str]],
     unresolved: set[str],
-    now: float,
+    witness: Witness,
 ) -> dict[str, list[str]]:
     """Why each artifact must stay whatever the policy: key → reasons (none: it may go)."""
-    pinned, leases = manifest.pinned(), lease_mechanisms(roots, manifest)
+    pinned, leases = manifest.pinned(), lease_mechanisms(roots, manifest, witness)
     target_weights = wanted.get(WEIGHTS, set()) if any(t.model for t in targets) else set()
     found: dict[str, list[str]] = {}
     for artifact in artifacts:
-        reasons = blockers(artifact, roots, leases, pinned, {}, now)
+        reasons = blockers(artifact, roots, leases, pinned, {}, witness)
         if artifact.key in target_weights:
             reasons.append("a target names this weights revision")
         elif artifact.layer == WEIGHTS and artifact.model in unresolved:
@@ -251,8 +254,8 @@ def _roots(
     return found
 
 
-def lease_mechanisms(roots: Roots, manifest: Manifest) -> dict[Root, Leases]:
-    return {root: leases_for(root, manifest) for root in roots.all()}
+def lease_mechanisms(roots: Roots, manifest: Manifest, witness: Witness) -> dict[Root, Leases]:
+    return {root: leases_for(root, manifest, witness=witness) for root in roots.all()}
 
 
 def blockers(
@@ -261,14 +264,19 @@ def blockers(
     leases: Mapping[Root, Leases],
     pinned: set[str],
     dependents: Mapping[str, list[str]],
-    now: float,
+    witness: Witness,
 ) -> list[str]:
-    """What forbids removing ``artifact`` right now: pinned, in use, built, or a snapshot's source."""
+    """What forbids removing ``artifact`` right now: pinned, in use, built, a snapshot's source, or
+    a sidecar that cannot be read (whoever wrote it may use it). Uses and leases are judged by the
+    observer's clock (``witness``)."""
     root = roots.for_layer(artifact.layer)
     reasons = []
     if artifact.key in pinned:
         reasons.append("pinned")
-    for use in uses.users(root, artifact.layer, artifact.key, now):
+    sidecar = look_up_sidecar(root, artifact.layer, artifact.key)
+    if isinstance(sidecar, UnreadableSidecar):
+        reasons.append(f"its sidecar cannot be read ({sidecar.reason})")
+    for use in uses.users(root, artifact.layer, artifact.key, witness):
         reasons.append(f"in use by {use.owner}")
     holder = leases[root].holder(artifact.layer, artifact.key)
     if holder is not None:

@@ -8,7 +8,17 @@ from .atomic import fsync_directory, write_atomically
 from .contents import Contents, hash_files, list_files, measure, read_checksums, scan_contents, write_checksums
 from .layout import STATE_DIR, Root, Roots, builder_id, check_state, default_root
 from .publishing import publish, remove_checksums, remove_tree, unpublish
-from .sidecars import DELETING, PUBLISHED, SIDECAR_FORMAT, Artifact, artifact_path, iter_sidecars, read_sidecar
+from .sidecars import (
+    DELETING,
+    PUBLISHED,
+    SIDECAR_FORMAT,
+    Artifact,
+    UnreadableSidecar,
+    artifact_path,
+    iter_sidecars,
+    look_up_sidecar,
+    read_sidecar,
+)
 
 __all__ = [
     "DELETING",
@@ -19,6 +29,7 @@ __all__ = [
     "Contents",
     "Root",
     "Roots",
+    "UnreadableSidecar",
     "artifact_path",
     "builder_id",
     "check_state",
@@ -27,6 +38,7 @@ __all__ = [
     "hash_files",
     "iter_sidecars",
     "list_files",
+    "look_up_sidecar",
     "measure",
     "publish",
     "read_checksums",
