@@ -61,6 +61,10 @@ class Witness(Protocol):
         ...
 
 
+def _parent(thing: str) -> str:
+    return thing[: thing.rfind("/") + 1]
+
+
 class Memory:
     """The memory of one process, by its monotonic clock (or ``clock``)."""
 
@@ -68,33 +72,59 @@ class Memory:
         self._clock = clock
         self._lock = threading.Lock()
         self._first: dict[str, tuple[str, float]] = {}  # thing → (digest, first seen)
+        self._under: dict[str, set[str]] = {}  # what is remembered, by the part of its name up to its last "/"
         self._seen: set[str] = set()
 
     def ages(self, seen: Mapping[str, str], *, scope: str | None = None) -> dict[str, float]:
-        now = self._clock()
+        """See ``Witness.ages``; ``scope`` is the part of the names of ``seen`` up to their last "/"."""
         with self._lock:
+            self._load()
+            now = self._clock()
             if scope is not None:
-                for thing in [t for t in self._first if t.startswith(scope) and t not in seen]:
-                    del self._first[thing]
+                self._drop([thing for thing in self._under.get(scope, ()) if thing not in seen])
             for thing, value in seen.items():
                 known = self._first.get(thing)
                 if known is None or known[0] != value:
-                    self._first[thing] = (value, now)
+                    self._remember(thing, value, now)
+                    self._noted(thing, value)
             self._seen.update(seen)
             return {thing: max(0.0, now - self._first[thing][1]) for thing in seen}
 
     def forget(self, scope: str) -> None:
         with self._lock:
-            for thing in [t for t in self._first if t.startswith(scope)]:
-                del self._first[thing]
+            self._load()
+            self._drop([thing for thing in self._first if thing.startswith(scope)])
 
     def forget_unseen(self, scope: str) -> None:
         with self._lock:
-            for thing in [t for t in self._first if t.startswith(scope) and t not in self._seen]:
-                del self._first[thing]
+            self._load()
+            self._drop([thing for thing in self._first if thing.startswith(scope) and thing not in self._seen])
+
+    def _remember(self, thing: str, value: str, first_seen: float) -> None:
+        self._first[thing] = (value, first_seen)
+        self._under.setdefault(_parent(thing), set()).add(thing)
+
+    def _drop(self, things: Iterable[str]) -> None:
+        for thing in things:
+            if self._first.pop(thing, None) is not None:
+                under = self._under.get(_parent(thing))
+                if under is not None:
+                    under.discard(thing)
+                    if not under:
+                        del self._under[_parent(thing)]
+            self._dropped(thing)
+
+    def _load(self) -> None:
+        """Read what is remembered elsewhere, once (a memory of its own has nothing to read)."""
+
+    def _noted(self, thing: str, value: str) -> None:
+        """``thing`` was seen anew as ``value``."""
+
+    def _dropped(self, thing: str) -> None:
+        """``thing`` is gone."""
 
 
-class Sightings:
+class Sightings(Memory):
     """Memory kept in the manifest's ``sighting`` table by this host's clock (``clock``): the
     observer is this host (``processes.host_id``), so that every command run here shares it, and
     no other machine's clock is ever mixed in.
@@ -112,13 +142,12 @@ class Sightings:
     ) -> None:
         from .processes import host_id
 
+        super().__init__(clock)
         self.manifest = manifest
         self.observer = host_id() if observer is None else observer
-        self._clock = clock
-        self._first: dict[str, tuple[str, float]] | None = None  # thing → (digest, first seen), read once
+        self._loaded = False
         self._pending: dict[str, str] = {}  # seen anew: to write
         self._gone: set[str] = set()  # no longer there: to forget
-        self._seen: set[str] = set()
         self._failed = False
 
     def __enter__(self) -> Sightings:
@@ -127,53 +156,37 @@ class Sightings:
     def __exit__(self, *exc: object) -> None:
         self.flush()
 
-    def _remembered(self) -> dict[str, tuple[str, float]]:
-        if self._first is None:
-            try:
-                found = self.manifest.sightings(self.observer)
-            except (CachekeeperError, OSError) as error:  # no memory to read: every sight is a first one
-                self._give_up(error)
-                found = {}
-            self._first = {thing: (sighting.digest, sighting.first_seen_at) for thing, sighting in found.items()}
-        return self._first
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            found = self.manifest.sightings(self.observer)
+        except (CachekeeperError, OSError) as error:  # no memory to read: every sight is a first one
+            self._give_up(error)
+            return
+        for thing, sighting in found.items():
+            self._remember(thing, sighting.digest, sighting.first_seen_at)
 
-    def ages(self, seen: Mapping[str, str], *, scope: str | None = None) -> dict[str, float]:
-        first = self._remembered()
-        now = self._clock()
-        if scope is not None:
-            self._drop([t for t in first if t.startswith(scope) and t not in seen])
-        for thing, value in seen.items():
-            known = first.get(thing)
-            if known is None or known[0] != value:
-                first[thing] = (value, now)
-                self._pending[thing] = value
-                self._gone.discard(thing)
-        self._seen.update(seen)
-        return {thing: max(0.0, now - first[thing][1]) for thing in seen}
+    def _noted(self, thing: str, value: str) -> None:
+        self._pending[thing] = value
+        self._gone.discard(thing)
 
-    def forget(self, scope: str) -> None:
-        self._drop([t for t in self._remembered() if t.startswith(scope)])
-
-    def forget_unseen(self, scope: str) -> None:
-        self._drop([t for t in self._remembered() if t.startswith(scope) and t not in self._seen])
-
-    def _drop(self, things: Iterable[str]) -> None:
-        first = self._remembered()
-        for thing in things:
-            first.pop(thing, None)
-            self._pending.pop(thing, None)
-            self._gone.add(thing)
+    def _dropped(self, thing: str) -> None:
+        self._pending.pop(thing, None)
+        self._gone.add(thing)
 
     def flush(self) -> None:
         """Write what was seen anew and forget what is gone; nothing when nothing changed."""
-        if self._failed or not (self._pending or self._gone):
-            return
-        pending, gone = self._pending, sorted(self._gone)
-        self._pending, self._gone = {}, set()
-        try:
-            self.manifest.record_sightings(self.observer, pending, self._clock(), forget=gone)
-        except (CachekeeperError, OSError) as error:
-            self._give_up(error)
+        with self._lock:
+            if self._failed or not (self._pending or self._gone):
+                return
+            pending, gone = self._pending, sorted(self._gone)
+            self._pending, self._gone = {}, set()
+            try:
+                self.manifest.record_sightings(self.observer, pending, self._clock(), forget=gone)
+            except (CachekeeperError, OSError) as error:
+                self._give_up(error)
 
     def _give_up(self, error: Exception) -> None:
         if not self._failed:  # not a warning: a read-only root is no fault, and keeping is safe

@@ -30,6 +30,7 @@ from cachekeeper.store import Root, Roots
 
 from .adversary import invoke
 from .helpers import DAY, H100_FACTS, Server, put, tree
+from .workers import run_workers
 
 MINUTES, DAYS = 10 * 60.0, 3 * DAY
 SKEWS = {"minutes behind": -MINUTES, "minutes ahead": MINUTES, "days behind": -DAYS, "days ahead": DAYS}
@@ -191,3 +192,31 @@ def test_a_hit_from_the_future_does_not_keep_an_artifact_recently_used(root, man
 def test_an_artifact_published_by_a_clock_ahead_is_not_used_in_the_future(root, manifest):
     artifact = put(root, manifest, "compile-sm90-0000000000000a01", age_days=-30)  # a builder 30 days ahead
     assert manifest.artifact(artifact.key).last_used_at <= time.time()
+
+
+# --- the observer's memory: the manifest's sightings --------------------------------------------
+
+
+def test_sightings_keep_the_first_sight_until_the_record_changes(manifest):
+    assert manifest.record_sightings("host a", {"x": "1", "y": "1"}, 100.0) == {"x": 100.0, "y": 100.0}
+    assert manifest.record_sightings("host a", {"x": "1", "y": "2"}, 200.0) == {"x": 100.0, "y": 200.0}
+    assert manifest.record_sightings("host b", {"x": "1"}, 300.0) == {"x": 300.0}  # each observer its own
+    assert manifest.record_sightings("host a", {}, 400.0, forget=["y"]) == {}
+    assert {t: (s.digest, s.first_seen_at) for t, s in manifest.sightings("host a").items()} == {"x": ("1", 100.0)}
+    assert set(manifest.sightings("host b", ["x", "z"])) == {"x"}
+
+
+@pytest.mark.slow
+def test_observers_on_one_host_seeing_the_same_records_at_once_agree_on_the_first_sight(db_url, manifest):
+    things = [f"use /r/compile/k/{n}.json" for n in range(300)]
+    answers = run_workers(
+        "sight", db_url, [{"observer": "h", "things": things, "digest": "d", "now": 1000.0 + n} for n in range(6)]
+    )
+    first = manifest.sightings("h")
+    assert len(first) == 300
+    for answer in answers:  # whoever wrote first, all agree, and the table says the same
+        assert answer == {thing: first[thing].first_seen_at for thing in things}
+    changed = run_workers(
+        "sight", db_url, [{"observer": "h", "things": things, "digest": "e", "now": 2000.0 + n} for n in range(6)]
+    )
+    assert all(len(set(answer.values())) == 1 and min(answer.values()) >= 2000.0 for answer in changed)

@@ -67,9 +67,10 @@ def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: fl
     unfinished = manifest.artifacts(state=DELETING)
     in_scope = [artifact for artifact in _candidates(manifest, roots) if policy.scope.matches(artifact)]
     wanted, unresolved = _target_keys(targets, manifest, roots, strict=stale)
-    witness = Sightings(manifest, clock=lambda: now)  # uses and leases, judged by this host's clock
+    # Uses and leases, judged by this host's clock as it remembers them; a plan writes nothing
+    # (what it sees anew is noted by the prune that carries it out, and its leftovers cleanup).
+    witness = Sightings(manifest, clock=lambda: now)
     protected = _roots(in_scope, manifest, roots, targets, wanted, unresolved, witness)
-    witness.flush()
     dependents = manifest.dependents()
 
     recent: set[str] = set()
