@@ -91,7 +91,7 @@ def clean_leftovers(
         temporary += cleanup.temporary_files
         leases += cleanup.leases
     if manifest.is_server:
-        leases += clean_db_leases(manifest, witness)
+        leases += clean_db_leases(manifest, lambda layer, key: _published(roots.for_layer(layer), layer, key), witness)
     # Every build, temporary file and use record of every root was looked at just now: what this
     # host remembers of others is gone. (After all roots: a root may lie inside another.)
     for root in roots.all():

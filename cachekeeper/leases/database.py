@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from ..liveness import Memory, Witness
 from ..manifest import Manifest
 from ..processes import this_process
 from ..store import builder_id
-from .lease import DEFAULT_TTL, Lease, LeaseInfo, judge
+from .lease import DEFAULT_TTL, STALE_AFTER, Lease, LeaseInfo, judge
 
 
 class DbLeases:
@@ -79,15 +80,20 @@ def _row_lease(manifest: Manifest, layer: str, key: str) -> LeaseInfo | None:
     return None if fields is None else LeaseInfo(**fields)
 
 
-def clean_db_leases(manifest: Manifest, witness: Witness, ttl: float = DEFAULT_TTL) -> int:
-    """Drop the lease rows that are dead by the observer's clock; how many. A row is dropped only
-    if it still carries the dead holder's token: one taken over meanwhile stays."""
+def clean_db_leases(
+    manifest: Manifest, published: Callable[[str, str], bool], witness: Witness, ttl: float = DEFAULT_TTL
+) -> int:
+    """Drop the lease rows that are dead by the observer's clock (``witness``) and whose key is
+    published, or that have been dead for STALE_AFTER: until then a dead row tells the next
+    builder whom to prove gone before it clears what was left. How many were dropped. A row is
+    dropped only if it still carries the dead holder's token: one taken over meanwhile stays."""
     leases = DbLeases(manifest, ttl, witness)
     dropped = 0
     for fields in manifest.leases():
         layer, key = str(fields.pop("layer")), str(fields.pop("key"))
         info = LeaseInfo(**fields)
-        if not leases.judge(layer, key, info)[0]:
+        live, dead_for = leases.judge(layer, key, info)
+        if not live and (published(layer, key) or dead_for >= STALE_AFTER):
             manifest.drop_lease(layer, key, info.token)
             witness.forget(f"lease db/{layer}/{key}/")
             dropped += 1

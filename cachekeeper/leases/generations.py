@@ -3,7 +3,8 @@
 Files and Dict entries offer one atomic operation, create-if-absent (``os.link`` /
 ``Dict.put(..., skip_if_exists=True)``): no compare-and-swap, no conditional delete. So a key's
 lease is a stack of generations ``1, 2, 3, ...``; the top one is the lease. Taking it means
-creating generation ``top + 1`` after seeing ``top`` dead (expired, released, or its process gone).
+creating generation ``top + 1`` after seeing ``top`` dead (released, its holder proven gone, or
+unchanged for its TTL by the reader's clock).
 Create-if-absent lets exactly one process create each generation, and generations are never
 removed while anyone may still climb them, so two live holders would need someone to have seen
 the older one dead. Renewals and releases overwrite only the holder's own generation, which no
