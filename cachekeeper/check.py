@@ -32,6 +32,7 @@ from .gpus import Landing
 from .keys import CacheKey, FactChange, derive_keys, explain, parse_key
 from .layers import DEFAULT_LAYERS, Layer, layer_named
 from .leases import leases_for
+from .liveness import Sightings, Witness
 from .manifest import Manifest, Observation
 from .store import read_sidecar
 from .target import Target
@@ -45,7 +46,7 @@ class Status(StrEnum):
     WARM = "warm"  # published under exactly this key
     COLD = "cold"  # nothing for this layer and model yet
     STALE = "stale"  # something exists for this layer and model, under another key
-    BUILDING = "building"  # a live process holds the build lease for this key
+    BUILDING = "building"  # a process that may still live holds the build lease for this key
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,12 +170,16 @@ def check(target: Target, cache: Cache, *, any_landing: bool = False) -> CheckRe
     hf_cache = cache.roots.hf_cache()
     landings = tuple(landing_facts(target, cache.manifest, hf_cache))
     rows: list[LayerReport] = []
-    for name in target.needs:
-        keys = [each.keys[name] for each in landings]
-        if not _keys_gpu(layer_named(name, target.layers)) and len({str(key) for key in keys}) == 1:
-            rows.append(_layer_report(name, keys[0], cache, None))
-        else:
-            rows.extend(_layer_report(name, key, cache, each.landing) for key, each in zip(keys, landings, strict=True))
+    with Sightings(cache.manifest) as witness:  # is a lease still live? judged by this host's clock
+        for name in target.needs:
+            keys = [each.keys[name] for each in landings]
+            if not _keys_gpu(layer_named(name, target.layers)) and len({str(key) for key in keys}) == 1:
+                rows.append(_layer_report(name, keys[0], cache, None, witness))
+            else:
+                rows.extend(
+                    _layer_report(name, key, cache, each.landing, witness)
+                    for key, each in zip(keys, landings, strict=True)
+                )
     return CheckReport(target, landings, tuple(rows), any_landing)
 
 
@@ -192,11 +197,11 @@ def _keys_gpu(layer: Layer) -> bool:
     return any(layer.selects(name) for name in _GPU_FACTS)
 
 
-def _layer_report(layer: str, key: CacheKey, cache: Cache, landing: Landing | None) -> LayerReport:
+def _layer_report(layer: str, key: CacheKey, cache: Cache, landing: Landing | None, witness: Witness) -> LayerReport:
     root = cache.roots.for_layer(layer)
     if read_sidecar(root, layer, str(key)) is not None:
         return LayerReport(layer, key, Status.WARM, landing=landing)
-    if leases_for(root, cache.manifest).holder(layer, str(key)) is not None:
+    if leases_for(root, cache.manifest, witness=witness).holder(layer, str(key)) is not None:
         return LayerReport(layer, key, Status.BUILDING, landing=landing)
     model = str(key.facts.value(f.MODEL, f.NONE))
     nearest = cache.manifest.nearest(layer=layer, model=model, other_than=str(key))

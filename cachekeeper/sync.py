@@ -13,6 +13,7 @@ from . import uses
 from .compaction import compact_folded
 from .errors import ManifestError
 from .journal import journal_files, read_journal
+from .liveness import Sightings
 from .manifest import Manifest
 from .manifest.queries import DAY
 from .records import Kind, Record
@@ -147,8 +148,9 @@ def _tidy(manifest: Manifest, roots: Roots, keep_events: float, now: float) -> T
         root.require_marked("tidy the state of")  # nothing is removed from a directory cachekeeper did not make
     forgotten = compacted = 0
     try:
-        for root in present:
-            forgotten += uses.forget_stopped(root, now)
+        with Sightings(manifest) as witness:  # a use is dead once unchanged for its TTL of this host's time
+            for root in present:
+                forgotten += uses.forget_stopped(root, witness)
         if roots.main in present:
             compacted = compact_folded(manifest, roots.main, now=now)
     except OSError as error:  # a read-only root: nothing is lost by tidying it later

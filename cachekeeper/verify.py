@@ -28,6 +28,7 @@ from .errors import ManifestError, UnsafePath
 from .hub import hub_revisions
 from .layers import DEFAULT_LAYERS, WEIGHTS
 from .leases import leases_for
+from .liveness import Sightings, Witness
 from .manifest import Manifest
 from .scope import EVERYTHING, Scope
 from .store import (
@@ -115,12 +116,14 @@ def verify(
     published = [a for a in listed if a.key not in deleting]
     findings: list[Finding] = []
     sidecars: dict[str, Artifact] = {}
+    unreadable: set[str] = set()
     for root in roots.all():
         for path, parsed in iter_sidecars(root):
             if isinstance(parsed, Artifact) and roots.for_layer(parsed.layer) == root:
                 sidecars[parsed.key] = parsed
             elif not isinstance(parsed, Artifact):
                 findings.append(Finding(CORRUPT, path.parent.name, path.stem, path, f"unreadable sidecar: {parsed}"))
+                unreadable.add(path.stem)
     if total is not None:
         total(sum(a.bytes for a in published if a.key in sidecars))
     hashed = 0
@@ -148,8 +151,11 @@ def verify(
             if scope.layer
             else {*(each.name for each in DEFAULT_LAYERS), *layers, *(a.layer for a in listed)}
         )
-        known = {a.key for a in manifest.artifacts(state=None)} | set(sidecars)
-        findings.extend(_orphans(roots, manifest, sorted(names), known, {a.key: a for a in listed} | sidecars))
+        # A key whose sidecar cannot be read is reported as such above, not as an orphan.
+        known = {a.key for a in manifest.artifacts(state=None)} | set(sidecars) | unreadable
+        artifacts = {a.key: a for a in listed} | sidecars
+        with Sightings(manifest) as witness:  # is a lease or use still live? judged by this host's clock
+            findings.extend(_orphans(roots, manifest, sorted(names), known, artifacts, witness))
     order = {kind: index for index, kind in enumerate((*PROBLEMS, GROWTH, UNRECORDED))}
     findings.sort(key=lambda f: (order[f.kind], f.layer, f.key or "", str(f.path)))
     return VerifyReport(tuple(findings), len(published), hashed)
@@ -231,19 +237,24 @@ def _record_counts(manifest: Manifest, key: str, size: int, files: int) -> None:
 
 
 def _orphans(
-    roots: Roots, manifest: Manifest, layers: Sequence[str], known: set[str], artifacts: dict[str, Artifact]
+    roots: Roots,
+    manifest: Manifest,
+    layers: Sequence[str],
+    known: set[str],
+    artifacts: dict[str, Artifact],
+    witness: Witness,
 ) -> list[Finding]:
     findings = []
     for name in layers:
         root = roots.for_layer(name)
         if name == WEIGHTS:
-            findings.extend(_hub_orphans(roots, manifest, known))
+            findings.extend(_hub_orphans(roots, manifest, known, witness))
             continue
         directory = root.layer_dir(name)
         if not directory.is_dir() or directory.is_symlink():
             continue
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            if entry.name in known or _busy(root, manifest, name, entry.name):
+            if entry.name in known or _busy(root, manifest, name, entry.name, witness):
                 continue
             findings.append(
                 Finding(
@@ -259,6 +270,8 @@ def _orphans(
             for path in sorted(directory.glob("*.json")):
                 key, _, checksum = path.stem.rpartition(".")
                 owner = artifacts.get(key)
+                if owner is None and key in known:
+                    continue  # its sidecar cannot be read (reported above): which checksum it names is unknown
                 if owner is None or owner.checksum != checksum:
                     findings.append(
                         Finding(ORPHAN, path.parent.name, key or None, path, "a checksum record no artifact uses")
@@ -266,7 +279,7 @@ def _orphans(
     return findings
 
 
-def _hub_orphans(roots: Roots, manifest: Manifest, known: set[str]) -> list[Finding]:
+def _hub_orphans(roots: Roots, manifest: Manifest, known: set[str], witness: Witness) -> list[Finding]:
     root = roots.for_layer(WEIGHTS)
     return [
         Finding(
@@ -277,10 +290,12 @@ def _hub_orphans(roots: Roots, manifest: Manifest, known: set[str]) -> list[Find
             f"a revision of {revision.model} in the Hub cache that no boot recorded",
         )
         for revision in hub_revisions(roots)
-        if revision.key not in known and not _busy(root, manifest, WEIGHTS, revision.key)
+        if revision.key not in known and not _busy(root, manifest, WEIGHTS, revision.key, witness)
     ]
 
 
-def _busy(root: Root, manifest: Manifest, layer: str, key: str) -> bool:
+def _busy(root: Root, manifest: Manifest, layer: str, key: str, witness: Witness) -> bool:
     """Being built (a live lease) or downloaded (a live use): not an orphan yet."""
-    return leases_for(root, manifest).holder(layer, key) is not None or bool(users(root, layer, key))
+    if leases_for(root, manifest, witness=witness).holder(layer, key) is not None:
+        return True
+    return bool(users(root, layer, key, witness))

@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cachekeeper.cache import Cache
 from cachekeeper.facts import Facts, Source
+from cachekeeper.processes import ProcessIdentity, this_process
 from cachekeeper.store import Artifact, Root, Roots, publish, scan_contents
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -158,3 +160,145 @@ def folded(root: Path, manifest: Any) -> Cache:
     cache = Cache(Roots.at(root), manifest)
     cache.fold()
     return cache
+
+
+# --- a server: a real process that boots on a root and keeps using what it booted on ----------
+
+_SERVER = r"""
+import json, os, pathlib, signal, socket, sys, time
+
+root, layers, offset, renew, lease_ttl, db = sys.argv[1:7]
+if float(offset):  # this process's clock runs ahead or behind the machine's
+    _real = time.time
+    time.time = lambda: _real() + float(offset)
+import cachekeeper
+from cachekeeper import uses
+from cachekeeper.processes import this_process
+from cachekeeper.store import Root, read_sidecar
+
+if float(renew):
+    uses._RENEW_EVERY = float(renew)  # how often it shows it lives: a test cannot wait minutes
+leases = None
+if db != "-":
+    from cachekeeper.leases import DbLeases
+    from cachekeeper.manifest import Manifest
+
+    leases = DbLeases(Manifest.open(db), float(lease_ttl) or 60.0)
+booting = cachekeeper.activate(
+    pathlib.Path(root), layers=layers.split(","), lease_ttl=float(lease_ttl) or None, leases=leases, on_busy="cold"
+)
+ck = booting.__enter__()
+written = {}
+
+
+def say(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+say(
+    event="entered",
+    layers={n: {"status": u.status, "key": str(u.key), "path": str(u.path)} for n, u in ck.layers.items()},
+    pid=os.getpid(),
+    host=socket.gethostname(),
+    process=str(this_process()),
+)
+for line in sys.stdin:
+    command, *args = line.split()
+    if command == "write":  # write part N into every layer it builds
+        for use in ck.layers.values():
+            if use.status == "build":
+                path = use.path / f"part-{args[0]}"
+                path.write_bytes(f"{use.key}:{args[0]}\n".encode() * 100)
+                written[str(path)] = path.read_bytes()
+        say(event="wrote")
+    elif command == "check":  # every file it wrote or found is still there, unchanged
+        missing = [p for p, content in written.items() if not os.path.exists(p) or open(p, "rb").read() != content]
+        say(event="checked", missing=missing)
+    elif command == "read":  # what a hit found: remember it, to check later
+        for use in ck.layers.values():
+            for path in sorted(use.path.rglob("*")):
+                if path.is_file():
+                    written[str(path)] = path.read_bytes()
+        say(event="read", files=len(written))
+    elif command == "finish":  # leave the block: publish what was built
+        booting.__exit__(None, None, None)
+        published = {name: read_sidecar(Root(pathlib.Path(root)), name, str(use.key)) is not None
+                     for name, use in ck.layers.items()}
+        say(event="finished", published=published)
+    elif command == "exit":
+        say(event="exiting")
+        break
+"""
+
+
+class Server:
+    """A real process that ``activate()``s layers of a root and goes on using them, driven line by
+    line: ``write N``, ``read``, ``check``, ``finish`` (leave the block, publishing), ``exit``.
+
+    ``prefix`` runs it under another command (``unshare --pid ...``); ``offset`` skews its clock by
+    that many seconds; ``renew`` makes it renew its uses that often; ``lease_ttl`` is its leases'
+    TTL; ``db`` gives it leases in that manifest database."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        layers: str = "compile",
+        prefix: tuple[str, ...] = (),
+        offset: float = 0.0,
+        renew: float = 0.0,
+        lease_ttl: float = 0.0,
+        db: str | None = None,
+    ) -> None:
+        arguments = [str(root), layers, str(offset), str(renew), str(lease_ttl), db or "-"]
+        self.process = subprocess.Popen(
+            [*prefix, sys.executable, "-c", _SERVER, *arguments],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        self.entered = self._answer()
+
+    def status(self, layer: str = "compile") -> str:
+        return str(self.entered["layers"][layer]["status"])
+
+    def key(self, layer: str = "compile") -> str:
+        return str(self.entered["layers"][layer]["key"])
+
+    def path(self, layer: str = "compile") -> Path:
+        return Path(self.entered["layers"][layer]["path"])
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line, f"the server ended (exit code {self.process.poll()})"
+        return json.loads(line)
+
+    def stop(self) -> None:
+        """Exit as a server does: its uses are released."""
+        if self.process.poll() is None:
+            try:
+                self.ask("exit")
+                self.process.wait(timeout=30)  # its uses are released on its way out
+            except (AssertionError, BrokenPipeError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def exited_process(token: str = "exited") -> ProcessIdentity:
+    """This host's identity of a process that has exited: proven gone."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return replace(this_process(), pid=process.pid, token=token)

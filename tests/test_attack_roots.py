@@ -16,7 +16,9 @@ import pytest
 
 import cachekeeper
 from cachekeeper import uses
-from cachekeeper.store import Root
+from cachekeeper.leftovers import LEFTOVER_AGE
+from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
+from cachekeeper.store import Root, Roots
 
 from .adversary import invoke, snapshot
 
@@ -81,26 +83,38 @@ def test_init_marks_an_older_root_and_then_prune_works(tmp_path):
     assert invoke("--root", str(older), "prune", "--older-than", "0s", "--yes").code == 0
 
 
-def test_in_a_marked_root_only_known_layer_directories_hold_leftovers(root):
+def _prune_at(manifest, root: Path, at: float, *, dry_run: bool = False):
+    """What a prune at ``at`` of this host's clock would clear (dry run) or cleared."""
+    roots = Roots.at(root)
+    plan = plan_prune(manifest, roots, PrunePolicy.of(older_than=30 * 86400), now=at)
+    return plan.leftovers if dry_run else execute_prune(plan, manifest, roots, now=at).leftovers
+
+
+def test_in_a_marked_root_only_known_layer_directories_hold_leftovers(root, manifest):
     elsewhere = [_plant(root, f"{name}/{name}-mine-0123456789abcdef") for name in ("thesis", "data", "photos")]
     nested = _plant(root, "compile/sub/compile-mine-0123456789abcdef")
-    real = _plant(root, "compile/compile-cpu-0123456789abcdef")  # a build killed an hour ago
-    planned = invoke("--root", str(root), "prune", "--older-than", "30d", "--dry-run", "--json")
-    assert planned.code == 0, planned.err
-    would = json.loads(planned.out)["leftovers"]
-    assert would["partial_builds"] == ["compile/compile-cpu-0123456789abcdef"]
-    done = invoke("--root", str(root), "prune", "--older-than", "30d", "--yes", "--json")
-    assert json.loads(done.out)["leftovers"] == would  # the dry run showed exactly what went
+    real = _plant(root, "compile/compile-cpu-0123456789abcdef")  # a build killed long ago
+    now = time.time()
+    assert not _prune_at(manifest, root, now)  # first sight: nothing is old to this host yet
+    would = _prune_at(manifest, root, now + LEFTOVER_AGE, dry_run=True)
+    assert would.partial_builds == ("compile/compile-cpu-0123456789abcdef",)
+    assert _prune_at(manifest, root, now + LEFTOVER_AGE) == would  # the dry run showed exactly what went
     assert not real.exists() and all(path.exists() for path in [*elsewhere, nested])
 
 
-def test_a_leftover_in_use_or_fresh_is_kept(root):
-    fresh = _plant(root, "compile/compile-cpu-00000000000000aa", age=10)
+def test_a_leftover_in_use_or_changing_is_kept(root, manifest):
+    changing = _plant(root, "compile/compile-cpu-00000000000000aa")
     used = _plant(root, "compile/compile-cpu-00000000000000bb")
+    now = time.time()
+    _prune_at(manifest, root, now)
+    (changing / "more.o").write_text("a slow build writes on")
     registration = uses.register(Root(root), "compile", used.name)
     try:
-        done = invoke("--root", str(root), "prune", "--older-than", "30d", "--yes", "--json")
+        done = _prune_at(manifest, root, now + LEFTOVER_AGE)
     finally:
         registration.release()
-    assert json.loads(done.out)["leftovers"]["partial_builds"] == []
-    assert fresh.exists() and used.exists()
+    assert done.partial_builds == ()
+    assert changing.exists() and used.exists()
+    # Released, and unchanged since the last look for LEFTOVER_AGE: both go now.
+    later = _prune_at(manifest, root, now + 2 * LEFTOVER_AGE).partial_builds
+    assert later == (f"compile/{changing.name}", f"compile/{used.name}")

@@ -15,7 +15,7 @@ import pytest
 from cachekeeper import cli as cachekeeper_cli
 from cachekeeper import uses
 
-from .helpers import TORCH, run_cli, tree
+from .helpers import TORCH, exited_process, run_cli, tree
 
 WRITE = "import os; open(os.path.join(os.environ['TORCHINDUCTOR_CACHE_DIR'], 'k'), 'w').write('x' * {n})"
 
@@ -175,12 +175,12 @@ def test_ls_prints_aligned_rows_newest_first_and_limit_keeps_the_newest(project,
 def test_sync_and_prune_tidy_and_say_what_they_removed(project, root, cli, cli_json):
     stale = root / ".cachekeeper" / "uses" / "compile" / "compile-x-00000000000000ff" / "other-1.json"
     stale.parent.mkdir(parents=True)
-    stale.write_text(json.dumps({"owner": "other:1", "since": 1.0, "expires_at": 2.0}))
+    stale.write_text(json.dumps({"owner": "other:1", "since": 1.0, "process": str(exited_process())}))
     report = cli_json(project, root, "sync", "--keep-events", "30d")
     assert report["tidied"]["uses_forgotten"] == 1 and not stale.parent.exists()
     assert report["tidied"]["summarised_before"] < time.time() - 30 * 86400
     stale.parent.mkdir(parents=True)
-    stale.write_text(json.dumps({"owner": "other:1", "since": 1.0, "expires_at": 2.0}))
+    stale.write_text(json.dumps({"owner": "other:1", "since": 1.0, "process": str(exited_process())}))
     assert "tidied" not in cli_json(project, root, "prune", "--older-than", "1d", "--dry-run")
     assert stale.exists()  # a dry run changes nothing
     assert cli_json(project, root, "prune", "--older-than", "1d", "--yes")["tidied"]["uses_forgotten"] == 1

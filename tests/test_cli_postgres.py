@@ -106,4 +106,7 @@ def test_moving_from_sqlite_to_postgresql_as_the_readme_says(project, root, sqli
     assert result.returncode == 0, result.stderr
     postgres = Manifest.open(postgresql_url)
     assert postgres.artifacts() == sqlite.artifacts() and len(postgres.artifacts()) == 1
-    assert postgres.latest_observation("H100") == sqlite.latest_observation("H100") is not None
+    # The same fingerprint, seen as often, from the same host; when it was seen is each folder's clock.
+    moved, kept = postgres.latest_observation("H100"), sqlite.latest_observation("H100")
+    assert kept is not None and moved is not None
+    assert (moved.facts, moved.gpu_type, moved.host, moved.seen) == (kept.facts, kept.gpu_type, kept.host, kept.seen)

@@ -74,14 +74,17 @@ def test_processes_folding_the_same_journals_at_once_apply_each_record_once(db_u
         ]
 
     applied = run_workers("fold", db_url, [{"batches": batches(seed)} for seed in range(4)])
+    folded = time.time()
     assert sum(records_applied for records_applied, _ in applied) == len(records)
     assert sum(artifacts_indexed for _, artifacts_indexed in applied) == len(keys)
     assert manifest.count_events("observed") == 60 and manifest.count_events("hit") == 300
     with manifest.engine.connect() as connection:  # 20 sightings of each, none lost to a race
         assert sorted(connection.execute(text("select seen from observation")).scalars()) == [20, 20, 20]
+    # Times that order things are the folders' clocks, never the records' (see writes.fold): the
+    # newest observation is one folded last, and no artifact is used later than it was folded.
     latest = manifest.latest_observation("H100")
-    assert (latest.facts.value("driver.version"), latest.host, latest.last_seen_at) == ("580.0", "h:0", now)
-    assert {a.key: a.last_used_at for a in manifest.artifacts()} == {key: now + 270 + n for n, key in enumerate(keys)}
+    assert latest.facts.value("driver.version") in ("580.0", "580.1", "580.2") and now <= latest.last_seen_at <= folded
+    assert all(now <= a.last_used_at <= folded for a in manifest.artifacts()) and len(manifest.artifacts()) == 30
     assert manifest.journal_cursors() == {"journal-a": (320, False), "journal-b": (360, True)}
 
 

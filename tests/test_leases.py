@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -21,7 +22,8 @@ from cachekeeper.leases import (
     ModalDictLeases,
     dead_file_leases,
 )
-from cachekeeper.processes import process_gone, this_process
+from cachekeeper.liveness import Memory
+from cachekeeper.processes import ProcessIdentity, process_gone, this_process
 from cachekeeper.store import Root
 
 from .modal_double import MemoryDict
@@ -101,11 +103,17 @@ def test_dict_takeover_of_an_expired_lease_has_exactly_one_winner(make_leases):
     won = []
 
     def contend():
+        # Each contender waits, watching the lease: it is dead once it has not changed for its TTL
+        # of the contender's own time. Then exactly one creates the next generation.
         leases = ModalDictLeases(make_leases.server.connection(), ttl=30)
         start.wait()
-        lease = leases.acquire("compile", "k")
-        if lease is not None:
-            won.append(lease)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            lease = leases.acquire("compile", "k")
+            if lease is not None:
+                won.append(lease)
+                return
+            time.sleep(0.05)
 
     threads = [threading.Thread(target=contend) for _ in range(8)]
     for thread in threads:
@@ -125,10 +133,15 @@ _CHILD = textwrap.dedent(
     from cachekeeper.manifest import Manifest
     from cachekeeper.store import Root
     kind, where, ttl, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    wait = float(sys.argv[5])
     from pathlib import Path
     leases = FileLeases(Root(Path(where)), ttl) if kind == "file" else DbLeases(Manifest.open(where), ttl)
     time.sleep(max(0.0, start_at - time.time()))
     lease = leases.acquire("compile", "k")
+    deadline = time.monotonic() + wait  # a waiting process watches the lease by its own clock
+    while lease is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lease = leases.acquire("compile", "k")
     print("won" if lease else "lost", flush=True)
     for line in sys.stdin:
         print("held" if lease and lease.held() else "not held", flush=True)
@@ -136,9 +149,9 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _child(kind: str, where: str, ttl: float, start_at: float = 0.0) -> subprocess.Popen:
+def _child(kind: str, where: str, ttl: float, start_at: float = 0.0, wait: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", _CHILD, kind, where, str(ttl), str(start_at)],
+        [sys.executable, "-c", _CHILD, kind, where, str(ttl), str(start_at), str(wait)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -170,7 +183,8 @@ def test_a_stalled_holder_is_taken_over_after_its_ttl_and_then_knows_it_lost(kin
     try:
         assert child.stdout.readline().strip() == "won"
         child.send_signal(signal.SIGSTOP)  # alive but frozen: only expiry can free the lease
-        leases = make_leases(kind, ttl=30)
+        # Judged by this observer's clock: a lease file says its holder's TTL, a row does not.
+        leases = make_leases(kind, ttl=30 if kind == "file" else 1.0)
         assert leases.acquire("compile", "k") is None
         time.sleep(1.3)
         lease = leases.acquire("compile", "k")
@@ -193,8 +207,9 @@ def test_processes_racing_for_an_expired_lease_have_exactly_one_winner(kind, roo
     holder = _child(kind, where, ttl=0.5)
     assert holder.stdout.readline().strip() == "won"
     holder.send_signal(signal.SIGSTOP)
-    start_at = time.time() + 2.5  # after every contender has started and the lease has expired
-    contenders = [_child(kind, where, ttl=30, start_at=start_at) for _ in range(5)]
+    start_at = time.time() + 2.5  # after every contender has started
+    # Each waits, watching the lease until it has not changed for a TTL of its own time.
+    contenders = [_child(kind, where, ttl=0.5 if kind == "db" else 30, start_at=start_at, wait=4) for _ in range(5)]
     try:
         results = [c.stdout.readline().strip() for c in contenders]
         assert sorted(results) == ["lost"] * 4 + ["won"]
@@ -205,26 +220,36 @@ def test_processes_racing_for_an_expired_lease_have_exactly_one_winner(kind, roo
 
 
 def test_only_this_namespace_and_a_dead_pid_count_as_gone():
-    assert not process_gone(this_process())
-    boot, namespace, pid, started = this_process().split("|")
-    assert process_gone(f"{boot}|{namespace}|{pid}|{int(started) + 1}")  # the pid was reused
-    assert not process_gone(f"{boot}|pid:[1]|{pid}|{int(started) + 1}")  # another container
+    me = this_process()
+    assert not process_gone(me) and not process_gone(str(me))
+    other = replace(me, token="another process")
+    assert process_gone(replace(other, started=str(int(me.started) + 1)))  # the pid was reused
+    assert not process_gone(replace(other, namespace="pid:[1]", started="1"))  # another container
     assert not process_gone("")
+    assert ProcessIdentity.parse(str(me)) == me
 
 
 def test_prune_removes_dead_leases_of_published_or_long_dead_keys_only(root):
-    leases = FileLeases(Root(root))
-    for key in ("published", "recent", "ancient", "alive"):
-        leases.acquire("compile", key).release() if key != "alive" else None
+    clock = [1000.0]
+    witness = Memory(lambda: clock[0])  # the observer's clock, advanced by hand
+    leases = FileLeases(Root(root), ttl=0.3)
+    for key in ("published", "recent", "ancient"):
+        leases.acquire("compile", key).release()
     alive = leases.acquire("compile", "alive")
-    now = time.time()
-    ancient = root / ".cachekeeper" / "leases" / "compile" / "ancient" / "1.lease"
-    ancient.write_text(LeaseInfo("h:1", "t", now - STALE_AFTER - 10).to_json())
+    ancient = root / ".cachekeeper" / "leases" / "compile" / "ancient" / "2.lease"
+    ancient.write_text(LeaseInfo("h:1", "t", 0.0).to_json())  # never released, holder unknown
+
+    def dead_stacks():
+        return sorted(dead_file_leases(Root(root), lambda layer, key: key == "published", witness).stacks)
+
     try:
-        dead = dead_file_leases(Root(root), lambda layer, key: key == "published", now=now)
+        assert dead_stacks() == [("compile", "published")]  # released, and its key published: at once
+        time.sleep(0.5)  # the live holder renews meanwhile
+        clock[0] += STALE_AFTER
+        # Released or unchanged for STALE_AFTER of this observer's time; the live one never.
+        assert dead_stacks() == [("compile", "ancient"), ("compile", "published"), ("compile", "recent")]
     finally:
         alive.release()
-    assert sorted(dead) == [("compile", "ancient"), ("compile", "published")]
 
 
 def test_leases_survive_a_lease_file_damaged_from_outside(root):

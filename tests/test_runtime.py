@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,7 +19,7 @@ from cachekeeper.leases import FileLeases
 from cachekeeper.runtime import BUILD, DOWNLOAD, HIT, PRIVATE
 from cachekeeper.store import Root, read_sidecar
 
-from .helpers import make_hf_model, tree
+from .helpers import REPO_ROOT, make_hf_model, tree
 
 COMPILE_VARS = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "CUDA_CACHE_PATH")
 
@@ -58,11 +61,18 @@ def test_discard_publishes_nothing(root):
 
 
 def test_leftovers_of_a_dead_build_are_never_trusted(root):
-    with cachekeeper.activate(root) as probe:
-        probe.discard()
-    leftover = root / "compile" / str(probe.keys["compile"]) / "inductor"
-    leftover.mkdir(parents=True)
-    (leftover / "torn").write_text("from a build that was killed")
+    killed = (  # a builder killed mid-build on this machine: provably gone
+        "import os, pathlib, signal, cachekeeper\n"
+        f"booting = cachekeeper.activate(pathlib.Path({str(root)!r}))\n"
+        "ck = booting.__enter__()\n"
+        "(ck.layers['compile'].path / 'inductor').mkdir(exist_ok=True)\n"
+        "(ck.layers['compile'].path / 'inductor' / 'torn').write_text('from a build that was killed')\n"
+        "print(ck.keys['compile'], flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", killed], capture_output=True, text=True, cwd=REPO_ROOT)
+    leftover = root / "compile" / done.stdout.strip() / "inductor"
+    assert done.returncode == -signal.SIGKILL and (leftover / "torn").is_file()
     with cachekeeper.activate(root) as ck:
         assert ck.layers["compile"].status == BUILD
         assert not (leftover / "torn").exists()

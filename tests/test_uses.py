@@ -9,16 +9,16 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 import cachekeeper
 from cachekeeper import uses
+from cachekeeper.liveness import Memory
 from cachekeeper.store import Root, Roots, read_checksums, read_sidecar
 from cachekeeper.sync import sync
 
-from .helpers import REPO_ROOT, make_hf_model, tree
+from .helpers import REPO_ROOT, exited_process, make_hf_model, tree
 
 
 @pytest.fixture(autouse=True)
@@ -84,41 +84,28 @@ def test_a_snapshot_records_the_keys_it_was_built_from_and_every_file_is_checksu
 # --- forgetting the uses of stopped processes ------------------------------------------------------
 
 
-def _record(root, layer, key, name, *, owner, expires_at):
+def _record(root, layer, key, name, *, owner, process=""):
     path = Root(root).uses_dir(layer, key) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"owner": owner, "since": 1.0, "expires_at": expires_at}))
+    path.write_text(json.dumps({"owner": owner, "since": 1.0, "process": str(process)}))
     return path
 
 
-def _exited_pid():
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
 def test_the_uses_of_stopped_processes_of_every_key_go_and_nothing_else(root, tmp_path):
-    here, now = socket.gethostname(), time.time()
-    live = uses.register(Root(root), "compile", "compile-a-0123456789abcdef")
+    here, clock = socket.gethostname(), [1000.0]
+    witness = Memory(lambda: clock[0])  # the observer's clock, advanced by hand
     keys = {f"compile-k{n}-0123456789abcdef" for n in range(3)}
     gone = [
-        _record(root, "compile", key, f"{here}-1.json", owner=f"{here}:{_exited_pid()}", expires_at=now + 300)
-        for key in sorted(keys)
-    ]  # their process is gone from this host
-    expired = _record(
-        root, "weights", "weights-m-0123456789abcdef", "other-7.json", owner="other:7", expires_at=now - 1
-    )
-    remote = _record(
-        root, "compile", "compile-r-0123456789abcdef", "other-8.json", owner="other:8", expires_at=now + 300
-    )
-    unreadable = Root(root).uses_dir("compile", "compile-u-0123456789abcdef") / "torn.json"
-    unreadable.parent.mkdir(parents=True)
-    unreadable.write_text('{"owner": "oth')
+        _record(root, "compile", key, f"{here}-{n}.json", owner=f"{here}:1", process=exited_process(f"t{n}"))
+        for n, key in enumerate(sorted(keys))
+    ]  # their process is proven gone from this host
+    silent = _record(root, "weights", "weights-m-0123456789abcdef", "other-7.json", owner="other:7")
+    remote = _record(root, "compile", "compile-r-0123456789abcdef", "other-8.json", owner="other:8")
     # Links are never followed: not a linked key directory, nor a key directory holding a link
     # (whose records are all kept, dead ones too), nor what they reach.
     outside = tmp_path / "outside"
-    dead_outside = _record(outside, "compile", "compile-o-0123456789abcdef", "x-1.json", owner="x:1", expires_at=0)
-    beside_link = _record(root, "compile", "compile-l-0123456789abcdef", "y-1.json", owner="y:1", expires_at=0)
+    dead_outside = _record(outside, "compile", "compile-o-0123456789abcdef", "x-1.json", owner="x:1")
+    beside_link = _record(root, "compile", "compile-l-0123456789abcdef", "y-1.json", owner="y:1")
     linked_record = beside_link.parent / "x-1.json"
     linked_record.symlink_to(dead_outside)
     linked_key = Root(root).uses_dir("compile", "compile-d-0123456789abcdef")
@@ -127,18 +114,23 @@ def test_the_uses_of_stopped_processes_of_every_key_go_and_nothing_else(root, tm
     not_a_key.mkdir()
     before = tree(root / ".cachekeeper" / "uses")
 
-    assert uses.forget_stopped(Root(root), now) == len(gone) + 1
+    assert uses.forget_stopped(Root(root), witness) == len(gone)  # proven gone: at once
+    assert not any(path.parent.exists() for path in gone)  # their key directories went too
+    clock[0] += uses.USE_TTL - 1
+    remote.write_text(remote.read_text().replace('"since": 1.0', '"since": 2.0'))  # its process writes on
+    assert uses.forget_stopped(Root(root), witness) == 0
+    clock[0] += 1
+    live = uses.register(Root(root), "compile", "compile-a-0123456789abcdef")  # first seen now
+    assert uses.forget_stopped(Root(root), witness) == 1  # unchanged for a TTL of the observer's time
     after = tree(root / ".cachekeeper" / "uses")
-    assert set(before) - set(after) == {str(p.relative_to(root / ".cachekeeper" / "uses")) for p in [*gone, expired]}
-    assert not any(path.parent.exists() for path in [*gone, expired])  # their key directories went too
-    assert live.path.exists() and remote.exists() and unreadable.exists() and not_a_key.is_dir()
+    assert set(before) - set(after) == {str(p.relative_to(root / ".cachekeeper" / "uses")) for p in [*gone, silent]}
+    assert live.path.exists() and remote.exists() and not_a_key.is_dir()
     assert linked_record.is_symlink() and beside_link.exists() and linked_key.is_symlink() and dead_outside.exists()
     assert owners(root, "compile", "compile-a-0123456789abcdef") == [f"{here}:{os.getpid()}"]
-    assert uses.forget_stopped(Root(root), now) == 0
 
 
 def test_a_tidying_sync_forgets_stopped_uses_and_a_plain_one_does_not(root, manifest):
-    record = _record(root, "compile", "compile-a-0123456789abcdef", "other-1.json", owner="other:1", expires_at=1.0)
+    record = _record(root, "compile", "compile-a-0123456789abcdef", "t.json", owner="x:1", process=exited_process("t"))
     assert sync(manifest, Roots.at(root)).tidied is None and record.exists()
     report = sync(manifest, Roots.at(root), tidy=True)
     assert report.tidied.uses == 1 and not record.exists() and not record.parent.exists()

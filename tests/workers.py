@@ -303,3 +303,11 @@ def command_loop(url: str, root: str, seconds: float, command: list[str]) -> dic
         elif command[0] == "prune":
             removed += len(json.loads(out.getvalue())["removed"])
     return {"codes": codes, "complaints": complaints, "removed": removed}
+
+
+@action
+def sight(url: str, observer: str, things: list[str], digest: str, now: float) -> dict[str, float]:
+    """Record that ``observer`` sees every thing as ``digest`` at ``now``; when it first saw each."""
+    from cachekeeper.manifest import Manifest
+
+    return Manifest.open(url).record_sightings(observer, dict.fromkeys(things, digest), now)

@@ -314,8 +314,6 @@ def prune(plan: PrunePlan, result: PruneResult | None = None) -> None:
             console.print(f"{verb} the temporary file {path}")
         for name in left.leases:
             console.print(f"{verb} the dead lease of {name}")
-        if left.database_leases:
-            console.print(f"{verb} {left.database_leases} dead lease row(s) in the manifest")
 
 
 def synced(report: SyncReport) -> None:

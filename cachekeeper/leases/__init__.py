@@ -7,31 +7,37 @@ no locking at all), and rows of the manifest's ``lease`` table (a server databas
 
 from __future__ import annotations
 
+from ..liveness import Witness
 from ..manifest import Manifest
 from ..store import Root
-from .database import DbLeases
-from .generations import DictStore, FileLeases, ModalDictLeases, dead_file_leases, lease_temporary_files
+from .database import DbLeases, dead_db_leases
+from .generations import DeadLeases, DictStore, FileLeases, ModalDictLeases, dead_file_leases, forget_lease
 from .lease import DEFAULT_TTL, STALE_AFTER, Lease, LeaseInfo, Leases
 
 __all__ = [
     "DEFAULT_TTL",
     "STALE_AFTER",
     "DbLeases",
+    "DeadLeases",
     "DictStore",
     "FileLeases",
     "Lease",
     "LeaseInfo",
     "Leases",
     "ModalDictLeases",
+    "dead_db_leases",
     "dead_file_leases",
-    "lease_temporary_files",
+    "forget_lease",
     "leases_for",
 ]
 
 
-def leases_for(root: Root, manifest: Manifest | None = None, ttl: float = DEFAULT_TTL) -> Leases:
+def leases_for(
+    root: Root, manifest: Manifest | None = None, ttl: float = DEFAULT_TTL, witness: Witness | None = None
+) -> Leases:
     """The mechanism that builders of ``root`` use by default: the manifest's table when the
-    manifest is a server database, files in the root otherwise."""
+    manifest is a server database, files in the root otherwise. ``witness`` judges whether a
+    holder is still live (default: this process's memory, for a boot that waits)."""
     if manifest is not None and manifest.is_server:
-        return DbLeases(manifest, ttl)
-    return FileLeases(root, ttl)
+        return DbLeases(manifest, ttl, witness)
+    return FileLeases(root, ttl, witness)

@@ -3,12 +3,14 @@
 Files and Dict entries offer one atomic operation, create-if-absent (``os.link`` /
 ``Dict.put(..., skip_if_exists=True)``): no compare-and-swap, no conditional delete. So a key's
 lease is a stack of generations ``1, 2, 3, ...``; the top one is the lease. Taking it means
-creating generation ``top + 1`` after seeing ``top`` dead (expired, released, or its process gone).
+creating generation ``top + 1`` after seeing ``top`` dead (released, its holder proven gone, or
+unchanged for its TTL by the reader's clock).
 Create-if-absent lets exactly one process create each generation, and generations are never
 removed while anyone may still climb them, so two live holders would need someone to have seen
 the older one dead. Renewals and releases overwrite only the holder's own generation, which no
-longer matters once a higher one exists. Expiry compares the holder's clock with the reader's:
-clocks must agree to well within the TTL.
+longer matters once a higher one exists. Whether the top generation is dead is judged by the
+reader's own clock (``lease.judge``): released, its holder proven gone, or unchanged for a TTL
+since the reader first saw it so. Clocks need not agree.
 
 On NFS, ``link`` and exclusive create are atomic (NFSv3 and later), but a client may serve a
 lease file's attributes from its cache for up to ``acregmax`` (60 s by default): keep the TTL
@@ -24,15 +26,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from ..liveness import Memory, Witness, digest
 from ..processes import this_process
 from ..store import Root, builder_id, write_atomically
-from .lease import DEFAULT_TTL, STALE_AFTER, Lease, LeaseInfo
+from .lease import DEFAULT_TTL, STALE_AFTER, Lease, LeaseInfo, judge
 
 
 class _Slots(Protocol):
     """Named records with an atomic create-if-absent: all that generation leases need."""
+
+    where: str  # what witnesses call this store
 
     def create(self, name: str, info: LeaseInfo) -> bool: ...
 
@@ -49,25 +54,34 @@ def _slot(stem: str, generation: int) -> str:
 
 
 class _GenerationLeases:
-    def __init__(self, slots: _Slots, ttl: float) -> None:
+    def __init__(self, slots: _Slots, ttl: float, witness: Witness | None = None) -> None:
         self._slots = slots
         self.ttl = ttl
+        # A process that waits for a lease remembers, by its monotonic clock, when it first saw it.
+        self.witness: Witness = Memory() if witness is None else witness
 
     def holder(self, layer: str, key: str) -> LeaseInfo | None:
-        _, top = self._top(f"{layer}/{key}")
-        return top if top is not None and top.alive(time.time()) else None
+        stem = f"{layer}/{key}"
+        generation, top = self._top(stem)
+        return top if top is not None and self._judge(stem, generation, top)[0] else None
 
     def acquire(self, layer: str, key: str) -> Lease | None:
         stem = f"{layer}/{key}"
         generation, top = self._top(stem)
         while True:
-            if top is not None and top.alive(time.time()):
+            if top is not None and self._judge(stem, generation, top)[0]:
                 return None
-            mine = LeaseInfo(builder_id(), uuid.uuid4().hex, time.time() + self.ttl, this_process())
+            mine = LeaseInfo(builder_id(), uuid.uuid4().hex, time.time() + self.ttl, str(this_process()), self.ttl)
             if self._slots.create(_slot(stem, generation + 1), mine):
                 keeper = _GenerationKeeper(self._slots, stem, generation + 1)
-                return Lease(stem, mine, self.ttl, keeper)
+                return Lease(stem, mine, self.ttl, keeper, previous=top)
             generation, top = self._top(stem, generation + 1)  # someone else took that generation
+
+    def _judge(self, stem: str, generation: int, top: LeaseInfo) -> tuple[bool, float]:
+        """(whether the top generation may be live, how long it has been as it is)."""
+        scope = f"lease {self._slots.where}/{stem}/"
+        top = replace(top, token=f"{generation} {top.token}")  # a new generation is a new record
+        return judge(top, scope + "top", scope, self.witness, self.ttl)
 
     def _top(self, stem: str, start: int | None = None) -> tuple[int, LeaseInfo | None]:
         generation = self._slots.top_hint(stem) if start is None else start
@@ -96,8 +110,7 @@ class _GenerationKeeper:
 
     def release(self, info: LeaseInfo) -> None:
         if self.holds(info):
-            # Expired as of now: prune can tell a lease released long ago from one released just now.
-            self.slots.write(_slot(self.stem, self.generation), replace(info, expires_at=time.time()))
+            self.slots.write(_slot(self.stem, self.generation), replace(info, released=True))
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -108,9 +121,9 @@ _GENERATION_FILE = re.compile(r"(\d+)\.lease")
 class _FileSlots:
     """``<root>/.cachekeeper/leases/<layer>/<key>/<generation>.lease``."""
 
-    def __init__(self, base: Path, ttl: float) -> None:
+    def __init__(self, base: Path) -> None:
         self.base = base
-        self.ttl = ttl
+        self.where = str(base)
 
     def _path(self, name: str) -> Path:
         stem, _, generation = name.rpartition("/")
@@ -123,15 +136,20 @@ class _FileSlots:
     def read(self, name: str) -> LeaseInfo | None:
         path = self._path(name)
         try:
-            return LeaseInfo.from_json(path.read_bytes())
+            content = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            # Damaged by something outside cachekeeper: honour it for a TTL from its last change.
+        except OSError:
             try:
-                return LeaseInfo("unreadable", "", path.stat().st_mtime + self.ttl)
+                stat = path.lstat()
             except FileNotFoundError:
                 return None
+            content = f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino}".encode()
+        try:
+            return LeaseInfo.from_json(content)
+        except ValueError:
+            # Damaged by something outside cachekeeper: honoured until it has not changed for a TTL.
+            return LeaseInfo.unreadable(content)
 
     def write(self, name: str, info: LeaseInfo) -> None:
         write_atomically(self._path(name), info.to_json().encode())
@@ -152,32 +170,58 @@ class FileLeases(_GenerationLeases):
     container would take its own lease. Use ``ModalDictLeases`` there.
     """
 
-    def __init__(self, root: Root, ttl: float = DEFAULT_TTL) -> None:
-        super().__init__(_FileSlots(root.leases_dir(), ttl), ttl)
+    def __init__(self, root: Root, ttl: float = DEFAULT_TTL, witness: Witness | None = None) -> None:
+        super().__init__(_FileSlots(root.leases_dir()), ttl, witness)
         self.root = root
 
 
-def dead_file_leases(root: Root, published: Callable[[str, str], bool], *, now: float) -> list[tuple[str, str]]:
-    """(layer, key) of the dead lease stacks that may be removed: their key is published, or they
-    died long ago (see STALE_AFTER). A live or recently dead stack is never among them: someone may
-    be climbing it right now."""
-    slots = _FileSlots(root.leases_dir(), DEFAULT_TTL)
-    dead = []
-    for layer, key, _ in _lease_dirs(slots.base):
-        _, top = _GenerationLeases(slots, DEFAULT_TTL)._top(f"{layer}/{key}")
-        if top is not None and not top.alive(now) and (published(layer, key) or top.expires_at < now - STALE_AFTER):
-            dead.append((layer, key))
+class DeadLeases(NamedTuple):
+    """What a root's lease files hold that nobody needs any more."""
+
+    stacks: list[tuple[str, str]]  # (layer, key) of dead lease stacks that may go
+    temporary_files: list[Path]  # written by a writer killed mid-write
+
+
+def dead_file_leases(root: Root, published: Callable[[str, str], bool], witness: Witness) -> DeadLeases:
+    """Dead lease stacks whose key is published, or that have been dead for STALE_AFTER of the
+    observer's time (``witness``), and temporary files left by writers killed mid-write. A live or
+    recently dead stack is never among them: someone may be climbing it right now."""
+    slots = _FileSlots(root.leases_dir())
+    leases = _GenerationLeases(slots, DEFAULT_TTL, witness)
+    dead = DeadLeases([], [])
+    for layer, key, directory in _lease_dirs(slots.base):
+        leftovers = sorted(directory.glob(".*.tmp"))
+        where = f"tmp {directory}/"
+        ages = witness.ages({where + path.name: _stat_digest(path) for path in leftovers}, scope=where)
+        # A writer needs microseconds, not an hour.
+        dead.temporary_files.extend(path for path in leftovers if ages[where + path.name] > STALE_AFTER / 24)
+        stem = f"{layer}/{key}"
+        generation, top = leases._top(stem)
+        if top is None:
+            continue
+        live, dead_for = leases._judge(stem, generation, top)
+        if not live and (published(layer, key) or dead_for >= STALE_AFTER):
+            dead.stacks.append((layer, key))
+    # Everything there is was looked at: what this observer remembers and did not see is gone.
+    witness.forget_unseen(f"lease {slots.where}/")
+    witness.forget_unseen(f"tmp {slots.base}/")
     return dead
 
 
-def lease_temporary_files(root: Root, *, now: float) -> list[Path]:
-    """Lease files being written when their writer died: a writer needs microseconds, not an hour."""
-    return [
-        leftover
-        for _, _, directory in _lease_dirs(root.leases_dir())
-        for leftover in directory.glob(".*.tmp")
-        if _older_than(leftover, STALE_AFTER / 24, now)
-    ]
+def forget_lease(root: Root, layer: str, key: str, witness: Witness) -> None:
+    """The observer's memory of a lease stack removed, and of its temporary files."""
+    slots = _FileSlots(root.leases_dir())
+    witness.forget(f"lease {slots.where}/{layer}/{key}/")
+    witness.forget(f"tmp {slots.base / layer / key}/")
+
+
+def _stat_digest(path: Path) -> str:
+    """What changes when a file does, for files whose content is not worth reading."""
+    try:
+        stat = path.lstat()
+    except FileNotFoundError:
+        return "gone"
+    return digest(f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino}")
 
 
 def _lease_dirs(base: Path) -> Iterator[tuple[str, str, Path]]:
@@ -188,13 +232,6 @@ def _lease_dirs(base: Path) -> Iterator[tuple[str, str, Path]]:
             for key_dir in sorted(layer_dir.iterdir()):
                 if key_dir.is_dir() and not key_dir.is_symlink():
                     yield layer_dir.name, key_dir.name, key_dir
-
-
-def _older_than(path: Path, seconds: float, now: float) -> bool:
-    try:
-        return now - path.lstat().st_mtime > seconds
-    except FileNotFoundError:
-        return False
 
 
 # --- Modal Dict -------------------------------------------------------------------------------
@@ -219,6 +256,7 @@ class _DictSlots:
 
     def __init__(self, store: DictStore) -> None:
         self.store = store
+        self.where = f"dict {id(store):x}"
 
     def create(self, name: str, info: LeaseInfo) -> bool:
         return bool(self.store.put(f"{self.PREFIX}/{name}", info.to_json(), skip_if_exists=True))
@@ -229,8 +267,8 @@ class _DictSlots:
             return None
         try:
             return LeaseInfo.from_json(text)
-        except ValueError:  # written by something else: a record nobody can renew is dead
-            return LeaseInfo("unreadable", "", 0.0)
+        except ValueError:  # written by something else: honoured until it has not changed for a TTL
+            return LeaseInfo.unreadable(str(text))
 
     def write(self, name: str, info: LeaseInfo) -> None:
         self.store.put(f"{self.PREFIX}/{name}", info.to_json())
@@ -243,5 +281,5 @@ class ModalDictLeases(_GenerationLeases):
     """Leases kept in a ``modal.Dict``: ``ModalDictLeases(modal.Dict.from_name("cachekeeper-leases",
     create_if_missing=True))``. Any object with ``get`` and ``put(..., skip_if_exists=)`` works."""
 
-    def __init__(self, store: DictStore, ttl: float = DEFAULT_TTL) -> None:
-        super().__init__(_DictSlots(store), ttl)
+    def __init__(self, store: DictStore, ttl: float = DEFAULT_TTL, witness: Witness | None = None) -> None:
+        super().__init__(_DictSlots(store), ttl, witness)

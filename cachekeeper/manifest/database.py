@@ -129,9 +129,6 @@ class Manifest(Database):
     def count_events(self, kind: str) -> int:
         return queries.count_events(self.rows, kind)
 
-    def count_dead_leases(self, *, expired_before: float) -> int:
-        return queries.count_dead_leases(self.rows, expired_before=expired_before)
-
     def lease_keys(self) -> list[tuple[str, str]]:
         return queries.lease_keys(self.rows)
 
@@ -144,14 +141,27 @@ class Manifest(Database):
     def lease(self, layer: str, key: str) -> dict[str, Any] | None:
         return queries.lease(self.rows, layer, key)
 
+    def leases(self) -> list[dict[str, Any]]:
+        return queries.leases(self.rows)
+
+    def sightings(self, observer: str, things: Sequence[str] | None = None) -> dict[str, queries.Sighting]:
+        """What ``observer`` remembers of ``things`` (default: everything): see liveness.Sightings."""
+        return queries.sightings(self.rows, observer, things)
+
     # --- writes (writes.py, which loads SQLAlchemy) ----------------------------------------------
 
     def fold(
-        self, records: Sequence[Record], artifacts: Sequence[Artifact], cursors: Mapping[str, tuple[int, bool]]
+        self,
+        records: Sequence[Record],
+        artifacts: Sequence[Artifact],
+        cursors: Mapping[str, tuple[int, bool]],
+        *,
+        now: float | None = None,
     ) -> FoldResult:
+        """``now``: the folder's clock, which orders observations and caps times of use."""
         from . import writes
 
-        return writes.fold(self, records, artifacts, cursors)
+        return writes.fold(self, records, artifacts, cursors, now=now)
 
     def drop_journal_cursors(self, names: Sequence[str]) -> int:
         from . import writes
@@ -209,10 +219,14 @@ class Manifest(Database):
 
         writes.drop_lease(self, layer, key, token)
 
-    def drop_dead_leases(self, *, expired_before: float) -> int:
+    def record_sightings(
+        self, observer: str, seen: Mapping[str, str], now: float, *, forget: Sequence[str] = ()
+    ) -> dict[str, float]:
+        """``observer`` sees ``seen`` (thing → digest) at ``now``, by its own clock; when it first saw
+        each thing as it is now. ``forget``: things that are gone."""
         from . import writes
 
-        return writes.drop_dead_leases(self, expired_before=expired_before)
+        return writes.record_sightings(self, observer, seen, now, forget=forget)
 
 
 def _server_engine(url: DatabaseUrl) -> Engine:

@@ -288,11 +288,6 @@ def count_events(rows: Rows, kind: str) -> int:
     return int(rows("SELECT count(*) FROM event WHERE kind = :kind", {"kind": str(kind)})[0][0])
 
 
-def count_dead_leases(rows: Rows, *, expired_before: float) -> int:
-    found = rows("SELECT count(*) FROM lease WHERE expires_at < :expired_before", {"expired_before": expired_before})
-    return int(found[0][0])
-
-
 def lease_keys(rows: Rows) -> list[tuple[str, str]]:
     """(layer, key) of every lease row."""
     return [(layer, key) for layer, key in rows("SELECT layer, key FROM lease", {})]
@@ -305,6 +300,33 @@ def lease(rows: Rows, layer: str, key: str) -> dict[str, Any] | None:
         f"SELECT {_columns(names)} FROM lease WHERE layer = :layer AND key = :key", {"layer": layer, "key": key}
     )
     return dict(zip(names, found[0], strict=True)) if found else None
+
+
+def leases(rows: Rows) -> list[dict[str, Any]]:
+    """Every lease row's fields (layer, key, owner, token, expires_at, process), by key."""
+    names = ("layer", "key", "owner", "token", "expires_at", "process")
+    found = rows(f"SELECT {_columns(names)} FROM lease ORDER BY layer, key", {})
+    return [dict(zip(names, row, strict=True)) for row in found]
+
+
+class Sighting(NamedTuple):
+    """When an observer first saw a thing as it is now (``digest``), by the observer's own clock."""
+
+    digest: str
+    first_seen_at: float
+
+
+def sightings(rows: Rows, observer: str, things: Sequence[str] | None = None) -> dict[str, Sighting]:
+    """What ``observer`` remembers of ``things`` (default: of everything it has seen)."""
+    query = "SELECT thing, digest, first_seen_at FROM sighting WHERE observer = :observer"
+    if things is None:
+        found = rows(query, {"observer": observer})
+    else:
+        found = []
+        for chunk in chunks(list(things)):
+            where, names = _where_in("", "thing", chunk)
+            found += rows(f"{query} AND {where.removeprefix(' WHERE ')}", {**names, "observer": observer})
+    return {str(thing): Sighting(str(value), float(first)) for thing, value, first in found}
 
 
 def _artifact(row: Sequence[Any]) -> Artifact | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -24,10 +25,20 @@ from ..records import Kind, Record
 from ..store import DELETING, PUBLISHED, Artifact
 from .migration import lock_id
 from .queries import DAY, chunks, environment_facts, utc_day
-from .tables import ARTIFACT, EVENT, EVENT_SUMMARY, JOURNAL_CURSOR, LEASE, OBSERVATION, PIN
+from .tables import ARTIFACT, EVENT, EVENT_SUMMARY, JOURNAL_CURSOR, LEASE, OBSERVATION, PIN, SIGHTING
 
 if TYPE_CHECKING:
     from .connection import Database
+
+
+# Observations folded together are told apart by a microsecond each, in the folder's clock.
+_TIE = 1e-6
+
+
+def _used_at(at: float, now: float) -> float:
+    """When an artifact was used, as a fold records it: the writer's time, but never later than the
+    folder's own clock (a hit stamped in the future does not keep an artifact "recently used")."""
+    return min(at, now)
 
 
 class FoldResult(NamedTuple):
@@ -40,28 +51,40 @@ def fold(
     records: Sequence[Record],
     artifacts: Sequence[Artifact],
     cursors: Mapping[str, tuple[int, bool]],
+    *,
+    now: float | None = None,
 ) -> FoldResult:
     """Apply records, newly published artifacts and journal cursors in one transaction.
 
     Idempotent, also when several processes fold the same journals at once: a record is applied by
     whoever stores its uid first (the unique constraint decides), an artifact already indexed is
     left as it is, ``last_used_at`` and journal cursors only move forward.
+
+    Times that order things are the folder's (``now``, this process's clock), never a timestamp
+    another machine wrote: a container whose clock runs days ahead must not make its fingerprint
+    "the newest" for days, nor an artifact "used" in the future (see ``_observation_values`` and
+    ``_used_at``).
     """
+    now = time.time() if now is None else now
     with database.session() as session:
         # A publishing record only tells sync which sidecar to read; a closed one, that a journal ended.
         fresh = {record.uid: record for record in records if record.kind not in (Kind.PUBLISHING, Kind.CLOSED)}
         applied = [fresh[uid] for uid in _insert_new_events(session, [fresh[uid] for uid in sorted(fresh)])]
-        observations = [_observation_values(r) for r in applied if r.kind is Kind.OBSERVED and r.facts is not None]
+        seen = [r for r in applied if r.kind is Kind.OBSERVED and r.facts is not None]
+        # Folded now, in the order their writers say they were seen (no later than now): the last is newest.
+        seen.sort(key=lambda record: (min(record.at, now), record.uid))
+        observations = [_observation_values(r, now - (len(seen) - 1 - i) * _TIE) for i, r in enumerate(seen)]
         for values in sorted(observations, key=lambda values: (values["digest"], values["last_seen_at"])):
             _upsert_observation(session, values)
         for record in applied:
             if record.kind in (Kind.PINNED, Kind.UNPINNED) and record.key:
                 _set_pin(session, record)
-        indexed = sum(_insert_artifact(session, artifact) for artifact in sorted(artifacts, key=lambda a: a.key))
+        indexed = sum(_insert_artifact(session, artifact, now) for artifact in sorted(artifacts, key=lambda a: a.key))
         last_hit: dict[str, float] = {}
         for record in records:
             if record.kind is Kind.HIT and record.key:
-                last_hit[record.key] = max(record.at, last_hit.get(record.key, record.at))
+                at = _used_at(record.at, now)
+                last_hit[record.key] = max(at, last_hit.get(record.key, at))
         for key in sorted(last_hit):
             table = ARTIFACT
             at = last_hit[key]
@@ -74,7 +97,7 @@ def fold(
 def record_artifact(database: Database, artifact: Artifact) -> bool:
     """Index a published artifact. False when it was already indexed (nothing changes)."""
     with database.session() as session:
-        return _insert_artifact(session, artifact)
+        return _insert_artifact(session, artifact, time.time())
 
 
 def set_state(database: Database, key: str, state: str) -> None:
@@ -239,11 +262,40 @@ def drop_lease(database: Database, layer: str, key: str, token: str) -> None:
         session.exec(delete(table).where(table.c.layer == layer, table.c.key == key, table.c.token == token))
 
 
-def drop_dead_leases(database: Database, *, expired_before: float) -> int:
-    """Remove leases that expired before ``expired_before``; how many."""
-    table = LEASE
+# --- sightings (liveness.Sightings) --------------------------------------------------------------
+
+
+def record_sightings(
+    database: Database, observer: str, seen: Mapping[str, str], now: float, *, forget: Sequence[str] = ()
+) -> dict[str, float]:
+    """``observer`` sees each thing of ``seen`` (thing → digest) at ``now``, its own clock: when it
+    first saw each as it is now. A thing seen with the digest remembered keeps its first sight; a
+    new one, or one whose digest changed, is first seen now. ``forget``: things no longer there.
+
+    One statement per chunk, whose outcome the database decides (ON CONFLICT): two commands on one
+    host seeing the same thing at once agree on its first sight. Rows in thing order, so that
+    concurrent writers wait for each other rather than deadlock.
+    """
+    table = SIGHTING
+    first: dict[str, float] = {}
     with database.session() as session:
-        return int(session.exec(delete(table).where(table.c.expires_at < expired_before)).rowcount)
+        for chunk in chunks(sorted(forget)):
+            session.exec(delete(table).where(table.c.observer == observer, table.c.thing.in_(chunk)))
+        for chunk in chunks(sorted(seen)):
+            rows = [{"observer": observer, "thing": t, "digest": seen[t], "first_seen_at": now} for t in chunk]
+            statement = _insert(session, table).values(rows)
+            theirs = statement.excluded
+            statement = statement.on_conflict_do_update(
+                index_elements=["observer", "thing"],
+                set_={
+                    "digest": theirs.digest,
+                    "first_seen_at": case(
+                        (table.c.digest == theirs.digest, table.c.first_seen_at), else_=theirs.first_seen_at
+                    ),
+                },
+            ).returning(table.c.thing, table.c.first_seen_at)
+            first.update((str(thing), float(at)) for thing, at in session.exec(statement))
+    return first
 
 
 # --- statements ----------------------------------------------------------------------------------
@@ -254,10 +306,11 @@ def _insert(session: Session, table: Any) -> Any:
     return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-def _insert_artifact(session: Session, artifact: Artifact) -> bool:
+def _insert_artifact(session: Session, artifact: Artifact, now: float) -> bool:
     table = ARTIFACT
     data = artifact.to_json()
     data.pop("format")
+    data["last_used_at"] = _used_at(artifact.last_used_at, now)
     # Rebuilt after a prune was killed half way through removing it: this is a new artifact.
     stale = (table.c.key == artifact.key, table.c.state == DELETING, table.c.created_at != artifact.created_at)
     session.exec(delete(table).where(*stale))
@@ -290,7 +343,10 @@ def _set_pin(session: Session, record: Record) -> None:
     session.exec(update(table).where(table.c.key == values["key"], table.c.at < values["at"]).values(**values))
 
 
-def _observation_values(record: Record) -> dict[str, Any]:
+def _observation_values(record: Record, folded_at: float) -> dict[str, Any]:
+    """The row of one observation. Its times are when it was folded, by the folder's clock: the
+    newest observation is the one folded last, whatever the clock of the machine that made it said
+    (one stamped 30 days ahead would otherwise stay "the newest" for 30 days)."""
     assert record.facts is not None
     environment = environment_facts(record.facts)
     values = {name: f.thaw(value) for name, value in environment.values().items()}
@@ -299,8 +355,8 @@ def _observation_values(record: Record) -> dict[str, Any]:
         "gpu_type": str(environment.value(f.GPU_TYPE, f.NONE)),
         "facts": environment.to_json(),
         "host": record.host or "",
-        "first_seen_at": record.at,
-        "last_seen_at": record.at,
+        "first_seen_at": folded_at,
+        "last_seen_at": folded_at,
         "seen": 1,
     }
 

@@ -14,6 +14,7 @@ from ..journal import Journal
 from ..layers import WEIGHTS
 from ..leases import Lease
 from ..leftovers import Leftovers, clear_leftovers
+from ..liveness import Sightings, Witness
 from ..manifest import Manifest
 from ..records import Kind, Record
 from ..store import (
@@ -21,10 +22,12 @@ from ..store import (
     Artifact,
     Root,
     Roots,
+    UnreadableSidecar,
     artifact_parts,
     builder_id,
     check_state,
     fsync_directory,
+    look_up_sidecar,
     publish,
     read_sidecar,
     remove_checksums,
@@ -70,27 +73,38 @@ class _Removal:
 
 
 def execute_prune(
-    plan: PrunePlan, manifest: Manifest, roots: Roots, *, progress: Callable[[Artifact], None] | None = None
+    plan: PrunePlan,
+    manifest: Manifest,
+    roots: Roots,
+    *,
+    progress: Callable[[Artifact], None] | None = None,
+    now: float | None = None,
 ) -> PruneResult:
     """Remove what the plan says, batch by batch, checking the roots again just before each batch:
-    a process may have started using an artifact, or someone pinned it, since the plan was made."""
+    a process may have started using an artifact, or someone pinned it, since the plan was made.
+
+    Uses, leases and leftovers are judged by this host's clock (``now`` when given), as it
+    remembers them in the manifest's sightings (see ``liveness``)."""
     for root in roots.all():
         root.require_marked("remove artifacts in")
         check_state(root)
+    witness = Sightings(manifest, clock=time.time if now is None else (lambda: now))
     removed: list[Artifact] = []
     skipped: list[tuple[Artifact, str]] = []
     writer = Journal(roots.main)
-    try:
-        for batch in _batches(plan.removals):
-            gone, kept = _remove_batch(batch, manifest, roots, writer)
-            removed += gone
-            skipped += kept
-            if progress is not None:
-                for artifact in batch:
-                    progress(artifact)
-    finally:
-        writer.close()
-    return PruneResult(plan, tuple(removed), tuple(skipped), clear_leftovers(manifest, roots, layers=plan.layers))
+    with witness:
+        try:
+            for batch in _batches(plan.removals):
+                gone, kept = _remove_batch(batch, manifest, roots, writer, witness)
+                removed += gone
+                skipped += kept
+                if progress is not None:
+                    for artifact in batch:
+                        progress(artifact)
+        finally:
+            writer.close()
+        leftovers = clear_leftovers(manifest, roots, layers=plan.layers, witness=witness)
+    return PruneResult(plan, tuple(removed), tuple(skipped), leftovers)
 
 
 def _batches(removals: Sequence[Artifact]) -> Iterator[Sequence[Artifact]]:
@@ -104,11 +118,15 @@ def _batches(removals: Sequence[Artifact]) -> Iterator[Sequence[Artifact]]:
 
 
 def _remove_batch(
-    batch: Sequence[Artifact], manifest: Manifest, roots: Roots, writer: Journal
+    batch: Sequence[Artifact],
+    manifest: Manifest,
+    roots: Roots,
+    writer: Journal,
+    witness: Witness,
 ) -> tuple[list[Artifact], list[tuple[Artifact, str]]]:
     """Remove a batch of artifacts; (removed, [(kept, why)])."""
     kept: list[tuple[Artifact, str]] = []
-    ready = _lease_what_may_go(batch, manifest, roots, kept)
+    ready = _lease_what_may_go(batch, manifest, roots, kept, witness)
     gone: list[Artifact] = []
     try:
         # A Hub revision no boot recorded has no manifest row to claim; its lease alone guards it.
@@ -120,7 +138,11 @@ def _remove_batch(
                 if artifact.builder != hub.UNTRACKED and artifact.key not in claimed:
                     kept.append((artifact, "another prune removed it or is removing it"))
                     continue
-                sidecar = read_sidecar(removal.root, artifact.layer, artifact.key)
+                sidecar = look_up_sidecar(removal.root, artifact.layer, artifact.key)
+                if isinstance(sidecar, UnreadableSidecar):  # whoever wrote it may use the files: keep them
+                    manifest.set_state(artifact.key, PUBLISHED)
+                    kept.append((artifact, f"its sidecar cannot be read ({sidecar.reason})"))
+                    continue
                 unpublish(removal.root, artifact.layer, artifact.key, durable=False)
                 unpublished.append((removal, sidecar))
             # No boot trusts these artifacts from here on, whatever happens to this process.
@@ -132,7 +154,7 @@ def _remove_batch(
                 # The last look for uses comes after the sidecar is gone, and a boot registers its
                 # use before it reads the sidecar: either the use is seen here, or that boot finds
                 # no sidecar and builds afresh (under the lease held until the files are gone).
-                users = uses.users(removal.root, artifact.layer, artifact.key, now)
+                users = uses.users(removal.root, artifact.layer, artifact.key, witness)
                 if users:
                     if sidecar is not None:
                         publish(removal.root, sidecar)  # as it was: its files and checksums are untouched
@@ -145,7 +167,7 @@ def _remove_batch(
                     kept.append((artifact, str(error)))  # still ``deleting``: the next prune finishes it
                     continue
                 remove_checksums(removal.root, artifact)
-                uses.forget_expired(removal.root, artifact.layer, artifact.key)
+                uses.forget_expired(removal.root, artifact.layer, artifact.key, witness)
                 gone.append(artifact)
             events = [
                 Record(uuid.uuid4().hex, Kind.PRUNED, now, a.layer, a.key, a.model, builder_id(), bytes=a.bytes)
@@ -161,17 +183,21 @@ def _remove_batch(
 
 
 def _lease_what_may_go(
-    batch: Sequence[Artifact], manifest: Manifest, roots: Roots, kept: list[tuple[Artifact, str]]
+    batch: Sequence[Artifact],
+    manifest: Manifest,
+    roots: Roots,
+    kept: list[tuple[Artifact, str]],
+    witness: Witness,
 ) -> list[_Removal]:
     """The artifacts of ``batch`` nothing protects, each under its build lease, so that no builder
     starts on a key while its files go; the others go to ``kept`` with the reason."""
-    pinned, dependents, now = manifest.pinned(), manifest.dependents(), time.time()
-    leases = lease_mechanisms(roots, manifest)
+    pinned, dependents = manifest.pinned(), manifest.dependents()
+    leases = lease_mechanisms(roots, manifest, witness)
     ready = []
     for artifact in batch:
         root = roots.for_layer(artifact.layer)
         # Checked again for every removal, a killed prune's unfinished ones included.
-        reasons = blockers(artifact, roots, leases, pinned, dependents, now)
+        reasons = blockers(artifact, roots, leases, pinned, dependents, witness)
         if reasons:
             kept.append((artifact, "; ".join(reasons)))
             continue

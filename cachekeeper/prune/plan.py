@@ -16,8 +16,9 @@ from ..keys import derive_keys
 from ..layers import WEIGHTS
 from ..leases import Leases, leases_for
 from ..leftovers import Leftovers, find_leftovers
+from ..liveness import Sightings, Witness
 from ..manifest import Manifest
-from ..store import DELETING, Artifact, Root, Roots, read_sidecar
+from ..store import DELETING, Artifact, Root, Roots, UnreadableSidecar, look_up_sidecar, read_sidecar
 from ..store.layout import LEASES, USES
 from ..target import Target
 from ..units import format_age, format_bytes, format_duration
@@ -78,7 +79,10 @@ def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: fl
     unfinished = {key for _, key in manifest.keys_in_state(DELETING)}
     in_scope = [artifact for artifact in _candidates(manifest, roots) if policy.scope.matches(artifact)]
     wanted, unresolved = _target_keys(targets, manifest, roots, strict=stale)
-    protected = _roots(in_scope, manifest, roots, targets, wanted, unresolved, now)
+    # Uses and leases, judged by this host's clock as it remembers them; a plan writes nothing
+    # (what it sees anew is noted by the prune that carries it out, and its leftovers cleanup).
+    witness = Sightings(manifest, clock=lambda: now)
+    protected = _roots(in_scope, manifest, roots, targets, wanted, unresolved, witness)
     dependents = manifest.dependents()
 
     recent: set[str] = set()
@@ -141,7 +145,7 @@ def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: fl
         reasons,
         freed_by(roots.for_layer(WEIGHTS), [a for a in removals if a.layer == WEIGHTS]),
         budget.excess_bytes(),
-        find_leftovers(manifest, roots, layers=layers, now=now),
+        find_leftovers(manifest, roots, layers=layers, witness=witness),
         layers,
         budget.excess_files(),
     )
@@ -294,10 +298,10 @@ def _roots(
     targets: Sequence[Target],
     wanted: Mapping[str, set[str]],
     unresolved: set[str],
-    now: float,
+    witness: Witness,
 ) -> dict[str, list[str]]:
     """Why each artifact must stay whatever the policy: key → reasons (none: it may go)."""
-    pinned, busy = manifest.pinned(), _busy(roots, manifest, now)
+    pinned, busy = manifest.pinned(), _busy(roots, manifest, witness)
     target_weights = wanted.get(WEIGHTS, set()) if any(t.model for t in targets) else set()
     found: dict[str, list[str]] = {}
     for artifact in artifacts:
@@ -312,14 +316,14 @@ def _roots(
     return found
 
 
-def _busy(roots: Roots, manifest: Manifest, now: float) -> dict[tuple[str, str], list[str]]:
+def _busy(roots: Roots, manifest: Manifest, witness: Witness) -> dict[tuple[str, str], list[str]]:
     """(layer, key) → why a running process forbids removing it: it is in use, or being built.
     Only keys that have a use or a lease at all are looked at, found by one listing per layer."""
     found: dict[tuple[str, str], list[str]] = {}
-    leases = lease_mechanisms(roots, manifest)
+    leases = lease_mechanisms(roots, manifest, witness)
     for root in roots.all():
         for layer, key in root.keys_with(USES):
-            for use in uses.users(root, layer, key, now):
+            for use in uses.users(root, layer, key, witness):
                 found.setdefault((layer, key), []).append(f"in use by {use.owner}")
         leased = manifest.lease_keys() if manifest.is_server else list(root.keys_with(LEASES))
         for layer, key in leased:
@@ -329,8 +333,8 @@ def _busy(roots: Roots, manifest: Manifest, now: float) -> dict[tuple[str, str],
     return found
 
 
-def lease_mechanisms(roots: Roots, manifest: Manifest) -> dict[Root, Leases]:
-    return {root: leases_for(root, manifest) for root in roots.all()}
+def lease_mechanisms(roots: Roots, manifest: Manifest, witness: Witness) -> dict[Root, Leases]:
+    return {root: leases_for(root, manifest, witness=witness) for root in roots.all()}
 
 
 def blockers(
@@ -339,14 +343,19 @@ def blockers(
     leases: Mapping[Root, Leases],
     pinned: set[str],
     dependents: Mapping[str, list[str]],
-    now: float,
+    witness: Witness,
 ) -> list[str]:
-    """What forbids removing ``artifact`` right now: pinned, in use, built, or a snapshot's source."""
+    """What forbids removing ``artifact`` right now: pinned, in use, built, a snapshot's source, or
+    a sidecar that cannot be read (whoever wrote it may use it). Uses and leases are judged by the
+    observer's clock (``witness``)."""
     root = roots.for_layer(artifact.layer)
     reasons = []
     if artifact.key in pinned:
         reasons.append("pinned")
-    for use in uses.users(root, artifact.layer, artifact.key, now):
+    sidecar = look_up_sidecar(root, artifact.layer, artifact.key)
+    if isinstance(sidecar, UnreadableSidecar):
+        reasons.append(f"its sidecar cannot be read ({sidecar.reason})")
+    for use in uses.users(root, artifact.layer, artifact.key, witness):
         reasons.append(f"in use by {use.owner}")
     holder = leases[root].holder(artifact.layer, artifact.key)
     if holder is not None:

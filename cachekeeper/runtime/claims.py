@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -20,12 +21,25 @@ from ..errors import UnsafePath, UsageError
 from ..facts import Facts
 from ..keys import CacheKey
 from ..layers import SNAPSHOT, WEIGHTS, Layer
+from ..processes import process_gone
 from ..records import Kind, Record
-from ..store import Artifact, Contents, Root, builder_id, descriptors, publish, read_sidecar, remove_tree, scan_contents
+from ..store import (
+    Artifact,
+    Contents,
+    Root,
+    UnreadableSidecar,
+    builder_id,
+    descriptors,
+    look_up_sidecar,
+    publish,
+    read_sidecar,
+    remove_tree,
+    scan_contents,
+)
 from .recording import Writer
 
 if TYPE_CHECKING:
-    from ..leases import Lease, Leases
+    from ..leases import Lease, LeaseInfo, Leases
     from ..manifest import Manifest
 
 logger = logging.getLogger("cachekeeper")
@@ -76,7 +90,7 @@ class Claim:
                 "could not record" if published else "did not publish",
                 self.use.key,
                 error,
-                "" if published else "; the next boot builds it again",
+                "" if published else "; a later boot builds it again (once this process is gone, or prune cleared it)",
             )
 
     def _finish(self, writer: Writer, facts: Facts, boot_seconds: float) -> None:
@@ -215,12 +229,18 @@ def claim(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
 
 def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases], waiting: Waiting) -> Claim:
     if layer.name == WEIGHTS:
-        status = HIT if read_sidecar(root, WEIGHTS, str(key)) is not None else DOWNLOAD
+        found = look_up_sidecar(root, WEIGHTS, str(key))
+        if isinstance(found, UnreadableSidecar):
+            return _private(layer, key, root, _unreadable(found))
+        status = HIT if found is not None else DOWNLOAD
         return Claim(layer, LayerUse(WEIGHTS, key, status, root.layer_dir(WEIGHTS)), root)
     parts = root.artifact_parts(layer.name, str(key))
     directory, relpath = root.path.joinpath(*parts), "/".join(parts)
     while True:
-        if read_sidecar(root, layer.name, str(key)) is not None:
+        found = look_up_sidecar(root, layer.name, str(key))
+        if isinstance(found, UnreadableSidecar):
+            return _private(layer, key, root, _unreadable(found))
+        if found is not None:
             if _leads_out(root, parts, layer):
                 return _private(layer, key, root)
             return Claim(layer, LayerUse(layer.name, key, HIT, directory), root)
@@ -228,12 +248,25 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
         if lease is not None:
             try:
                 # Another builder may have published between our look and our lease.
-                if read_sidecar(root, layer.name, str(key)) is not None:
+                found = look_up_sidecar(root, layer.name, str(key))
+                if isinstance(found, Artifact):
                     lease.release()
                     continue
-                # Whatever is here was left by a build that died: never trusted, so start afresh.
+                if isinstance(found, UnreadableSidecar):
+                    lease.release()
+                    return _private(layer, key, root, _unreadable(found))
+                # Whatever is here was left by a build that was never published: never trusted.
+                # It is cleared only when whoever wrote it is proven gone; a builder that stalled
+                # past its lease may still be writing into it, a server may still read it.
                 # A link in place of the directory goes as a link; one above it is refused.
-                remove_tree(root, parts)
+                if os.path.lexists(directory):
+                    writer = _may_still_write(root, layer.name, str(key), lease.previous)
+                    if writer is not None:
+                        lease.release()
+                        return _private(
+                            layer, key, root, f"{relpath} was left unfinished, and {writer}: not clearing it"
+                        )
+                    remove_tree(root, parts)
                 directory.mkdir(parents=True)
             except UnsafePath as error:
                 lease.release()
@@ -248,7 +281,26 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
         waiting.pause()
 
 
-def _private(layer: Layer, key: CacheKey, root: Root) -> Claim:
+def _may_still_write(root: Root, layer: str, key: str, previous: LeaseInfo | None) -> str | None:
+    """Who may still write into or read from the unfinished build of ``key``, in words; None when
+    everyone who could is proven gone: the lease's previous holder, and every other use."""
+    if previous is None:
+        return "no lease record says who built it"
+    if not process_gone(previous.process):
+        return f"its builder {previous.owner} may still be running"
+    others = [use for use in uses.users(root, layer, key) if not uses.mine(use)]
+    if others:
+        return f"it is in use by {others[0].owner}"
+    return None
+
+
+def _unreadable(found: UnreadableSidecar) -> str:
+    return f"its sidecar {found.path} cannot be read ({found.reason}): not using it, nor clearing it"
+
+
+def _private(layer: Layer, key: CacheKey, root: Root, why: str | None = None) -> Claim:
+    if why is not None:
+        logger.warning("cachekeeper: %s; booting cold in a private directory", why)
     private = Path(tempfile.mkdtemp(prefix=f"cachekeeper-{layer.name}-"))
     atexit.register(shutil.rmtree, private, ignore_errors=True)
     return Claim(layer, LayerUse(layer.name, key, PRIVATE, private), root)

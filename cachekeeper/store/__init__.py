@@ -22,9 +22,11 @@ from .sidecars import (
     PUBLISHED,
     SIDECAR_FORMAT,
     Artifact,
+    UnreadableSidecar,
     artifact_parts,
     artifact_path,
     iter_sidecars,
+    look_up_sidecar,
     read_sidecar,
 )
 
@@ -37,6 +39,7 @@ __all__ = [
     "Contents",
     "Root",
     "Roots",
+    "UnreadableSidecar",
     "artifact_parts",
     "artifact_path",
     "builder_id",
@@ -47,6 +50,7 @@ __all__ = [
     "hash_files",
     "iter_sidecars",
     "list_files",
+    "look_up_sidecar",
     "measure",
     "publish",
     "read_checksums",

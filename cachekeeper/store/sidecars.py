@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,14 +118,41 @@ def artifact_path(root: Root, artifact: Artifact) -> Path:
     return root.path.joinpath(*artifact_parts(root, artifact))
 
 
-def read_sidecar(root: Root, layer: str, key: str) -> Artifact | None:
-    """The published artifact for ``key``, or None when there is none (or it is unreadable)."""
+@dataclass(frozen=True, slots=True)
+class UnreadableSidecar:
+    """A sidecar that exists but cannot be read: damaged, truncated, written in a newer format, or
+    copied from another key. Not an artifact anyone may use, and not proof that there is none:
+    whoever wrote it may still use the key's files, so they are kept (see ``look_up_sidecar``)."""
+
+    path: Path
+    reason: str
+
+
+def look_up_sidecar(root: Root, layer: str, key: str) -> Artifact | UnreadableSidecar | None:
+    """The published artifact for ``key``; None only when there is no sidecar at all.
+
+    An unreadable sidecar is neither: a boot must not use the artifact, nor take it for an
+    unfinished build and clear it (a newer cachekeeper may have published it, and a server may be
+    using it). Unknown means keep.
+    """
+    path = root.sidecar_path(layer, key)
     try:
-        artifact = Artifact.from_json(json.loads(root.sidecar_path(layer, key).read_bytes()))
-    except (OSError, ValueError):
-        return None
+        artifact = Artifact.from_json(json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        return UnreadableSidecar(path, "a link to nothing") if os.path.lexists(path) else None
+    except (OSError, ValueError) as error:
+        return UnreadableSidecar(path, str(error))
     # A sidecar copied or renamed under another key's name does not make that key exist.
-    return artifact if (artifact.layer, artifact.key) == (layer, key) else None
+    if (artifact.layer, artifact.key) != (layer, key):
+        return UnreadableSidecar(path, f"it records {artifact.key}, another key")
+    return artifact
+
+
+def read_sidecar(root: Root, layer: str, key: str) -> Artifact | None:
+    """The published artifact for ``key``, or None when there is none or it is unreadable (only
+    for trusting an artifact: to tell the two apart, ``look_up_sidecar``)."""
+    found = look_up_sidecar(root, layer, key)
+    return found if isinstance(found, Artifact) else None
 
 
 def iter_sidecars(root: Root) -> Iterator[tuple[Path, Artifact | ValueError]]:
