@@ -26,6 +26,7 @@ from .journal import SUFFIX, journal_files, read_journal
 from .manifest import DatabaseUrl, Manifest
 from .manifest.connection import first_line
 from .manifest.migration import revisions
+from .quarantine import fold_records
 from .records import Record
 from .store import DELETING, PUBLISHED, Artifact, Roots, check_state, iter_sidecars
 from .sync import sync
@@ -112,6 +113,7 @@ def doctor(
     before = {a.key for a in manifest.artifacts(state=None)}
     records.sort(key=lambda record: record.at)
     folded = manifest.fold(records, list(artifacts.values()), {})
+    fold_records(manifest, roots, records)
     unreadable_keys = {(path.parent.name, path.stem) for path in unreadable}
     forgotten, unmounted = [], set()
     for artifact in manifest.artifacts(state=PUBLISHED):

@@ -8,6 +8,7 @@
     revision = "main"                  # resolved to a commit sha
     layers = ["weights", "compile"]    # what the deploy needs warm
     warmup = ["modal", "run", "app.py::warm", "--gpu", "{gpu}"]  # check --rebuild: once per cold landing
+    strikes = 2                        # failed boots on an artifact that quarantine it (0: never)
 
     [target.packages]
     vllm = "0.33.0"
@@ -55,6 +56,7 @@ _TARGET_KEYS = {
     "engine",
     "env",
     "warmup",
+    "strikes",
 }
 _TOP_KEYS = {"target", "roots", "layers"}
 
@@ -76,6 +78,7 @@ class Target:
     needs: tuple[str, ...] = (WEIGHTS, COMPILE)
     roots: Mapping[str, Path] = field(default_factory=dict)
     warmup: tuple[str, ...] = ()  # the command that boots once inside activate(); see check --rebuild
+    strikes: int | None = None  # failed boots that quarantine an artifact (strikes.py); None: the default
 
     @property
     def landings(self) -> tuple[Landing, ...]:
@@ -235,6 +238,7 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         needs=needs,
         roots=roots,
         warmup=_warmup(table.get("warmup"), path, where),
+        strikes=_strikes(table.get("strikes"), path, where),
     )
 
 
@@ -307,6 +311,14 @@ def _warmup(value: Any, path: Path, where: str) -> tuple[str, ...]:
             path, f'{where} warmup must be a command: a list of strings such as ["modal", "run", "app.py::warm"]'
         )
     return tuple(value)
+
+
+def _strikes(value: Any, path: Path, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+        raise TargetError(path, f"{where} strikes must be a whole number from 0 (never quarantine) up, not {value!r}")
+    return value
 
 
 def _needs(

@@ -15,6 +15,8 @@ from ..layers import WEIGHTS
 from ..leases import Lease
 from ..leftovers import Leftovers, clear_leftovers
 from ..manifest import Manifest
+from ..manifest.served import live as served_keys
+from ..manifest.served import users as served_users
 from ..records import Kind, Record
 from ..store import (
     PUBLISHED,
@@ -132,12 +134,13 @@ def _remove_batch(
                 # The last look for uses comes after the sidecar is gone, and a boot registers its
                 # use before it reads the sidecar: either the use is seen here, or that boot finds
                 # no sidecar and builds afresh (under the lease held until the files are gone).
-                users = uses.users(removal.root, artifact.layer, artifact.key, now)
+                users = [use.owner for use in uses.users(removal.root, artifact.layer, artifact.key, now)]
+                users += served_users(manifest, artifact.key, now)  # read-only servers register there
                 if users:
                     if sidecar is not None:
                         publish(removal.root, sidecar)  # as it was: its files and checksums are untouched
                         manifest.set_state(artifact.key, PUBLISHED)
-                    kept.append((artifact, f"in use by {users[0].owner}"))
+                    kept.append((artifact, f"in use by {users[0]}"))
                     continue
                 try:
                     removal.remove_files()
@@ -166,12 +169,12 @@ def _lease_what_may_go(
     """The artifacts of ``batch`` nothing protects, each under its build lease, so that no builder
     starts on a key while its files go; the others go to ``kept`` with the reason."""
     pinned, dependents, now = manifest.pinned(), manifest.dependents(), time.time()
-    leases = lease_mechanisms(roots, manifest)
+    leases, served = lease_mechanisms(roots, manifest), served_keys(manifest)
     ready = []
     for artifact in batch:
         root = roots.for_layer(artifact.layer)
         # Checked again for every removal, a killed prune's unfinished ones included.
-        reasons = blockers(artifact, roots, leases, pinned, dependents, now)
+        reasons = blockers(artifact, roots, leases, pinned, dependents, now, served)
         if reasons:
             kept.append((artifact, "; ".join(reasons)))
             continue

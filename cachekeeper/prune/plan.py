@@ -16,6 +16,7 @@ from ..layers import WEIGHTS
 from ..leases import Leases, leases_for
 from ..leftovers import Leftovers, find_leftovers
 from ..manifest import Manifest
+from ..manifest.served import live as served_keys
 from ..store import DELETING, Artifact, Root, Roots, read_sidecar
 from ..target import Target
 from ..units import format_age, format_bytes, format_duration
@@ -254,11 +255,11 @@ def _roots(
     now: float,
 ) -> dict[str, list[str]]:
     """Why each artifact must stay whatever the policy: key → reasons (none: it may go)."""
-    pinned, leases = manifest.pinned(), lease_mechanisms(roots, manifest)
+    pinned, leases, served = manifest.pinned(), lease_mechanisms(roots, manifest), served_keys(manifest)
     target_weights = wanted.get(WEIGHTS, set()) if any(t.model for t in targets) else set()
     found: dict[str, list[str]] = {}
     for artifact in artifacts:
-        reasons = blockers(artifact, roots, leases, pinned, {}, now)
+        reasons = blockers(artifact, roots, leases, pinned, {}, now, served)
         if artifact.key in target_weights:
             reasons.append("a target names this weights revision")
         elif artifact.layer == WEIGHTS and artifact.model in unresolved:
@@ -279,14 +280,18 @@ def blockers(
     pinned: set[str],
     dependents: Mapping[str, list[str]],
     now: float,
+    served: Mapping[str, list[str]] | None = None,
 ) -> list[str]:
-    """What forbids removing ``artifact`` right now: pinned, in use, built, or a snapshot's source."""
+    """What forbids removing ``artifact`` right now: pinned, in use (a use file, or a read-only
+    server's row in ``served``), built, or a snapshot's source."""
     root = roots.for_layer(artifact.layer)
     reasons = []
     if artifact.key in pinned:
         reasons.append("pinned")
     for use in uses.users(root, artifact.layer, artifact.key, now):
         reasons.append(f"in use by {use.owner}")
+    for owner in (served or {}).get(artifact.key, ()):
+        reasons.append(f"served read-only by {owner}")
     holder = leases[root].holder(artifact.layer, artifact.key)
     if holder is not None:
         reasons.append(f"a process holds its lease ({holder.owner})")
