@@ -154,8 +154,11 @@ class Outcome(NamedTuple):
     why: str = ""
 
 
-def quarantine(root: Root, layer: str, key: str, strikes: Sequence[Strike], leases: Leases) -> Outcome:
-    """Move the published artifact of ``key`` out of its way (see the module's docstring)."""
+def quarantine(
+    root: Root, layer: str, key: str, counted: Sequence[Strike], leases: Leases, served: Sequence[str] = ()
+) -> Outcome:
+    """Move the published artifact of ``key`` out of its way (see the module's docstring).
+    ``served``: the owners of live uses a server manifest holds (read-only servers)."""
     lease = leases.acquire(layer, key)
     if lease is None:
         return Outcome(BUSY, why="a process holds its lease (building, pruning or quarantining it)")
@@ -164,7 +167,7 @@ def quarantine(root: Root, layer: str, key: str, strikes: Sequence[Strike], leas
         if sidecar is None:
             return Outcome(GONE, why="it is no longer published")
         mine = builder_id()
-        others = [use.owner for use in uses.users(root, layer, key) if use.owner != mine]
+        others = [owner for owner in (*(use.owner for use in uses.users(root, layer, key)), *served) if owner != mine]
         if others:
             return Outcome(IN_USE, why=f"it is in use by {others[0]}")
         now = time.time()
@@ -174,8 +177,8 @@ def quarantine(root: Root, layer: str, key: str, strikes: Sequence[Strike], leas
             name=f"{key}--{int(now * 1000):013d}-{uuid.uuid4().hex[:8]}",
             at=now,
             host=mine,
-            reasons=tuple(strike.reason for strike in strikes),
-            strikes=tuple(strike.uid for strike in strikes),
+            reasons=tuple(strike.reason for strike in counted),
+            strikes=tuple(strike.uid for strike in counted),
             artifact=sidecar,
             canary=canary.stored(root, layer, key),
         )
@@ -183,7 +186,7 @@ def quarantine(root: Root, layer: str, key: str, strikes: Sequence[Strike], leas
         unpublish(root, layer, key)
         _move(root, root.artifact_parts(layer, key), root.quarantine_parts(layer, entry.name))
         canary.remove(root, layer, key)
-        descriptors.remove(root.path, _parts(root, root.strikes_dir(layer, key)))
+        strikes.forget(root, layer, key)
         return Outcome(MOVED, entry)
     finally:
         lease.release()
@@ -271,7 +274,7 @@ def restore(root: Root, entry: Quarantined, leases: Leases) -> Artifact:
             raise QuarantineRefused(f"the files of {entry.name} are gone: nothing to restore")
         if entry.canary is not None:
             canary.store(root, layer, key, entry.canary)
-        descriptors.remove(root.path, _parts(root, root.strikes_dir(layer, key)))
+        strikes.forget(root, layer, key)
         publish(root, entry.artifact)
         root.quarantine_record_path(layer, entry.name).unlink(missing_ok=True)
     finally:

@@ -10,6 +10,7 @@ PostgreSQL URL that refuses connections, and the one fake of the project for Mod
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import sys
@@ -23,10 +24,12 @@ import cachekeeper
 import cachekeeper.modal as ckm
 from cachekeeper import uses
 from cachekeeper.errors import UsageError
+from cachekeeper.manifest import Manifest
 from cachekeeper.runtime import BUILD, HIT, PRIVATE
+from cachekeeper.runtime import served as served_uses
 from cachekeeper.store import Root, read_sidecar
 
-from .adversary import invoke, read_only, small_disk, snapshot
+from .adversary import invoke, read_only, read_only_view, small_disk, snapshot
 from .helpers import make_hf_model
 from .modal_double import MemoryDict
 
@@ -169,6 +172,34 @@ def test_a_manifest_database_that_refuses_connections_costs_only_the_builds(tmp_
     assert len(found) == 2 and all("manifest database is not usable" in w for w in found)
     assert "cold keys boot cold privately" in found[1] and "s3cret-pw" not in " ".join(found)
     assert [path.name for path in (root / "compile").iterdir()] == [key]
+
+
+def test_a_read_only_server_registers_its_use_and_its_strikes_in_a_server_manifest(tmp_path, postgresql_url):
+    """The Volume mounted read-only where it serves and writable where housekeeping runs: the
+    server's use keeps prune away, and its strikes let a writable boot quarantine the artifact."""
+    root, served = tmp_path / "root", tmp_path / "served"
+    key, status, _ = boot(root, db=postgresql_url)
+    assert status == BUILD
+    with read_only_view(root, served):
+        with cachekeeper.activate(served, layers=["compile"], db=postgresql_url) as ck:
+            assert ck.layers["compile"].status == HIT
+        pruned = invoke("--root", str(root), "--db", postgresql_url, "prune", "--older-than", "0s", "--yes", "--json")
+        assert pruned.code == 0, pruned
+        reasons = json.loads(pruned.out)["reasons"][key]
+        assert any(reason.startswith("served read-only by") for reason in reasons), reasons
+        assert (root / "compile" / key).is_dir()
+        for _ in range(2):
+            with pytest.raises(ServerError):
+                with cachekeeper.activate(served, layers=["compile"], db=postgresql_url):
+                    raise ServerError("the kernel crashed")
+    manifest = Manifest.open(postgresql_url)
+    assert [owner for (owner,) in manifest.rows("SELECT owner FROM served", {})]  # until this server stops
+    served_uses.release_all()
+    assert manifest.rows("SELECT owner FROM served", {}) == []
+    assert len(manifest.rows("SELECT uid FROM strike WHERE NOT cleared", {})) == 2
+    assert boot(root, db=postgresql_url)[1] == BUILD  # a writable boot counts them, quarantines, builds
+    assert manifest.rows("SELECT count(*) FROM strike WHERE NOT cleared", {}) == [(0,)]
+    assert [row[0] for row in manifest.rows("SELECT key FROM quarantined", {})] == [key]
 
 
 class RaisingDict:

@@ -21,7 +21,7 @@ from cachekeeper import strikes, uses
 from cachekeeper.manifest import Manifest, default_url
 from cachekeeper.quarantine import entries
 from cachekeeper.runtime import BUILD, HIT, PRIVATE
-from cachekeeper.store import Root, Roots, read_sidecar
+from cachekeeper.store import Root, Roots, builder_id, read_sidecar
 
 from .adversary import invoke, snapshot
 from .boot_child import only_key, run_child
@@ -47,6 +47,17 @@ def boot(root: Path, fail: bool = False, **options) -> str:
 
 def tally(root: Path) -> strikes.Tally:
     return strikes.look(Root(root), "compile", only_key(root))
+
+
+def test_a_hit_leaves_an_attempt_while_its_block_runs_and_settles_it_after(tmp_path):
+    root = tmp_path / "root"
+    boot(root)
+    with cachekeeper.activate(root, layers=["compile"]) as ck:
+        assert ck.layers["compile"].status == HIT
+        [attempt] = tally(root).attempts
+        assert attempt.owner == builder_id() and attempt.key == only_key(root)
+    assert tally(root) == strikes.Tally()
+    uses.release_all()
 
 
 # --- boots that die ------------------------------------------------------------------------------
@@ -281,3 +292,15 @@ def test_prune_quarantined_removes_them_and_says_what_it_freed(quarantined):
     assert json.loads(invoke("--root", str(root), "ls", "--json").out)["quarantined"] == []
     mixed = invoke("--root", str(root), "prune", "--quarantined", "--max-size", "1GB")
     mixed.assert_usage_error()
+
+
+def test_an_artifact_built_again_after_a_prune_starts_without_the_old_strikes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    boot(root)
+    key = only_key(root)
+    assert boot(root, fail=True) == HIT and len(tally(root).strikes) == 1
+    pruned = invoke("--root", str(root), "prune", "--key", key, "--yes")
+    assert pruned.code == 0 and not (root / "compile" / key).exists(), pruned
+    assert boot(root) == BUILD and tally(root) == strikes.Tally()
+    assert boot(root, fail=True) == HIT and boot(root) == HIT  # one strike is not two

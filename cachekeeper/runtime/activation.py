@@ -35,7 +35,6 @@ from ..strikes import DEFAULT_STRIKES, DEFAULT_WINDOW
 from .claims import Claim, LayerUse, Waiting, lease_mechanism, record_dependencies
 from .environment import point_env, restore_env
 from .guard import Guard, describe, read_only_roots, unavailable
-from .readonly import COPY
 from .recording import Writer, open_writer
 from .watch import StrikePolicy, Watch
 
@@ -116,7 +115,7 @@ def activate(
     commit: Callable[[], object] | None = None,
     strikes: int | None = None,
     strike_window: float = DEFAULT_WINDOW,
-    read_only_hits: str = COPY,
+    read_only_hits: str = "copy",
 ) -> Iterator[Activation]:
     """Use the cache for one boot. Arguments override what ``target`` declares.
 

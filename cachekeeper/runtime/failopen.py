@@ -47,7 +47,6 @@ from .claims import PRIVATE, Claim, LayerUse
 from .environment import point_env, restore_env
 from .guard import describe
 from .private import private_claim
-from .readonly import COPY, HIT_MODES
 
 if TYPE_CHECKING:
     from ..leases import Leases
@@ -79,7 +78,7 @@ def activate(
     commit: Callable[[], object] | None = None,
     strikes: int | None = None,
     strike_window: float = DEFAULT_WINDOW,
-    read_only_hits: str = COPY,
+    read_only_hits: str = "copy",
 ) -> Iterator[Activation]:
     """Use the cache for one boot; nothing the cache does can make it fail (see the module's
     docstring for what still raises). Arguments override what ``target`` declares.
@@ -160,8 +159,8 @@ def _checked(
     Every problem is a UsageError: the caller's to fix, not the cache's to survive."""
     if on_busy not in ("wait", "cold"):
         raise UsageError(f"on_busy must be 'wait' or 'cold', not {on_busy!r}")
-    if read_only_hits not in HIT_MODES:
-        raise UsageError(f"read_only_hits must be one of {', '.join(HIT_MODES)}, not {read_only_hits!r}")
+    if read_only_hits not in ("copy", "direct"):
+        raise UsageError(f"read_only_hits must be 'copy' or 'direct', not {read_only_hits!r}")
     if strikes is not None and (isinstance(strikes, bool) or not isinstance(strikes, int) or strikes < 0):
         raise UsageError(f"strikes must be a whole number from 0 (never quarantine) up, not {strikes!r}")
     if isinstance(strike_window, bool) or not isinstance(strike_window, int | float) or not strike_window > 0:

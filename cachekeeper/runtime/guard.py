@@ -5,6 +5,7 @@ cold privately, and every hit is vetted for strikes (watch.py). One warning per 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +16,6 @@ from ..layers import Layer
 from ..store import Root, Roots
 from .claims import Claim, Waiting, claim
 from .private import private_claim
-from .readonly import claim_read_only, read_only
 from .watch import Watch
 
 if TYPE_CHECKING:
@@ -43,8 +43,18 @@ class _Unavailable:
         return None
 
 
+def read_only(root: Root) -> bool:
+    """Whether this process cannot write ``root`` (a read-only mount, or no permission): asked of
+    the file system before anything is written. A root not made yet is read-only when the nearest
+    directory above it that exists is."""
+    path = root.path
+    while not os.path.lexists(path) and path.parent != path:
+        path = path.parent
+    return not os.access(path, os.W_OK)
+
+
 def read_only_roots(roots: Roots) -> frozenset[Path]:
-    """The roots of ``roots`` this process cannot write; one warning for each."""
+    """The roots of ``roots`` this process cannot write (see runtime/readonly.py); one warning each."""
     found = frozenset(root.path for root in roots.all() if read_only(root))
     for path in sorted(found):
         logger.warning(
@@ -83,6 +93,8 @@ class Guard:
 
     def _claim(self, layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases], waiting: Waiting) -> Claim:
         if root.path in self.read_only:
+            from .readonly import claim_read_only  # loaded by boots on a read-only root alone
+
             return claim_read_only(layer, key, root, self.read_only_hits, self.served)
         try:
             return claim(layer, key, root, leases, waiting)

@@ -1,7 +1,7 @@
 """Serving from a root that cannot be written: Modal's ``Volume.read_only()``, a read-only mount.
 
 Such a root is the safe way to serve: nothing a server does can damage what a warm-up built. A boot
-finds out before it writes anything (``read_only``), and then writes nothing there at all: a hit
+finds out before it writes anything (``guard.read_only``), and then writes nothing there at all: a hit
 is served read-only, a miss boots cold in a private directory, and no journal, use file, lease,
 attempt or sidecar is written. What it would have recorded goes to the server manifest when the
 boot has one (``db=``): its hits and misses, its strikes, and its use (runtime/served.py), which
@@ -25,7 +25,6 @@ Where a hit's variables point:
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,16 +44,6 @@ logger = logging.getLogger("cachekeeper")
 COPY = "copy"
 DIRECT = "direct"
 HIT_MODES = (COPY, DIRECT)
-
-
-def read_only(root: Root) -> bool:
-    """Whether this process cannot write ``root`` (a read-only mount, or no permission): asked of
-    the file system before anything is written. A root not made yet is read-only when the nearest
-    directory above it that exists is."""
-    path = root.path
-    while not os.path.lexists(path) and path.parent != path:
-        path = path.parent
-    return not os.access(path, os.W_OK)
 
 
 def claim_read_only(layer: Layer, key: CacheKey, root: Root, mode: str, served: ServedUses | None = None) -> Claim:

@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cachekeeper")
 
 
+_held: list[ServedUses] = []
+
+
+def release_all() -> None:
+    """End every use this process registered in a manifest (uses.release_all's twin)."""
+    for each in list(_held):
+        each.release()
+
+
 class ServedUses:
     """This process's rows in one server manifest."""
 
@@ -32,6 +41,7 @@ class ServedUses:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        _held.append(self)
 
     def register(self, layer: str, key: str) -> str:
         """Record that this process serves ``key`` until it exits; the row's token. Raises what the
@@ -67,6 +77,10 @@ class ServedUses:
         self._stop.set()
         with self._lock:
             tokens, self._tokens = self._tokens, []
+        if self in _held:
+            _held.remove(self)
+        if not tokens:
+            return
         try:
             served.drop(self.manifest, tokens)
         except Exception as error:  # they lapse on their own

@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-from .. import canary, strikes
+from .. import strikes
 from ..records import Kind, Record
 from ..store import builder_id
 from ..strikes import DEFAULT_STRIKES, DEFAULT_WINDOW, Attempt, Strike, Tally, struck
@@ -39,11 +39,14 @@ logger = logging.getLogger("cachekeeper")
 # millisecond on a small machine (see records.py).
 
 
-class StrikePolicy(NamedTuple):
+class StrikePolicy:
     """Quarantine an artifact after ``strikes`` failed boots within ``window`` seconds; 0 never."""
 
-    strikes: int = DEFAULT_STRIKES
-    window: float = DEFAULT_WINDOW
+    __slots__ = ("strikes", "window")
+
+    def __init__(self, strikes: int = DEFAULT_STRIKES, window: float = DEFAULT_WINDOW) -> None:
+        self.strikes = strikes
+        self.window = window
 
 
 class _Watched:
@@ -102,7 +105,7 @@ class Watch:
             from ..quarantine import BUSY, IN_USE, quarantine, quarantined_records
 
             _release(claim)
-            outcome = quarantine(root, layer, key, counted, leases())
+            outcome = quarantine(root, layer, key, counted, leases(), self._served(key))
             if outcome.status in (BUSY, IN_USE):
                 return private_claim(claim.layer, claim.use.key, root, f"{why}; not quarantined now: {outcome.why}")
             if outcome.entry is not None:
@@ -138,12 +141,26 @@ class Watch:
             self._warn(f"could not read the strikes of {key} in the manifest: {error}")
             return []
 
+    def _served(self, key: str) -> list[str]:
+        """Read-only servers' uses of ``key`` in a server manifest: they too keep it in place."""
+        if self.manifest is None:
+            return []
+        from ..manifest import served
+
+        try:
+            return served.users(self.manifest, key)
+        except Exception as error:  # unknown: keep it where it is
+            self._warn(f"could not read who serves {key} from the manifest: {error}")
+            return ["a server the manifest could not name"]
+
     # --- the block ------------------------------------------------------------------------------
 
     def canary(self, value: Any) -> str:
         """Compare ``value``'s digest with what the builder of each artifact hit stored; a
         difference is an error now and a strike when the block ends. The digest is stored with
         whatever this boot builds."""
+        from .. import canary
+
         self.digest = canary.digest(value)
         for each in self.watched:
             key = str(each.claim.use.key)
@@ -168,11 +185,11 @@ class Watch:
         the strikes of what was hit, or strike what the canary says is wrong."""
         for claim in claims:
             if claim.use.status == BUILD and struck(claim.layer.name):
-                self._guarded(partial(self._store_canary, claim))
+                self._guarded(partial(self._before_publishing, claim))
         for each in self.watched:
             if each.canary is not None:
                 stored, computed = each.canary
-                reason = f"canary mismatch: built {canary.short(stored)}, this boot {canary.short(computed)}"
+                reason = f"canary mismatch: built {stored[:16]}, this boot {computed[:16]}"
                 self._guarded(partial(self._strike, each, reason))
             else:
                 self._guarded(partial(self._clear, each))
@@ -188,10 +205,15 @@ class Watch:
                 self._guarded(partial(self._strike, each, reason))
         self.watched = []
 
-    def _store_canary(self, claim: Claim) -> None:
+    def _before_publishing(self, claim: Claim) -> None:
+        """A new artifact starts with its builder's canary and no strikes: those an artifact pruned
+        or quarantined before left are not its own."""
         if claim.lease is not None and not claim.lease.held():
             return  # not ours to publish: leave what the new builder writes
+        from .. import canary
+
         layer, key = claim.layer.name, str(claim.use.key)
+        strikes.forget(claim.root, layer, key)
         if self.digest is None:
             canary.remove(claim.root, layer, key)  # one a failed build left would be taken for ours
         else:
