@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import canary, strikes, uses
-from .errors import CachekeeperError, StoreError, UnknownKeyError
+from .errors import CachekeeperError, QuarantineRefused, UnknownKeyError
 from .keys import parse_key
 from .records import FOLDED_APART, Kind, Record
 from .store import Artifact, Root, Roots, builder_id, descriptors, publish, read_sidecar, write_atomically
@@ -59,10 +59,6 @@ BUSY = "busy"  # a process holds its lease
 IN_USE = "in use"  # another live process uses it
 
 _FORMAT = 1
-
-
-class QuarantineRefused(StoreError):
-    """An artifact that cannot be moved back (or removed) as asked, and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +136,7 @@ class Quarantined:
             "key": self.key,
             "layer": self.layer,
             "model": self.model,
+            "status": "quarantined",
             "name": self.name,
             "quarantined_at": self.at,
             "by": self.host,
@@ -327,7 +324,7 @@ def fold_records(manifest: Manifest, roots: Roots, records: Sequence[Record]) ->
         return
     from .manifest import quarantined as rows
 
-    found: dict[tuple[str, str], Quarantined] = {}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
     for record in wanted:
         if record.kind is Kind.QUARANTINED and record.layer and record.ref:
             try:
@@ -336,8 +333,22 @@ def fold_records(manifest: Manifest, roots: Roots, records: Sequence[Record]) ->
             except CachekeeperError:
                 entry = None
             if entry is not None:
-                found[(entry.layer, entry.name)] = entry
+                found[(entry.layer, entry.name)] = entry.to_json()
     rows.apply(manifest, wanted, found)
+
+
+def listed(manifest: Manifest, *, layer: str | None = None, model: str | None = None) -> list[Quarantined]:
+    """The quarantined artifacts the manifest lists (``ls``), newest first; a row whose names
+    cannot be trusted is left out, with a warning."""
+    from .manifest import quarantined as rows
+
+    found = []
+    for row in rows.quarantined(manifest, layer=layer, model=model):
+        try:
+            found.append(Quarantined.from_json(row))
+        except ValueError as error:
+            logger.warning("cachekeeper: ignoring the manifest's quarantined row %r: %s", row.get("name"), error)
+    return found
 
 
 def strike_dead_boots(manifest: Manifest, roots: Roots) -> int:

@@ -25,16 +25,19 @@ def list_artifacts(
     as_json: JsonOption = False,
 ) -> None:
     """List the artifacts the manifest knows, most recently used first."""
-    from ..manifest.quarantined import quarantined
+    from ..quarantine import listed
     from ..scope import Scope
 
     scope = Scope.of(layer=layer, model=model)
     cache = settings_of(ctx).open(resolve_target(target))
     artifacts = cache.manifest.summaries(layer=scope.layer, model=scope.model)
-    moved = quarantined(cache.manifest, layer=scope.layer, model=scope.model)
+    moved = listed(cache.manifest, layer=scope.layer, model=scope.model)
     if as_json:
         print_json(
-            {"artifacts": [a.to_json(cache.roots.for_layer(a.layer).path) for a in artifacts], "quarantined": moved}
+            {
+                "artifacts": [a.to_json(cache.roots.for_layer(a.layer).path) for a in artifacts],
+                "quarantined": [entry.summary() for entry in moved],
+            }
         )
     else:
         render.listing(artifacts)

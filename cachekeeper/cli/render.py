@@ -262,21 +262,17 @@ def listing(artifacts: Sequence[ArtifactSummary]) -> None:
     console.print(f"{len(artifacts)} artifact(s), {format_bytes(sum(a.bytes for a in artifacts))}")
 
 
-def quarantined(rows: Sequence[dict[str, Any]]) -> None:
+def quarantined(entries: Sequence[Quarantined]) -> None:
     """The quarantined artifacts ``ls`` lists after the published ones."""
-    if not rows:
+    if not entries:
         return
     now = time.time()
     console.print(
-        f"[yellow]{len(rows)} quarantined[/] (`cachekeeper unquarantine KEY` restores one, "
+        f"[yellow]{len(entries)} quarantined[/] (`cachekeeper unquarantine KEY` restores one, "
         "`cachekeeper prune --quarantined` removes them):"
     )
-    for row in rows:
-        reasons = "; ".join(row["reasons"]) or "no reason recorded"
-        console.print(
-            f"  {row['key']} ({format_bytes(row['bytes'])}), {format_age(now - row['quarantined_at'])}, "
-            f"after {len(row['reasons'])} failed boot(s): {reasons}"
-        )
+    for entry in entries:
+        console.print(f"  {entry.key} ({format_bytes(entry.bytes)}), {format_age(now - entry.at)}, after {entry.why()}")
 
 
 def quarantine_removal(result: QuarantineRemoval) -> None:

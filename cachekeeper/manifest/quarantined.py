@@ -1,4 +1,5 @@
-"""Strikes and quarantined artifacts in the manifest: folded from records, read as frozen values.
+"""Strikes and quarantined artifacts in the manifest: folded from records, read back as plain
+values (strikes.py and quarantine.py, further down, make them into theirs).
 
 Every write is one statement whose outcome the database decides (a primary key, a unique name), so
 that folding the same records twice, or by two processes at once, changes nothing more.
@@ -16,15 +17,13 @@ from ..store import PUBLISHED
 if TYPE_CHECKING:
     from sqlmodel import Session
 
-    from ..quarantine import Quarantined
-    from ..strikes import Strike
     from .connection import Database
 
 
-def apply(database: Database, records: Sequence[Record], entries: Mapping[tuple[str, str], Quarantined]) -> None:
+def apply(database: Database, records: Sequence[Record], entries: Mapping[tuple[str, str], Mapping[str, Any]]) -> None:
     """Apply strike and quarantine records, in their order. ``entries`` holds the quarantine
-    records still in the root, by (layer, name): a quarantine whose record is gone (restored or
-    removed since) is not listed again."""
+    records still in the root (as quarantine.Quarantined.to_json() writes them), by (layer, name):
+    a quarantine whose record is gone (restored or removed since) is not listed again."""
     from sqlalchemy import delete
 
     from .tables import ARTIFACT, QUARANTINED, STRIKE
@@ -52,26 +51,26 @@ def apply(database: Database, records: Sequence[Record], entries: Mapping[tuple[
                 entry = entries.get((record.layer, record.ref))
                 if entry is None:
                     continue
-                artifact = entry.artifact
+                artifact = entry.get("artifact")
                 values = {
-                    "layer": entry.layer,
-                    "key": entry.key,
-                    "model": entry.model,
-                    "name": entry.name,
-                    "at": entry.at,
-                    "host": entry.host,
-                    "reasons": list(entry.reasons),
-                    "artifact": None if artifact is None else artifact.to_json(),
+                    "layer": entry["layer"],
+                    "key": entry["key"],
+                    "model": str(artifact.get("model", "none")) if artifact else "none",
+                    "name": entry["name"],
+                    "at": entry["at"],
+                    "host": entry["host"],
+                    "reasons": list(entry["reasons"]),
+                    "artifact": artifact,
                 }
                 statement = _insert(session, QUARANTINED).values(**values)
                 session.exec(statement.on_conflict_do_nothing(index_elements=["layer", "name"]))
-                _clear(session, entry.strikes, entry.layer, entry.key, entry.at, entry.host)
-                if artifact is not None:  # its row, not a newer artifact's published since
+                _clear(session, entry["strikes"], entry["layer"], entry["key"], entry["at"], entry["host"])
+                if artifact:  # its row, not a newer artifact's published since
                     session.exec(
                         delete(ARTIFACT).where(
-                            ARTIFACT.c.key == entry.key,
+                            ARTIFACT.c.key == entry["key"],
                             ARTIFACT.c.state == PUBLISHED,
-                            ARTIFACT.c.created_at == artifact.created_at,
+                            ARTIFACT.c.created_at == artifact["created_at"],
                         )
                     )
             elif record.kind in (Kind.UNQUARANTINED, Kind.PRUNED) and record.layer and record.ref:
@@ -90,44 +89,42 @@ def _clear(session: Session, uids: Sequence[str], layer: str, key: str, at: floa
         session.exec(statement.on_conflict_do_update(index_elements=["uid"], set_={"cleared": True}))
 
 
-def open_strikes(database: Database, layer: str, key: str) -> list[Strike]:
-    """The strikes of ``key`` no later boot cleared: those read-only servers left in the manifest."""
-    from ..strikes import Strike
-
+def open_strikes(database: Database, layer: str, key: str) -> list[tuple[str, float, str, str]]:
+    """(uid, at, reason, host) of each strike of ``key`` no later boot cleared: those read-only
+    servers left in the manifest (they write no file)."""
     found = database.rows(
         "SELECT uid, at, reason, host FROM strike WHERE layer = :layer AND key = :key AND NOT cleared",
         {"layer": layer, "key": key},
     )
-    return [Strike(str(uid), layer, key, float(at), str(reason), str(host)) for uid, at, reason, host in found]
+    return [(str(uid), float(at), str(reason), str(host)) for uid, at, reason, host in found]
 
 
 def quarantined(
     database: Database, *, key: str | None = None, layer: str | None = None, model: str | None = None
 ) -> list[dict[str, Any]]:
-    """The quarantined artifacts the manifest lists, newest first, as ``ls`` shows them."""
+    """The quarantined artifacts the manifest lists, newest first: each row's fields, as the
+    record in the root holds them (its strikes' uids and canary aside)."""
     where, params = [], {}
     for column, value in (("key", key), ("layer", layer), ("model", model)):
         if value is not None:
             where.append(f"{column} = :{column}")
             params[column] = value
-    query = "SELECT key, layer, model, name, at, host, reasons, artifact FROM quarantined"
+    query = "SELECT key, layer, name, at, host, reasons, artifact FROM quarantined"
     query += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY at DESC, name"
-    found = []
-    for row_key, row_layer, row_model, name, at, host, reasons, artifact in database.rows(query, params):
-        recorded = _json(artifact) or {}
-        found.append(
-            {
-                "key": row_key,
-                "layer": row_layer,
-                "model": row_model,
-                "name": name,
-                "quarantined_at": at,
-                "by": host,
-                "reasons": list(_json(reasons) or []),
-                "bytes": int(recorded.get("bytes", 0)) if isinstance(recorded, dict) else 0,
-            }
-        )
-    return found
+    return [
+        {
+            "key": row_key,
+            "layer": row_layer,
+            "name": name,
+            "at": at,
+            "host": host,
+            "reasons": _json(reasons) or [],
+            "strikes": [],
+            "artifact": _json(artifact),
+            "format": 1,
+        }
+        for row_key, row_layer, name, at, host, reasons, artifact in database.rows(query, params)
+    ]
 
 
 def _json(value: Any) -> Any:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import CachekeeperError
+from ..errors import CachekeeperError, LeasesUnavailable
 from ..keys import CacheKey
 from ..layers import Layer
 from ..store import Root, Roots
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
     from .served import ServedUses
 
 logger = logging.getLogger("cachekeeper")
-
-
-class LeasesUnavailable(CachekeeperError):
-    """The lease mechanism builders must use cannot be reached or trusted: no key is built."""
 
 
 class _Unavailable:

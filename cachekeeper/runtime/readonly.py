@@ -25,7 +25,9 @@ Where a hit's variables point:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,9 +82,13 @@ def _look(layer: Layer, key: CacheKey, root: Root, mode: str) -> Claim:
 
 
 def _copy(directory: Path, layer: str) -> Path:
-    """A private, writable copy of a published artifact (links inside it copied as links)."""
+    """A private, writable copy of a published artifact (links inside it copied as links). Files
+    get this process's modes, not the artifact's: a root made read-only by permissions would
+    otherwise make a copy nobody can write either."""
     copy = private_dir(layer)
-    shutil.copytree(directory, copy, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(directory, copy, symlinks=True, dirs_exist_ok=True, copy_function=shutil.copyfile)
+    for folder, _, _ in os.walk(copy):
+        os.chmod(folder, os.stat(folder).st_mode | stat.S_IWUSR | stat.S_IXUSR)
     return copy
 
 

@@ -136,7 +136,10 @@ class Watch:
         from ..manifest import quarantined
 
         try:
-            return quarantined.open_strikes(self.manifest, layer, key)
+            return [
+                Strike(uid, layer, key, at, why, host)
+                for uid, at, why, host in quarantined.open_strikes(self.manifest, layer, key)
+            ]
         except Exception as error:
             self._warn(f"could not read the strikes of {key} in the manifest: {error}")
             return []
