@@ -35,6 +35,7 @@ FACTS = {f"engine.option_{i}": i for i in range(20)} | {"gpu.arch": "none", "tor
 def populate(root: Path, count: int) -> None:
     """``count`` published artifacts, half of them unused for a month, then the target's own."""
     roots = Roots.at(root)
+    roots.main.initialise()  # a cache root, as the first boot makes it (commands refuse unmarked ones)
     Manifest.open(default_url(roots))  # creates the schema the rows below go into
     now = time.time()
     rows = []

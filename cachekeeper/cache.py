@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from .manifest import Manifest, default_url
 from .store import Roots, check_state
-from .sync import SyncReport, refresh, sync
+from .sync import KEEP_EVENTS, SyncReport, refresh, sync
 from .target import Target
 
 
@@ -19,11 +19,14 @@ class Cache(NamedTuple):
     roots: Roots
     manifest: Manifest
 
-    def fold(self, *, writing: bool = False) -> SyncReport | None:
+    def fold(self, *, writing: bool = False, tidy: bool = False, keep_events: float = KEEP_EVENTS) -> SyncReport | None:
         """Fold what containers recorded since the last fold. ``writing`` for a caller about to
         change the root (prune, pin): a read-only root is then an error; otherwise the manifest
-        answers as it stands there, with a warning (None)."""
-        return (sync if writing else refresh)(self.manifest, self.roots)
+        answers as it stands there, with a warning (None). ``tidy`` (only when ``writing``): keep
+        state bounded too, keeping events one by one for ``keep_events`` (see ``sync``)."""
+        if writing:
+            return sync(self.manifest, self.roots, tidy=tidy, keep_events=keep_events)
+        return refresh(self.manifest, self.roots)
 
 
 def open_cache(

@@ -1,10 +1,11 @@
 """``doctor``: rebuild the manifest from what the root itself says, and report what was found.
 
 The manifest is an index; the truth is on disk. Sidecars say which artifacts exist, and the
-journals (``journal/`` and ``journal/folded/``) hold every hit, miss, publish, prune, pin and
-observed fingerprint ever recorded. A lost manifest is created anew, a damaged SQLite manifest is
-moved aside (never deleted) and replaced, and either way both sources are folded in again:
-folding is idempotent, so on a healthy manifest doctor only adds what was missing.
+journals (``journal/`` and ``journal/folded/``, compacted files included) hold every hit, miss,
+publish, prune, pin and observed fingerprint ever recorded. A lost manifest is created anew, a
+damaged SQLite manifest is moved aside (never deleted) and replaced, and either way both sources
+are folded in again: folding is idempotent, so on a healthy manifest doctor only adds what was
+missing (events of days already summarised into daily counts are not folded again).
 
 Doctor never deletes an artifact: it forgets manifest rows whose sidecar is gone (no boot would
 use them anyway), and leaves rows marked ``deleting`` for the next prune to finish.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .budget import RootFiles, files_per_root
 from .errors import ManifestError, ManifestUnreachable, SchemaTooNew, UnsafeRoot
 from .journal import SUFFIX, journal_files, read_journal
 from .manifest import DatabaseUrl, Manifest
@@ -30,6 +32,7 @@ from .quarantine import fold_records
 from .records import Record
 from .store import DELETING, PUBLISHED, Artifact, Roots, check_state, iter_sidecars
 from .sync import sync
+from .target import DEFAULT_FILE_BUDGET
 
 HEALTHY = "healthy"
 CREATED = "created"  # there was no manifest
@@ -49,6 +52,7 @@ class DoctorReport:
     unfinished: tuple[str, ...]  # rows a killed prune left: the next prune finishes them
     journals: int  # journal files read
     records: int  # journal records applied that the manifest lacked
+    files: tuple[RootFiles, ...] = ()  # what each root holds, against its file budget
 
     @property
     def changed(self) -> bool:
@@ -67,6 +71,7 @@ class DoctorReport:
             "unfinished": list(self.unfinished),
             "journals": self.journals,
             "records": self.records,
+            "files": [root.to_json() for root in self.files],
         }
 
 
@@ -74,10 +79,12 @@ def doctor(
     url: str,
     roots: Roots,
     *,
+    max_files: int = DEFAULT_FILE_BUDGET,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
 ) -> tuple[Manifest, DoctorReport]:
-    """Make the manifest at ``url`` agree with the sidecars and journals of ``roots``.
+    """Make the manifest at ``url`` agree with the sidecars and journals of ``roots``, and count
+    each root's files against ``max_files``.
 
     ``total`` is told how many files (journals and sidecars) will be read, ``progress`` each time
     some are.
@@ -111,6 +118,11 @@ def doctor(
             progress(1)
 
     before = {a.key for a in manifest.artifacts(state=None)}
+    # Events of days already summarised are counted in event_summary and deleted: folding them
+    # again would count them twice. A manifest built anew has no summaries, and folds them all.
+    summarised = manifest.summarised_before()
+    if summarised is not None:
+        records = [record for record in records if record.at >= summarised]
     records.sort(key=lambda record: record.at)
     folded = manifest.fold(records, list(artifacts.values()), {})
     fold_records(manifest, roots, records)
@@ -137,6 +149,7 @@ def doctor(
         unfinished=tuple(sorted(key for _, key in manifest.keys_in_state(DELETING))),
         journals=len(journal_paths),
         records=folded.records,
+        files=files_per_root(manifest, roots, max_files),
     )
     return manifest, report
 

@@ -3,6 +3,11 @@
 Per layer and model: hits, misses, builds (published artifacts), bytes built and pruned, and
 what is stored now. Per model: boots, and the boot time the cache saved.
 
+Events older than the window ``sync`` keeps (90 days by default) survive only as daily counts per
+kind, layer and model (``event_summary``): the per-layer counts and bytes include them, whole UTC
+days at a time, so their totals never change; boots and boot time saved need each boot's events,
+and count only the boots still recorded one by one (``Stats.detailed_since`` says from when).
+
 Every event of one boot carries that boot's duration (``activate()`` entry to exit) in
 ``seconds``, so a boot is the set of events sharing host, model and duration. A boot in which no
 layer hit is *cold*; the time a boot with hits saved is the mean cold boot of its model minus its
@@ -16,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .manifest import Event, Manifest
+from .manifest import Event, EventCount, Manifest
 from .records import BOOT_KINDS, Kind
 
 HIT, MISS, PUBLISHED, PRUNED = Kind.HIT, Kind.MISS, Kind.PUBLISHED, Kind.PRUNED
@@ -84,6 +89,14 @@ class Stats:
     until: float
     layers: tuple[LayerStats, ...]
     models: tuple[ModelStats, ...]
+    # Events before this are daily counts only: layer rows include them, model rows (boots, time
+    # saved) do not. None when nothing was ever summarised.
+    detailed_since: float | None = None
+
+    @property
+    def partial_boots(self) -> bool:
+        """Whether the period reaches back before ``detailed_since``, so boots before it are not counted."""
+        return self.detailed_since is not None and (self.since is None or self.since < self.detailed_since)
 
     @property
     def saved_seconds(self) -> float:
@@ -94,30 +107,35 @@ class Stats:
             "since": self.since,
             "until": self.until,
             "saved_seconds": self.saved_seconds,
+            "detailed_since": self.detailed_since,
             "layers": [row.to_json() for row in self.layers],
             "models": [row.to_json() for row in self.models],
         }
 
 
 def stats(manifest: Manifest, *, since: float | None = None, now: float | None = None) -> Stats:
-    """Statistics of the events at or after ``since`` (Unix seconds; None: all of them)."""
+    """Statistics of the events at or after ``since`` (Unix seconds; None: all of them), and of
+    the daily summaries of older events from the UTC day of ``since`` on."""
     now = time.time() if now is None else now
-    events = manifest.events(since=since, kinds=(*BOOT_KINDS, PRUNED))
+    counted = manifest.event_counts(since=since, kinds=(*BOOT_KINDS, PRUNED))
+    events = manifest.events(since=since, kinds=BOOT_KINDS)
     history = manifest.events(kinds=BOOT_KINDS) if since is not None else events
     stored: dict[tuple[str, str], tuple[int, int]] = {}
     for artifact in manifest.artifacts():
         count, size = stored.get((artifact.layer, artifact.model), (0, 0))
         stored[(artifact.layer, artifact.model)] = (count + 1, size + artifact.bytes)
-    return Stats(since, now, _layer_stats(events, stored), _model_stats(events, history))
+    return Stats(since, now, _layer_stats(counted, stored), _model_stats(events, history), manifest.summarised_before())
 
 
-def _layer_stats(events: Iterable[Event], stored: dict[tuple[str, str], tuple[int, int]]) -> tuple[LayerStats, ...]:
+def _layer_stats(
+    counted: Iterable[EventCount], stored: dict[tuple[str, str], tuple[int, int]]
+) -> tuple[LayerStats, ...]:
     counts: dict[tuple[str, str], dict[str, int]] = {}
-    for event in events:
-        group = counts.setdefault((event.layer or "-", event.model or "-"), {})
-        group[event.kind] = group.get(event.kind, 0) + 1
-        if event.kind in (PUBLISHED, PRUNED):
-            group[f"{event.kind}_bytes"] = group.get(f"{event.kind}_bytes", 0) + (event.bytes or 0)
+    for row in counted:
+        group = counts.setdefault((row.layer or "-", row.model or "-"), {})
+        group[row.kind] = group.get(row.kind, 0) + row.events
+        if row.kind in (PUBLISHED, PRUNED):
+            group[f"{row.kind}_bytes"] = group.get(f"{row.kind}_bytes", 0) + row.bytes
     rows = []
     for layer, model in sorted(counts.keys() | stored.keys()):
         group = counts.get((layer, model), {})

@@ -58,7 +58,10 @@ _TARGET_KEYS = {
     "warmup",
     "strikes",
 }
-_TOP_KEYS = {"target", "roots", "layers"}
+_TOP_KEYS = {"target", "roots", "layers", "budget"}
+# Modal advises at most 50,000 files on a (v1) Volume and refuses more than 500,000: what doctor
+# holds a root to when the target names no budget of its own.
+DEFAULT_FILE_BUDGET = 50_000
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Target:
     roots: Mapping[str, Path] = field(default_factory=dict)
     warmup: tuple[str, ...] = ()  # the command that boots once inside activate(); see check --rebuild
     strikes: int | None = None  # failed boots that quarantine an artifact (strikes.py); None: the default
+    max_files: int = DEFAULT_FILE_BUDGET  # [budget] files: how many files a root may hold (doctor warns)
 
     @property
     def landings(self) -> tuple[Landing, ...]:
@@ -239,7 +243,17 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         roots=roots,
         warmup=_warmup(table.get("warmup"), path, where),
         strikes=_strikes(table.get("strikes"), path, where),
+        max_files=_budget(document, path, f"[{prefix}budget]"),
     )
+
+
+def _budget(document: Mapping[str, Any], path: Path, where: str) -> int:
+    table = _table(document, "budget", path, "the top level")
+    _reject_unknown(table, {"files"}, path, where)
+    files = table.get("files", DEFAULT_FILE_BUDGET)
+    if isinstance(files, bool) or not isinstance(files, int) or files < 1:
+        raise TargetError(path, f"{where} files must be a whole number of files, such as 50000, not {files!r}")
+    return files
 
 
 def _root(value: str, path: Path, where: str) -> Path:

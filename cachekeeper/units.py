@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -79,4 +80,13 @@ def format_duration(seconds: float, *, parts: int = 2, words: bool = False) -> s
 
 def format_age(seconds: float) -> str:
     """``just now``, ``5 minutes ago``, ``3 days ago``."""
-    return "just now" if seconds < 60 else f"{format_duration(seconds, parts=1, words=True)} ago"
+    for _, name, length in _UNITS[:-1]:
+        if seconds >= length:
+            return _age(int(seconds // length), name)
+    return "just now"
+
+
+@functools.cache
+def _age(count: int, unit: str) -> str:
+    # A plan of 100,000 artifacts says how old each is: the phrases repeat, so each is made once.
+    return f"{count} {unit}{'s' if count != 1 else ''} ago"

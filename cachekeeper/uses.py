@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .store import Root, write_atomically
-from .store.layout import host_name
+from .store.layout import USES, host_name
 
 # Long against a Volume's background commits (every few seconds) and a busy process's heartbeat:
 # a use wrongly thought gone costs a live server its files, one kept too long costs only space.
@@ -73,6 +73,44 @@ def forget_expired(root: Root, layer: str, key: str, now: float | None = None) -
         directory.rmdir()
     except OSError:
         pass  # a live use is left, or one was registered in between
+
+
+def forget_stopped(root: Root, now: float | None = None) -> int:
+    """Remove, for every key, the records of uses whose process stopped without saying so, and the
+    key directories left empty; how many records were removed.
+
+    The walk only finds the keys: each key's records are judged and removed by ``forget_expired``,
+    the one place that asks the liveness rule (``UseInfo.alive``), so that this never decides
+    liveness itself. It goes by directory entries and never follows a link: a linked layer or key
+    directory is skipped, and so is a key directory holding a link (unknown means keep), so that
+    no record is ever read through one. Names that are not a layer's keys are left alone.
+    """
+    from .errors import CachekeeperError
+    from .keys import parse_key
+
+    removed = 0
+    for layer, layer_dir in root.state_layers(USES):
+        for entry in _entries(layer_dir):
+            try:
+                if not entry.is_dir(follow_symlinks=False) or parse_key(entry.name)[0] != layer:
+                    continue
+            except CachekeeperError:
+                continue  # not a key: not ours to judge
+            records = _entries(Path(entry.path))
+            if any(record.is_symlink() for record in records):
+                continue
+            before = {record.name for record in records if record.name.endswith(".json")}
+            forget_expired(root, layer, entry.name, now)
+            removed += len(before - {record.name for record in _entries(Path(entry.path))})
+    return removed
+
+
+def _entries(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 class Registration:

@@ -12,7 +12,8 @@ Findings, worst first:
   problem: a warm cache may grow, it must never change what it had;
 - ``unrecorded``: published before checksums were recorded; nothing to check it against.
 
-Nothing is changed: verify reads, and says what to do.
+verify reads and says what to do; the one thing it changes is the size and file count the
+manifest records for an artifact that grew, which ``ls``, ``stats`` and file budgets count from.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UnsafePath
+from .errors import ManifestError, UnsafePath
 from .hub import hub_revisions
 from .layers import DEFAULT_LAYERS, WEIGHTS
 from .leases import leases_for
@@ -124,9 +125,11 @@ def verify(
         total(sum(a.bytes for a in published if a.key in sidecars))
     hashed = 0
     for artifact in published:
-        found, read = _check(artifact, roots.for_layer(artifact.layer), sidecars.get(artifact.key), progress)
+        found, read, counted = _check(artifact, roots.for_layer(artifact.layer), sidecars.get(artifact.key), progress)
         findings.extend(found)
         hashed += read
+        if counted is not None and counted != (artifact.bytes, artifact.files):
+            _record_counts(manifest, artifact.key, *counted)
     if not (scope.keys or scope.model):  # orphans and unindexed sidecars belong to no model or key
         indexed = {a.key for a in manifest.artifacts(state=None)}
         for key, artifact in sorted(sidecars.items()):
@@ -164,7 +167,9 @@ def _path(roots: Roots, artifact: Artifact) -> Path:
 
 def _check(
     artifact: Artifact, root: Root, sidecar: Artifact | None, progress: Callable[[int], None] | None
-) -> tuple[list[Finding], int]:
+) -> tuple[list[Finding], int, tuple[int, int] | None]:
+    """Its findings, the bytes read to hash it, and its (bytes, files) as found on disk."""
+
     def finding(kind: str, detail: str, files: Iterable[str] = ()) -> Finding:
         return Finding(kind, artifact.layer, artifact.key, path, detail, tuple(sorted(files)))
 
@@ -172,21 +177,21 @@ def _check(
         path = artifact_path(root, artifact)
     except UnsafePath as error:
         path = root.layer_dir(artifact.layer)
-        return [finding(CORRUPT, f"its recorded path is unsafe: {error}")], 0
+        return [finding(CORRUPT, f"its recorded path is unsafe: {error}")], 0, None
     if sidecar is None:
-        return [finding(GHOST, "the manifest lists it, but its sidecar is gone: no boot will use it")], 0
+        return [finding(GHOST, "the manifest lists it, but its sidecar is gone: no boot will use it")], 0, None
     if path.is_symlink():
-        return [finding(CORRUPT, "its directory is a symbolic link, not followed: no boot will use it")], 0
+        return [finding(CORRUPT, "its directory is a symbolic link, not followed: no boot will use it")], 0, None
     if not path.is_dir():
-        return [finding(GHOST, "the manifest lists it, but its directory is gone")], 0
+        return [finding(GHOST, "the manifest lists it, but its directory is gone")], 0, None
     within = root.path if artifact.layer == WEIGHTS else None
     on_disk = list_files(path, follow_links_within=within)
     links = foreign_links(path, follow_links_within=within)
     recorded = read_checksums(root, sidecar)
     if recorded is None:
         if sidecar.checksum is None:
-            return [finding(UNRECORDED, "published before checksums were recorded: sizes only")], 0
-        return [finding(CORRUPT, "its checksum record is missing or damaged: its files cannot be checked")], 0
+            return [finding(UNRECORDED, "published before checksums were recorded: sizes only")], 0, None
+        return [finding(CORRUPT, "its checksum record is missing or damaged: its files cannot be checked")], 0, None
     missing = [name for name in recorded.files if name not in on_disk]
     resized = [name for name, (size, _) in recorded.files.items() if name in on_disk and on_disk[name][0] != size]
     to_hash = {on_disk[name][1]: name for name in recorded.files if name in on_disk and name not in resized}
@@ -212,7 +217,17 @@ def _check(
     if grown:
         size = sum(on_disk[name][0] for name in grown)
         findings.append(finding(GROWTH, f"{len(grown)} new file(s), {size} bytes, since it was published", grown))
-    return findings, sum(recorded.files[name][0] for name in to_hash.values())
+    counted = (sum(size for size, _ in on_disk.values()), len(on_disk))
+    return findings, sum(recorded.files[name][0] for name in to_hash.values()), counted
+
+
+def _record_counts(manifest: Manifest, key: str, size: int, files: int) -> None:
+    """Bring the recorded size and file count up to date (a warm artifact grows): ``ls``, ``stats``
+    and the budgets count from these, not by walking the files. On a read-only manifest they stay."""
+    try:
+        manifest.set_counts(key, size, files)
+    except (ManifestError, OSError):
+        pass
 
 
 def _orphans(

@@ -99,6 +99,9 @@ def main() -> None:
     demo.mkdir(parents=True)
     os.environ.update(CACHEKEEPER_ROOT=str(demo / "cache"), HF_HUB_OFFLINE="1")
 
+    say("A new cache root (the first boot would make it one too)")
+    cachekeeper("init")
+
     say(f"A model in a real Hugging Face cache under {demo / 'cache' / 'weights'}")
     sha = put_model_in_hf_cache(demo / "cache" / "weights")
     print(f"{REPO} main → {sha}")

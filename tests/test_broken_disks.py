@@ -166,6 +166,7 @@ def _template(directory: Path, count: int, *, hub: bool = False) -> tuple[Path, 
     nobody recorded."""
     template = directory / "template"
     template.mkdir()
+    Root(template).initialise()  # a cache root, as the first boot makes it: prune refuses any other
     manifest = Manifest.open(default_url(Roots.at(template)))
     keys = [put(template, manifest, f"compile-x-{n:016x}", age_days=10, size=100).key for n in range(count)]
     if hub:

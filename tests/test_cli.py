@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from cachekeeper.keys import parse_key
+from cachekeeper.manifest import Manifest, default_url
+from cachekeeper.store import Root, Roots
 
 from .helpers import TORCH, run_cli, tree
 
@@ -192,3 +196,41 @@ def test_json_output_is_one_sorted_line_when_piped_and_keeps_integers_beyond_64_
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == '{"a":{"path":"/cache"},"b":[1,2]}'
     assert json.loads(lines[1]) == {"engine.seed": 2**70}
+
+
+def test_ls_of_many_rows_stops_quietly_when_its_reader_does(project, root):
+    manifest = Manifest.open(default_url(Roots.at(root)))
+    rows = [
+        (
+            f"compile-cpu-{n:016x}",
+            "compile",
+            "org/m",
+            f"compile/compile-cpu-{n:016x}",
+            "published",
+            1,
+            1,
+            n,
+            n,
+            "b",
+            "{}",
+        )
+        for n in range(20_000)
+    ]
+    with sqlite3.connect(Root(root).manifest_path) as connection:
+        connection.executemany(
+            "INSERT INTO artifact (key, layer, model, relpath, state, bytes, files, created_at, last_used_at, "
+            "builder, facts, depends_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]')",
+            rows,
+        )
+    manifest.engine.dispose()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cachekeeper", "--root", str(root), "ls"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    header, first = process.stdout.readline(), process.stdout.readline()
+    process.stdout.close()  # as `cachekeeper ls | head -2` does
+    assert process.wait(timeout=60) == 0 and process.stderr.read() == b""
+    assert header.split() == [b"last", b"used", b"size", b"model", b"key"]
+    assert first.split()[-1] == b"compile-cpu-0000000000004e1f"  # the most recently used

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,3 +155,34 @@ def test_bad_housekeeping_input_exits_2_with_one_line(tmp_path, root, cli, args)
     result = cli(tmp_path, root, *args)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+
+
+def test_ls_prints_aligned_rows_newest_first_and_limit_keeps_the_newest(project, root, cli, cli_json):
+    listed = cli_json(project, root, "ls")["artifacts"]
+    text = cli(project, root, "ls")
+    assert text.returncode == 0, text.stderr
+    header, *rows, total = text.stdout.splitlines()
+    assert header.split() == ["last", "used", "size", "model", "key"]
+    assert [row.split()[-1] for row in rows] == [a["key"] for a in listed]
+    assert len({row.index(row.split()[-1]) for row in rows} | {header.index("key")}) == 1  # one column
+    assert total == "2 artifact(s), 37 B"
+    [newest] = cli_json(project, root, "ls", "--limit", "1")["artifacts"]
+    assert newest == listed[0]
+    limited = cli(project, root, "ls", "--limit", "1").stdout.splitlines()
+    assert limited[1].endswith(listed[0]["key"]) and limited[-1] == "1 artifact(s) (--limit), 7 B"
+
+
+def test_sync_and_prune_tidy_and_say_what_they_removed(project, root, cli, cli_json):
+    stale = root / ".cachekeeper" / "uses" / "compile" / "compile-x-00000000000000ff" / "other-1.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"owner": "other:1", "since": 1.0, "expires_at": 2.0}))
+    report = cli_json(project, root, "sync", "--keep-events", "30d")
+    assert report["tidied"]["uses_forgotten"] == 1 and not stale.parent.exists()
+    assert report["tidied"]["summarised_before"] < time.time() - 30 * 86400
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"owner": "other:1", "since": 1.0, "expires_at": 2.0}))
+    assert "tidied" not in cli_json(project, root, "prune", "--older-than", "1d", "--dry-run")
+    assert stale.exists()  # a dry run changes nothing
+    assert cli_json(project, root, "prune", "--older-than", "1d", "--yes")["tidied"]["uses_forgotten"] == 1
+    assert not stale.exists()
+    assert "daily counts" in cli(project, root, "stats", "--help").stdout

@@ -6,6 +6,8 @@ outcome rests on the database's own guarantees, so nothing waits or sleeps.
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import time
 import uuid
@@ -13,8 +15,10 @@ import uuid
 import pytest
 from sqlalchemy import func, select, text
 
-from cachekeeper.manifest import Manifest
+from cachekeeper.journal import Journal, read_journal
+from cachekeeper.manifest import Manifest, utc_day
 from cachekeeper.manifest.migration import lock_id
+from cachekeeper.records import Kind, Record
 from cachekeeper.store import DELETING, Root, publish, read_sidecar, unpublish
 
 from .helpers import artifact, facts
@@ -99,6 +103,86 @@ def test_processes_pruning_at_once_remove_each_artifact_exactly_once(db_url, roo
     assert manifest.count_events("pruned") == len(keys)
     assert manifest.artifacts(state=None) == []
     assert not any((root / "compile" / key).exists() or read_sidecar(Root(root), "compile", key) for key in keys)
+
+
+DAY = 86400.0
+NOW = 1_800_000_000.0
+
+
+def _summaries(manifest: Manifest) -> dict[tuple[str, str, str, str], tuple[int, int]]:
+    with manifest.engine.connect() as connection:
+        rows = connection.execute(text("select day, kind, layer, model, count, bytes from event_summary"))
+        return {tuple(row[:4]): (row[4], row[5]) for row in rows}
+
+
+def _expected(records: list[dict], before: float) -> dict[tuple[str, str, str, str], tuple[int, int]]:
+    expected: dict[tuple[str, str, str, str], tuple[int, int]] = {}
+    for record in records:
+        if record["at"] < before:
+            group = (utc_day(record["at"]), record["kind"], record["layer"], record["model"])
+            count, size = expected.get(group, (0, 0))
+            expected[group] = (count + 1, size + record["bytes"])
+    return expected
+
+
+def test_processes_summarising_at_once_count_each_event_once(db_url):
+    manifest = Manifest.open(db_url)
+    kinds = ("hit", "miss", "published", "pruned")
+    records = [
+        {
+            "uid": uuid.uuid4().hex,
+            "kind": kinds[n % 4],
+            "at": NOW - (n % 150) * DAY - n,
+            "layer": ("weights", "compile")[n % 2],
+            "key": f"compile-k-{n % 7:016x}" if n % 2 else f"weights-k-{n % 7:016x}",
+            "model": f"org/m{n % 3}",
+            "bytes": n,
+        }
+        for n in range(3000)
+    ]
+    manifest.fold([Record.from_json(record) for record in records], [], {})
+    before = math.floor((NOW - 90 * DAY) / DAY) * DAY
+    done = run_workers("summarise", db_url, [{"before": before}] * 4)
+    old = sum(record["at"] < before for record in records)
+    assert sum(done) == old > 1000  # every old event summarised by exactly one process
+    assert _summaries(manifest) == _expected(records, before)
+    assert len(manifest.events()) == len(records) - old
+
+
+def test_two_syncs_tidying_at_once_lose_nothing_and_count_nothing_twice(db_url, root):
+    """``cachekeeper sync`` in two processes at once over the same journals: both fold, compact
+    and summarise; every record is kept in a journal, and counted once in the manifest."""
+    records = []
+    for n in range(60):  # a journal a day for 60 of the last 150 days, closed and not yet folded
+        writer = Journal(Root(root))
+        made = [
+            Record.new(Kind.HIT, layer="compile", key=f"compile-k-{n:016x}", model="org/m", bytes=i)._replace(
+                at=NOW - n * 2.5 * DAY - i
+            )
+            for i in range(5)
+        ]
+        writer.extend(made)
+        writer.close()
+        os.utime(writer.path, (made[0].at, made[0].at))
+        records += [
+            {"uid": r.uid, "at": r.at, "kind": "hit", "layer": "compile", "model": "org/m", "bytes": r.bytes}
+            for r in made
+        ]
+    tidied = run_workers("tidy", db_url, [{"root": str(root), "now": NOW}] * 2)
+    manifest = Manifest.open(db_url)
+    before = tidied[0]["summarised_before"]
+    assert sum(report["events_summarised"] for report in tidied) == sum(r["at"] < before for r in records)
+    assert _summaries(manifest) == _expected(records, before)
+    assert sorted(event.at for event in manifest.events()) == sorted(r["at"] for r in records if r["at"] >= before)
+    folded = root / ".cachekeeper" / "journal" / "folded"
+    kept = [rec.uid for path in folded.glob("*.jsonl") for rec in read_journal(path).records if rec.kind is Kind.HIT]
+    assert set(kept) == {r["uid"] for r in records}  # maybe twice, never lost
+    # The next sync leaves one file per past day, and drops every compacted journal's cursor row.
+    run_workers("tidy", db_url, [{"root": str(root), "now": NOW}])
+    days = [path.name[len("compacted-") :][:10] for path in folded.glob("compacted-*.jsonl")]
+    assert len(days) == len(set(days)) == len({utc_day(r["at"]) for r in records if utc_day(r["at"]) < utc_day(NOW)})
+    assert set(manifest.journal_cursors()) <= {path.name for path in folded.glob("*.jsonl")}
+    assert _summaries(manifest) == _expected(records, before)
 
 
 def test_processes_opening_an_empty_database_at_once_make_the_schema_once(db_url):

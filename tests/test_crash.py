@@ -1,5 +1,5 @@
-"""SIGKILL at any point of a build, a sync or a prune: no boot trusts a partial artifact, nothing
-published is lost, and check / ls tell the truth afterwards.
+"""SIGKILL at any point of a build, a sync, a compaction of journals or a prune: no boot trusts a
+partial artifact, nothing published or recorded is lost, and check / ls tell the truth afterwards.
 
 Each sweep runs the operation once to record every line it executes in cachekeeper (and in the
 child script itself), then again and again in copies of the same starting root, killed at chosen
@@ -8,6 +8,7 @@ lines (tests/kill_at_line.py, through sys.settrace: no hooks in cachekeeper).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import cachekeeper
 from cachekeeper import journal
 from cachekeeper.check import Status, check
+from cachekeeper.doctor import doctor
 from cachekeeper.manifest import Manifest, default_url
 from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
 from cachekeeper.records import Kind, Record
@@ -199,6 +201,7 @@ def _published_keys(root: Path) -> list[str]:
 def test_a_prune_killed_anywhere_never_lies_and_never_removes_a_rebuild(tmp_path):
     template = tmp_path / "template"
     template.mkdir()
+    Root(template).initialise()  # a cache root, as the first boot makes it: prune refuses any other
     manifest = Manifest.open(default_url(Roots.at(template)))
     old = [put(template, manifest, f"compile-x-{i:016x}", age_days=10, size=100) for i in range(3)]
     script = _script(tmp_path, "prune", PRUNE)
@@ -240,3 +243,82 @@ def test_a_prune_killed_anywhere_never_lies_and_never_removes_a_rebuild(tmp_path
             assert manifest.artifact(rebuilt.key) is not None
             assert (root / rebuilt.relpath / "data").read_bytes() == b"new", point
             assert read_sidecar(Root(root), "compile", rebuilt.key).created_at == rebuilt.created_at
+
+
+TIDY = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from cachekeeper.manifest import Manifest, default_url
+    from cachekeeper.store import Roots
+    from cachekeeper.sync import sync
+
+    roots = Roots.at(Path(sys.argv[1]))
+    sync(Manifest.open(default_url(roots)), roots, tidy=True)
+    """
+)
+
+
+def _closed_journal(root: Path, records: int, written_at: float) -> set[str]:
+    writer = journal.Journal(Root(root))
+    made = [Record.new(Kind.MISS, layer="compile", key=f"k{n}", model="org/m") for n in range(records)]
+    writer.extend(made)
+    writer.close()
+    os.utime(writer.path, (written_at, written_at))
+    return {record.uid for record in made}
+
+
+def _uids(root: Path) -> list[str]:
+    """Every record uid in the root's journals, folded or not, as many times as it appears."""
+    state = root / ".cachekeeper" / "journal"
+    return sorted(
+        record.uid
+        for path in [*state.glob("*.jsonl"), *state.glob("folded/*.jsonl")]
+        for record in journal.read_journal(path).records
+        if record.kind is not Kind.CLOSED
+    )
+
+
+def test_a_compaction_killed_anywhere_loses_no_record_and_the_next_finishes_it(tmp_path):
+    template = tmp_path / "template"
+    roots, now = Roots.at(template), time.time()
+    roots.main.initialise()
+    manifest = Manifest.open(default_url(roots))
+    # Journals of two days ago compacted already, then three more of that day folded late, which
+    # the compaction merges with them; today's stays as it is.
+    uids = set().union(*(_closed_journal(template, 3, now - 2 * DAY) for _ in range(2)))
+    sync(manifest, roots, tidy=True)
+    uids |= set().union(*(_closed_journal(template, 2, now - 2 * DAY) for _ in range(3)))
+    uids |= _closed_journal(template, 2, now)
+    sync(manifest, roots)
+    manifest.engine.dispose()
+    assert _uids(template) == sorted(uids)
+
+    script = _script(tmp_path, "tidy", TIDY)
+    preload = PRELOAD + ",cachekeeper.manifest.writes"
+    trace = _trace(tmp_path, script, template, preload)
+    start = next(i for i, line in enumerate(trace) if line.split(":")[-2] == "compact_folded")
+    points = _spread(trace, start, 10, also=("_compact_day",))
+    print(f"{len(points)} kill points")
+    assert len(points) >= 30
+    doubled = 0
+    for point, root in zip(points, _kill_runs(tmp_path, script, template, points, preload), strict=False):
+        where = f"killed at line {point} ({trace[point - 1]})"
+        assert set(_uids(root)) == uids, where  # nothing lost, before anything is finished
+        doubled += len(_uids(root)) > len(uids)  # killed between the new file and the old ones' removal
+        roots = Roots.at(root)
+        manifest = Manifest.open(default_url(roots))
+        sync(manifest, roots, tidy=True)
+        folded = sorted(path.name for path in (root / ".cachekeeper" / "journal" / "folded").glob("*.jsonl"))
+        compacted = [name for name in folded if name.startswith("compacted-")]
+        assert len(compacted) == 1 and len(folded) == 2, where  # one file for the day, and today's journal
+        assert list(manifest.journal_cursors()) == [folded[-1]], where  # no row of a compacted journal
+        assert set(_uids(root)) == uids, where
+        assert manifest.count_events(Kind.MISS) == len(uids), where
+        # Folding every journal again into a new manifest finds each record exactly once.
+        manifest.engine.dispose()
+        (root / ".cachekeeper" / "manifest.db").unlink()
+        rebuilt, _ = doctor(default_url(roots), roots)
+        assert rebuilt.count_events(Kind.MISS) == len(uids), where
+        rebuilt.engine.dispose()
+    assert doubled >= 3  # the sweep killed it inside the window where records are in two files

@@ -1,6 +1,10 @@
-"""doctor: a lost or damaged manifest is rebuilt from sidecars and journals, artifacts untouched."""
+"""doctor: a lost or damaged manifest is rebuilt from sidecars and journals (compacted ones too),
+artifacts untouched, and events already summarised into daily counts never counted twice."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import pytest
 from sqlalchemy import text
@@ -9,13 +13,16 @@ import cachekeeper
 from cachekeeper import uses
 from cachekeeper.doctor import CREATED, HEALTHY, REPLACED, doctor
 from cachekeeper.errors import SchemaTooNew
+from cachekeeper.journal import Journal
 from cachekeeper.manifest import Manifest
 from cachekeeper.pins import set_pinned
 from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
+from cachekeeper.records import Kind, Record
+from cachekeeper.stats import stats
 from cachekeeper.store import DELETING, Root, Roots
 from cachekeeper.sync import sync
 
-from .helpers import tree
+from .helpers import DAY, tree
 
 
 def boot(root, width, content=b"x"):
@@ -99,3 +106,42 @@ def test_a_manifest_of_a_newer_cachekeeper_is_refused_not_replaced(root, manifes
     with pytest.raises(SchemaTooNew):
         doctor(db_url, Roots.at(root))
     assert not list((root / ".cachekeeper").glob("manifest.db.damaged-*"))
+
+
+def _summaries(manifest):
+    with manifest.engine.connect() as connection:
+        return sorted(connection.execute(text("SELECT day, kind, layer, model, count, bytes FROM event_summary")))
+
+
+def test_doctor_rebuilds_from_compacted_journals_and_never_counts_a_summarised_event_twice(root, sqlite_manifest):
+    manifest, db_url = sqlite_manifest
+    roots, now = Roots.at(root), time.time()
+    for day in range(0, 200, 5):  # one journal a boot, every fifth day for 200 days
+        writer = Journal(Root(root))
+        for layer, kind in (("weights", Kind.HIT), ("compile", Kind.PUBLISHED)):
+            record = Record.new(kind, layer=layer, key=f"{layer}-x-0123456789abcdef", model="org/m", bytes=10)
+            writer.append(record._replace(at=now - day * DAY))
+        writer.close()
+        os.utime(writer.path, (now - day * DAY,) * 2)
+    report = sync(manifest, roots, tidy=True)
+    assert report.tidied.journals > 30 and report.tidied.events > 30
+    folded = root / ".cachekeeper" / "journal" / "folded"
+    assert all(path.name.startswith("compacted-") for path in folded.iterdir() if path.stat().st_mtime < now - DAY)
+    events, summaries = manifest.count_events("hit"), _summaries(manifest)
+    totals = {(r.layer, r.model): (r.hits, r.builds, r.built_bytes) for r in stats(manifest).layers}
+    assert totals == {("compile", "org/m"): (0, 40, 400), ("weights", "org/m"): (40, 0, 0)}
+
+    # A healthy manifest: doctor adds nothing, and the summarised days are not folded again.
+    _, healthy = doctor(db_url, roots)
+    assert healthy.records == 0 and manifest.count_events("hit") == events and _summaries(manifest) == summaries
+    assert {(r.layer, r.model): (r.hits, r.builds, r.built_bytes) for r in stats(manifest).layers} == totals
+
+    # A lost manifest: every event comes back from the compacted journals, and summarising them
+    # again gives the very same daily counts.
+    manifest.engine.dispose()
+    (root / ".cachekeeper" / "manifest.db").unlink()
+    rebuilt, created = doctor(db_url, roots)
+    assert created.manifest == CREATED and rebuilt.count_events("hit") == 40
+    sync(rebuilt, roots, tidy=True)
+    assert rebuilt.count_events("hit") == events and _summaries(rebuilt) == summaries
+    assert {(r.layer, r.model): (r.hits, r.builds, r.built_bytes) for r in stats(rebuilt).layers} == totals

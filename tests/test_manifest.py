@@ -141,3 +141,21 @@ def test_reading_the_default_manifest_loads_no_sqlalchemy(tmp_path):
         "assert not [n for n in sys.modules if n.split('.')[0] in ('sqlalchemy', 'sqlmodel', 'alembic')]"
     )
     subprocess.run([sys.executable, "-c", script, url], check=True)
+
+
+def test_pages_of_summaries_list_every_artifact_once_in_order(manifest):
+    now = time.time()
+    # Ties in last use (the keyset resumes by key within one time), and every state.
+    for n in range(57):
+        manifest.record_artifact(artifact(f"compile-p-{n:016x}", last_used_at=now - n // 4, model=f"org/m{n % 2}"))
+    manifest.set_state("compile-p-0000000000000005", "deleting")
+    everything = manifest.summaries()
+    pages = list(manifest.summary_pages(first=3, size=7))
+    assert [len(page) for page in pages] == [3, *[7] * 7, 5]
+    assert [row for page in pages for row in page] == everything
+    assert [row for page in manifest.summary_pages(limit=10, first=3, size=4) for row in page] == everything[:10]
+    assert [row for page in manifest.summary_pages(model="org/m1", first=2, size=5) for row in page] == [
+        row for row in everything if row.model == "org/m1"
+    ]
+    assert manifest.summaries(limit=4) == everything[:4]
+    assert list(manifest.summary_pages(layer="weights")) == []

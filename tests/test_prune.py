@@ -111,6 +111,26 @@ def test_max_size_evicts_least_recently_used_until_the_scope_fits(root, manifest
     assert fleet["new"].key not in removed_keys(floor) and fleet["other_new"].key not in removed_keys(floor)
 
 
+def test_max_files_evicts_in_the_same_order_with_the_same_protections(root, manifest, fleet):
+    files = sum(a.files for a in fleet.values())  # one file each: 9
+    planned = plan(root, manifest, max_files=files - 2)
+    assert removed_keys(planned) == sorted([fleet["old"].key, fleet["other_old"].key])
+    assert planned.reasons[fleet["old"].key][0].endswith(f"evicted to fit {files - 2:,} files")
+    impossible = plan(root, manifest, max_files=0)
+    assert {a.key for a in impossible.kept} == {fleet["pinned"].key, fleet["used"].key}
+    assert impossible.over_files == 2 and impossible.over_budget == 0
+
+
+def test_size_and_file_budgets_combine_until_both_fit(root, manifest, fleet):
+    total = sum(a.bytes for a in fleet.values())
+    files = sum(a.files for a in fleet.values())
+    by_size = plan(root, manifest, max_size=total - 120)  # two go: old and other_old
+    by_files = plan(root, manifest, max_files=files - 3)  # three go: old, other_old, mid
+    both = plan(root, manifest, max_size=total - 120, max_files=files - 3)
+    assert removed_keys(both) == sorted({*removed_keys(by_size), *removed_keys(by_files)})
+    assert "evicted to fit" in both.reasons[fleet["mid"].key][0] and " and " in both.reasons[fleet["mid"].key][0]
+
+
 def test_layer_model_and_key_narrow_the_scope(root, manifest, fleet):
     assert removed_keys(plan(root, manifest, older_than=0, model="org/other")) == sorted(
         [fleet["other_old"].key, fleet["other_new"].key]

@@ -1,15 +1,20 @@
-"""Folding journals: idempotent, tolerant of torn lines, truthful about what still exists."""
+"""Folding journals: idempotent, tolerant of torn lines, truthful about what still exists; and
+compacting them once folded, so that files and cursor rows stay bounded."""
 
 from __future__ import annotations
 
 import json
+import os
+
+import pytest
 
 from cachekeeper import journal
+from cachekeeper.errors import UnsafeRoot
 from cachekeeper.records import Kind, Record
 from cachekeeper.store import Root, Roots, publish, unpublish
 from cachekeeper.sync import sync
 
-from .helpers import artifact, facts
+from .helpers import artifact, facts, tree
 
 
 def test_a_closed_journal_is_folded_once_and_moved_aside(root, manifest):
@@ -69,3 +74,91 @@ def test_a_hit_folded_before_its_publish_still_counts(root, manifest):
     second.append(Record.new(Kind.PUBLISHED, layer="compile", key=record.key))
     sync(manifest, Roots.at(root))
     assert manifest.artifact(record.key).last_used_at > record.last_used_at
+
+
+# --- compacting folded journals --------------------------------------------------------------------
+
+NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
+DAY = 86400.0
+
+
+def _closed_journals(root, count, *, days_ago):
+    """``count`` closed journals of one record each, last written ``days_ago`` days before NOW
+    (one per element); the uids written."""
+    uids = set()
+    for n in range(count):
+        writer = journal.Journal(Root(root))
+        record = Record.new(Kind.MISS, layer="compile", key=f"k{n}", model="org/m")
+        writer.append(record)
+        writer.close()
+        then = NOW - days_ago[n % len(days_ago)] * DAY
+        os.utime(writer.path, (then, then))
+        uids.add(record.uid)
+    return uids
+
+
+def _folded_uids(root):
+    """Every uid in journal/folded/, as many times as it appears."""
+    found = []
+    for path in sorted((root / ".cachekeeper" / "journal" / "folded").glob("*.jsonl")):
+        found += [record.uid for record in journal.read_journal(path).records if record.kind is not Kind.CLOSED]
+    return sorted(found)
+
+
+def test_folded_journals_of_past_days_become_one_file_a_day_and_lose_their_cursor_rows(root, manifest):
+    uids = _closed_journals(root, 12, days_ago=[3, 2, 2, 0])
+    sync(manifest, Roots.at(root), now=NOW)  # folded and moved, not tidied
+    folded = root / ".cachekeeper" / "journal" / "folded"
+    assert len(list(folded.iterdir())) == 12 and len(manifest.journal_cursors()) == 12
+
+    report = sync(manifest, Roots.at(root), tidy=True, now=NOW)
+    assert report.tidied.journals == 9  # today's three stay as they are until tomorrow
+    names = sorted(path.name for path in folded.iterdir())
+    assert [name[:20] for name in names if name.startswith("compacted-")] == [
+        "compacted-2027-01-12",
+        "compacted-2027-01-13",
+    ]
+    assert len(names) == 2 + 3
+    assert len(manifest.journal_cursors()) == 3  # the rows of the compacted journals are gone
+    assert _folded_uids(root) == sorted(uids)  # every record, once
+    assert manifest.count_events("miss") == 12
+
+    # Nothing more to do: nothing changes.
+    assert sync(manifest, Roots.at(root), tidy=True, now=NOW).tidied.journals == 0
+    assert sorted(path.name for path in folded.iterdir()) == names
+
+    # A day later, today's are compacted too, and a late journal of an old day joins that day's file.
+    late = _closed_journals(root, 1, days_ago=[3])
+    sync(manifest, Roots.at(root), tidy=True, now=NOW + DAY)
+    assert sorted(path.name[:20] for path in folded.iterdir()) == [
+        "compacted-2027-01-12",
+        "compacted-2027-01-13",
+        "compacted-2027-01-15",
+    ]
+    assert manifest.journal_cursors() == {}
+    assert _folded_uids(root) == sorted(uids | late)
+    assert manifest.count_events("miss") == 13
+
+
+def test_a_compacted_file_is_never_followed_through_a_link_nor_a_link_removed(root, manifest, tmp_path):
+    _closed_journals(root, 2, days_ago=[2])
+    sync(manifest, Roots.at(root), now=NOW)
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text(Record.new(Kind.MISS).to_line())
+    link = root / ".cachekeeper" / "journal" / "folded" / "linked.jsonl"
+    link.symlink_to(outside)
+    os.utime(link, (NOW - 2 * DAY,) * 2, follow_symlinks=False)
+    sync(manifest, Roots.at(root), tidy=True, now=NOW)
+    assert link.is_symlink() and outside.read_text().count("\n") == 1
+    [compacted] = [p for p in link.parent.iterdir() if p.name.startswith("compacted-")]
+    assert len(journal.read_journal(compacted).records) == 4  # the two journals' miss and close
+
+
+def test_tidying_refuses_a_directory_cachekeeper_did_not_make_a_root(tmp_path, manifest):
+    stranger = tmp_path / "stranger"
+    _closed_journals(stranger, 2, days_ago=[3])
+    sync(manifest, Roots.at(stranger), now=NOW)
+    before = tree(stranger)
+    with pytest.raises(UnsafeRoot):
+        sync(manifest, Roots.at(stranger), tidy=True, now=NOW)
+    assert tree(stranger) == before

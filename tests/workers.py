@@ -175,6 +175,28 @@ def prune(url: str, root: str) -> list[str]:
 
 
 @action
+def summarise(url: str, before: float) -> int:
+    """Summarise the events older than ``before`` into daily counts; how many this process did."""
+    from cachekeeper.manifest import Manifest
+
+    return Manifest.open(url).summarise_events(before=before)
+
+
+@action
+def tidy(url: str, root: str, now: float) -> dict[str, Any]:
+    """``cachekeeper sync`` at ``now``: fold, then forget stopped uses, compact, summarise."""
+    from pathlib import Path
+
+    from cachekeeper.manifest import Manifest
+    from cachekeeper.store import Roots
+    from cachekeeper.sync import sync
+
+    report = sync(Manifest.open(url), Roots.at(Path(root)), tidy=True, now=now)
+    assert report.tidied is not None
+    return report.tidied.to_json()
+
+
+@action
 def hold_claim(url: str, key: str) -> Iterator[bool]:
     """Claim ``key`` for removal, say whether it was claimed, and hold the claim until killed."""
     import threading

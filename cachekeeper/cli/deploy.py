@@ -195,7 +195,10 @@ def explain(
     Keys are looked up among recorded artifacts and the keys the target and this machine derive.
     """
     from ..check import explain_keys
+    from ..keys import parse_key
 
+    parse_key(key_a)
+    parse_key(key_b)
     found = resolve_target(target)
     changes = explain_keys(key_a, key_b, found, settings_of(ctx).open(found))
     if as_json:

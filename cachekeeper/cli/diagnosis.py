@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import errors
+from ..errors import UsageError
 from ..units import parse_duration
 from . import render
 from .app import JsonOption, TargetOption, app, resolve_target, settings_of
@@ -47,15 +48,33 @@ def verify_command(
 
 
 @app.command("doctor")
-def doctor_command(ctx: typer.Context, target: TargetOption = None, as_json: JsonOption = False) -> None:
-    """Rebuild a lost or damaged manifest from the sidecars and journals. Deletes no artifact:
-    a damaged SQLite manifest is moved aside, never removed."""
+def doctor_command(
+    ctx: typer.Context,
+    max_files: Annotated[
+        int | None,
+        typer.Option(
+            help="Warn when a root holds more files than this. Default: the target's [budget] files, "
+            "else 50,000 (what Modal advises for a Volume).",
+            show_default=False,
+        ),
+    ] = None,
+    target: TargetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rebuild a lost or damaged manifest from the sidecars and journals, and count each root's
+    files against its budget. Deletes no artifact: a damaged SQLite manifest is moved aside, never
+    removed."""
     from ..doctor import doctor
+    from ..target import DEFAULT_FILE_BUDGET
 
+    if max_files is not None and max_files < 1:
+        raise UsageError(f"--max-files must be at least 1, not {max_files}")
     settings = settings_of(ctx)
-    roots = settings.roots(resolve_target(target))
+    found = resolve_target(target)
+    budget = max_files or (found.max_files if found is not None else DEFAULT_FILE_BUDGET)
+    roots = settings.roots(found)
     with progress("Reading", None, quiet=as_json) as advance:
-        _, report = doctor(settings.url(roots), roots, progress=advance, total=advance.total)
+        _, report = doctor(settings.url(roots), roots, max_files=budget, progress=advance, total=advance.total)
     if as_json:
         print_json(report.to_json())
     else:
@@ -90,7 +109,13 @@ def stats_command(
     target: TargetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Hits, misses, builds and bytes per layer and model, and the boot time the cache saved."""
+    """Hits, misses, builds and bytes per layer and model, and the boot time the cache saved.
+
+    Events older than the window `sync` keeps them in (--keep-events, 90 days by default) are kept
+    as daily counts: hits, misses, builds and bytes per layer and model keep their totals (whole
+    UTC days), but boots, boot times and the time saved count only the boots still recorded one
+    by one.
+    """
     from ..stats import stats
 
     period = parse_duration(since) if since is not None else None

@@ -15,24 +15,42 @@ from . import render
 from .app import JsonOption, TargetOption, app, resolve_target, resolve_targets, settings_of
 from .render import print_json, progress
 
+KeepEventsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--keep-events",
+        envvar="CACHEKEEPER_KEEP_EVENTS",
+        help="Keep each event (hit, miss, build, prune) one by one this long, then only as daily counts "
+        "per layer and model: stats keeps their totals, but boot times need them one by one. Default: 90d.",
+        show_default=False,
+    ),
+]
+
 
 @app.command("ls")
 def list_artifacts(
     ctx: typer.Context,
     layer: Annotated[str | None, typer.Option(help="Only this layer.")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model (org/name).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the N most recently used artifacts.", show_default=False)
+    ] = None,
     target: TargetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List the artifacts the manifest knows, most recently used first."""
+    """List the artifacts the manifest knows, most recently used first, then the quarantined ones.
+
+    The table is printed a page at a time as the rows are read, so the first rows show at once
+    however many there are; pipe it to head or less as you like.
+    """
     from ..quarantine import listed
     from ..scope import Scope
 
     scope = Scope.of(layer=layer, model=model)
     cache = settings_of(ctx).open(resolve_target(target))
-    artifacts = cache.manifest.summaries(layer=scope.layer, model=scope.model)
     moved = listed(cache.manifest, layer=scope.layer, model=scope.model)
     if as_json:
+        artifacts = cache.manifest.summaries(layer=scope.layer, model=scope.model, limit=limit)
         print_json(
             {
                 "artifacts": [a.to_json(cache.roots.for_layer(a.layer).path) for a in artifacts],
@@ -40,7 +58,7 @@ def list_artifacts(
             }
         )
     else:
-        render.listing(artifacts)
+        render.listing(cache.manifest.summary_pages(layer=scope.layer, model=scope.model, limit=limit), limit=limit)
         render.quarantined(moved)
 
 
@@ -64,6 +82,14 @@ def prune(
             help="Remove the least recently used until what is in scope fits: 500GB, 2TiB.", show_default=False
         ),
     ] = None,
+    max_files: Annotated[
+        int | None,
+        typer.Option(
+            help="Remove the least recently used until what is in scope holds at most N files "
+            "(a Modal v1 Volume allows 500,000 and advises 50,000).",
+            show_default=False,
+        ),
+    ] = None,
     layer: Annotated[str | None, typer.Option(help="Only this layer.")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model (org/name).")] = None,
     key: Annotated[list[str] | None, typer.Option("--key", help="Only this key (repeatable).")] = None,
@@ -85,19 +111,23 @@ def prune(
             help="A target still deployed (repeatable). Default: ./cachekeeper.toml, else ./pyproject.toml.",
         ),
     ] = None,
+    keep_events: KeepEventsOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove artifacts by age, staleness, count or size budget; never what is pinned, in use, or
-    what a live snapshot was built from. Policies combine: an artifact goes when it meets every
-    criterion given, and --keep-last is a floor that --max-size respects too.
+    """Remove artifacts by age, staleness, count, or size and file budgets; never what is pinned,
+    in use, or what a live snapshot was built from. Policies combine: an artifact goes when it meets
+    every criterion given, and --keep-last is a floor that --max-size and --max-files respect too.
+
+    Unless --dry-run, it first tidies the state as `cachekeeper sync` does.
     """
     from ..prune import PrunePolicy, execute_prune, plan_prune
     from ..units import parse_size
 
     if quarantined:
-        if stale or keep_last is not None or max_size is not None:
+        if stale or keep_last is not None or max_size is not None or max_files is not None:
             raise UsageError(
-                "--quarantined removes quarantined artifacts only: run --stale, --keep-last or --max-size apart"
+                "--quarantined removes quarantined artifacts only: "
+                "run --stale, --keep-last, --max-size or --max-files apart"
             )
         _prune_quarantined(ctx, older_than, layer, model, key or [], dry_run, yes, as_json)
         return
@@ -107,12 +137,15 @@ def prune(
         stale=stale,
         keep_last=keep_last,
         max_size=parse_size(max_size) if max_size is not None else None,
+        max_files=max_files,
         layer=layer,
         model=model,
         keys=key or (),
         targets=targets,
     )
-    cache = settings_of(ctx).open(targets[0] if targets else None, writing=True)
+    window = _keep_events(keep_events)
+    cache = settings_of(ctx).open(targets[0] if targets else None, fold=False)
+    folded = cache.fold(writing=True, tidy=not dry_run, keep_events=window)
     plan = plan_prune(cache.manifest, cache.roots, policy)
     if dry_run:
         if as_json:
@@ -127,10 +160,13 @@ def prune(
     with progress("Removing", len(plan.removals), quiet=as_json) as advance:
         # With nothing planned it still runs: every prune clears what killed processes left.
         result = execute_prune(plan, cache.manifest, cache.roots, progress=lambda _: advance(1))
+    tidied = folded.tidied if folded is not None else None
     if as_json:
-        print_json(result.to_json())
+        print_json({**result.to_json(), "tidied": tidied.to_json() if tidied is not None else None})
     else:
         render.prune(plan, result)
+        if tidied is not None:
+            render.tidied(tidied)
 
 
 def _prune_quarantined(
@@ -180,15 +216,29 @@ def init_command(ctx: typer.Context, target: TargetOption = None, as_json: JsonO
 
 
 @app.command("sync")
-def sync_command(ctx: typer.Context, target: TargetOption = None, as_json: JsonOption = False) -> None:
-    """Fold what containers recorded (journals, sidecars) into the manifest."""
+def sync_command(
+    ctx: typer.Context,
+    keep_events: KeepEventsOption = None,
+    target: TargetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fold what containers recorded (journals, sidecars) into the manifest, and keep the state
+    bounded: remove the use records of stopped processes, compact the journals of past days into
+    one file a day, and summarise events older than --keep-events into daily counts."""
+    window = _keep_events(keep_events)
     cache = settings_of(ctx).open(resolve_target(target), fold=False)
-    report = cache.fold(writing=True)
+    report = cache.fold(writing=True, tidy=True, keep_events=window)
     assert report is not None
     if as_json:
         print_json(report.to_json())
     else:
         render.synced(report)
+
+
+def _keep_events(text: str | None) -> float:
+    from ..sync import KEEP_EVENTS
+
+    return KEEP_EVENTS if text is None else parse_duration(text)
 
 
 @app.command()

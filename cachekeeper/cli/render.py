@@ -7,9 +7,10 @@ its own ``to_json()``; what people read is drawn here.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from ..prune import PrunePlan, PruneResult
     from ..quarantine import Quarantined, QuarantineRemoval
     from ..stats import Stats
-    from ..sync import SyncReport
+    from ..sync import SyncReport, Tidied
     from ..target import Target
     from ..verify import VerifyReport
 
@@ -250,16 +251,47 @@ def changes(found: Sequence[FactChange]) -> None:
         console.print(str(change))
 
 
-def listing(artifacts: Sequence[ArtifactSummary]) -> None:
+# ``ls`` columns: fixed widths, so that a page can be printed before the next is read. The key
+# comes last and is never cut (it is copied and pasted); a model wider than its column is.
+_LAST_USED, _SIZE, _MODEL_MIN, _MODEL_MAX = 14, 9, 5, 40
+
+
+def listing(pages: Iterable[Sequence[ArtifactSummary]], *, limit: int | None = None) -> None:
+    """The artifacts as plain aligned columns, printed and flushed a page at a time: the first rows
+    show at once, at any size. A reader that stops early (``| head``) ends the listing quietly."""
     now = time.time()
-    deleting = any(a.state == DELETING for a in artifacts)
-    columns = [key_column(), "model", make_column("size", justify="right"), "last used"]
-    table = make_table(*columns, *(["status"] if deleting else []))
-    for a in artifacts:
-        row = [a.key, a.model if a.model != "none" else "-", format_bytes(a.bytes), format_age(now - a.last_used_at)]
-        table.add_row(*row, *(["[red]deleting[/]" if a.state == DELETING else "published"] if deleting else []))
-    console.print(table)
-    console.print(f"{len(artifacts)} artifact(s), {format_bytes(sum(a.bytes for a in artifacts))}")
+    out = sys.stdout
+    count = size = 0
+    width = 0
+    try:
+        for page in pages:
+            if not width:
+                width = min(_MODEL_MAX, max(_MODEL_MIN, *(len(_model(a)) for a in page)))
+                out.write(f"{'last used':<{_LAST_USED}}  {'size':>{_SIZE}}  {'model':<{width}}  key\n")
+            lines = []
+            for a in page:
+                model = _model(a)
+                if len(model) > width:
+                    model = model[: width - 1] + "…"
+                status = "  (deleting)" if a.state == DELETING else ""
+                age, shown = format_age(now - a.last_used_at), format_bytes(a.bytes)
+                lines.append(f"{age:<{_LAST_USED}}  {shown:>{_SIZE}}  {model:<{width}}  {a.key}{status}\n")
+                size += a.bytes
+            count += len(page)
+            out.write("".join(lines))
+            out.flush()
+        shown = " (--limit)" if limit is not None and count >= limit else ""
+        out.write(f"{count} artifact(s){shown}, {format_bytes(size)}\n")
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away: say nothing more, and let the interpreter's last flush go nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+
+
+def _model(artifact: ArtifactSummary) -> str:
+    return artifact.model if artifact.model != "none" else "-"
 
 
 def quarantined(entries: Sequence[Quarantined]) -> None:
@@ -303,6 +335,8 @@ def prune(plan: PrunePlan, result: PruneResult | None = None) -> None:
         console.print(f"[yellow]kept[/] {artifact.key}: {reason}")
     if plan.over_budget:
         console.print(f"[yellow]Still {format_bytes(plan.over_budget)} over the size budget:[/] the rest must stay.")
+    if plan.over_files:
+        console.print(f"[yellow]Still {plan.over_files:,} file(s) over the file budget:[/] the rest must stay.")
     freed = plan.bytes if result is None else result.bytes
     console.print(f"{'Would free' if result is None else 'Freed'} {format_bytes(freed)} in {len(removed)} artifact(s).")
     left = plan.leftovers if result is None else result.leftovers
@@ -323,6 +357,28 @@ def synced(report: SyncReport) -> None:
         f"Folded {report.records} record(s) from {report.journals} journal(s); {report.artifacts} new artifact(s)."
         + (f" Skipped {report.unreadable_lines} unreadable line(s)." if report.unreadable_lines else "")
     )
+    if report.tidied is not None:
+        tidied(report.tidied)
+
+
+def tidied(report: Tidied) -> None:
+    """What a tidying sync removed; nothing when it removed nothing."""
+    done = [
+        f"forgot {report.uses:,} use record(s) of stopped processes" if report.uses else "",
+        f"compacted {report.journals:,} folded journal(s) into daily files" if report.journals else "",
+        f"summarised {report.events:,} event(s) from before {_day(report.summarised_before)} into daily counts"
+        if report.events
+        else "",
+    ]
+    if any(done):
+        text = "; ".join(filter(None, done))
+        console.print(text[0].upper() + text[1:] + ".")
+
+
+def _day(at: float) -> str:
+    from ..manifest import utc_day
+
+    return utc_day(at)
 
 
 def verification(report: VerifyReport) -> None:
@@ -357,6 +413,16 @@ def doctored(report: DoctorReport) -> None:
     if report.unfinished:
         console.print(f"{len(report.unfinished)} interrupted removal(s): the next `cachekeeper prune` finishes them.")
     console.print("[green]The manifest agrees with the root.[/]" if report.changed else "[green]Nothing to fix.[/]")
+    for root in report.files:
+        held = f"{root.path} holds {root.total:,} files"
+        held += f" ({root.artifacts:,} in artifacts, {root.state:,} of cachekeeper's own)"
+        if root.over:
+            console.print(
+                f"[yellow]warning:[/] {held}, over its budget of {root.budget:,}: "
+                f"`cachekeeper prune --max-files {root.budget}` removes the least recently used"
+            )
+        else:
+            console.print(f"{held}, within its budget of {root.budget:,}")
 
 
 def inspection(found: Inspection) -> None:
@@ -445,6 +511,11 @@ def statistics(report: Stats) -> None:
             f"saved {saved}"
         )
     console.print(f"Boot time saved: {_saved(report.saved_seconds)}")
+    if report.partial_boots and report.detailed_since is not None:
+        console.print(
+            f"[yellow]Events before {_day(report.detailed_since)} are kept as daily counts:[/] the table counts "
+            "them, the boots and boot time saved above do not."
+        )
 
 
 def _saved(seconds: float) -> str:

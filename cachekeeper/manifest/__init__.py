@@ -6,17 +6,19 @@ manifest from them and from the journals.
 
 from .database import Manifest
 from .migration import migrations_dir
-from .queries import ArtifactSummary, Event, Observation, environment_facts
+from .queries import ArtifactSummary, Event, EventCount, Observation, environment_facts, utc_day
 from .url import DatabaseUrl, default_url
 
 __all__ = [
     "ArtifactSummary",
     "DatabaseUrl",
     "Event",
+    "EventCount",
     "FoldResult",
     "Manifest",
     "Observation",
     "default_url",
     "environment_facts",
     "migrations_dir",
+    "utc_day",
 ]

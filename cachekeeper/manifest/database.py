@@ -3,7 +3,7 @@ read (queries.py) and written (writes.py) through frozen values, never rows."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -83,11 +83,30 @@ class Manifest(Database):
     ) -> list[Artifact]:
         return queries.artifacts(self.rows, layer=layer, model=model, state=state)
 
+    def candidates(self) -> list[Artifact]:
+        return queries.candidates(self.rows)
+
     def nearest(self, *, layer: str, model: str, other_than: str) -> Artifact | None:
         return queries.nearest(self.rows, layer=layer, model=model, other_than=other_than)
 
-    def summaries(self, *, layer: str | None = None, model: str | None = None) -> list[queries.ArtifactSummary]:
-        return queries.summaries(self.rows, layer=layer, model=model)
+    def summaries(
+        self, *, layer: str | None = None, model: str | None = None, limit: int | None = None
+    ) -> list[queries.ArtifactSummary]:
+        return queries.summaries(self.rows, layer=layer, model=model, limit=limit)
+
+    def summary_pages(
+        self,
+        *,
+        layer: str | None = None,
+        model: str | None = None,
+        limit: int | None = None,
+        first: int = 100,
+        size: int = 2000,
+    ) -> Iterator[list[queries.ArtifactSummary]]:
+        return queries.summary_pages(self.rows, layer=layer, model=model, limit=limit, first=first, size=size)
+
+    def files_per_layer(self) -> dict[str, int]:
+        return queries.files_per_layer(self.rows)
 
     def keys_in_state(self, state: str) -> list[tuple[str, str]]:
         return queries.keys_in_state(self.rows, state)
@@ -113,6 +132,15 @@ class Manifest(Database):
     def count_dead_leases(self, *, expired_before: float) -> int:
         return queries.count_dead_leases(self.rows, expired_before=expired_before)
 
+    def lease_keys(self) -> list[tuple[str, str]]:
+        return queries.lease_keys(self.rows)
+
+    def event_counts(self, *, since: float | None = None, kinds: Sequence[str]) -> list[queries.EventCount]:
+        return queries.event_counts(self.rows, since=since, kinds=kinds)
+
+    def summarised_before(self) -> float | None:
+        return queries.summarised_before(self.rows)
+
     def lease(self, layer: str, key: str) -> dict[str, Any] | None:
         return queries.lease(self.rows, layer, key)
 
@@ -125,6 +153,16 @@ class Manifest(Database):
 
         return writes.fold(self, records, artifacts, cursors)
 
+    def drop_journal_cursors(self, names: Sequence[str]) -> int:
+        from . import writes
+
+        return writes.drop_journal_cursors(self, names)
+
+    def summarise_events(self, *, before: float) -> int:
+        from . import writes
+
+        return writes.summarise_events(self, before=before)
+
     def record_artifact(self, artifact: Artifact) -> bool:
         from . import writes
 
@@ -134,6 +172,12 @@ class Manifest(Database):
         from . import writes
 
         writes.set_state(self, key, state)
+
+    def set_counts(self, key: str, size: int, files: int) -> None:
+        """Record what an artifact holds now: its size in bytes and its number of files."""
+        from . import writes
+
+        writes.set_counts(self, key, size, files)
 
     def forget(self, key: str, *, created_at: float | None = None) -> None:
         from . import writes

@@ -7,20 +7,25 @@ so that no column order is kept by hand.
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from .. import facts as f
 from ..facts import Facts
+from ..layers import WEIGHTS
 from ..store import PUBLISHED, Artifact
 
 logger = logging.getLogger("cachekeeper")
 
 Rows = Callable[[str, Mapping[str, Any]], list[Sequence[Any]]]
+
+DAY = 86400.0  # a UTC day in Unix seconds (which count no leap seconds)
 
 # Facts that describe the machine and its software, as opposed to what it was asked to run.
 _DEPLOY_PREFIXES = (f.MODEL, f.ENGINE_PREFIX)
@@ -69,6 +74,16 @@ class Event:
     host: str | None
 
 
+class EventCount(NamedTuple):
+    """How many events of a kind, layer and model (``""`` when the event named none), and their bytes."""
+
+    kind: str
+    layer: str
+    model: str
+    events: int
+    bytes: int
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """An environment fingerprint seen at run time: machine and software, no model or engine."""
@@ -109,6 +124,15 @@ def artifacts(
     return _artifacts(rows(f"SELECT {_columns(_ARTIFACT)} FROM artifact{where}{_MOST_RECENT_FIRST}", params))
 
 
+def candidates(rows: Rows) -> list[Artifact]:
+    """Every artifact, most recently used first, with the facts of weights only (a prune's
+    candidates: what it plans with needs no facts, what removes weights does)."""
+    columns = ", ".join(
+        "CASE WHEN layer = :weights THEN facts ELSE '{}' END" if name == "facts" else f'"{name}"' for name in _ARTIFACT
+    )
+    return _artifacts(rows(f"SELECT {columns} FROM artifact{_MOST_RECENT_FIRST}", {"weights": WEIGHTS}))
+
+
 def nearest(rows: Rows, *, layer: str, model: str, other_than: str) -> Artifact | None:
     """The most recently used published artifact of ``layer`` and ``model`` under another key."""
     where, params = _filters(layer=layer, model=model, state=PUBLISHED)
@@ -117,14 +141,49 @@ def nearest(rows: Rows, *, layer: str, model: str, other_than: str) -> Artifact 
     return found[0] if found else None
 
 
-def summaries(rows: Rows, *, layer: str | None = None, model: str | None = None) -> list[ArtifactSummary]:
-    """Every artifact, in any state, most recently used first, without its facts."""
+def summaries(
+    rows: Rows, *, layer: str | None = None, model: str | None = None, limit: int | None = None
+) -> list[ArtifactSummary]:
+    """Every artifact (the ``limit`` most recently used), in any state, most recently used first,
+    without its facts."""
     where, params = _filters(layer=layer, model=model)
-    return list(
-        map(
-            ArtifactSummary._make, rows(f"SELECT {_columns(_SUMMARY)} FROM artifact{where}{_MOST_RECENT_FIRST}", params)
-        )
-    )
+    cut = "" if limit is None else f" LIMIT {int(limit)}"
+    query = f"SELECT {_columns(_SUMMARY)} FROM artifact{where}{_MOST_RECENT_FIRST}{cut}"
+    return list(map(ArtifactSummary._make, rows(query, params)))
+
+
+def summary_pages(
+    rows: Rows, *, layer: str | None = None, model: str | None = None, limit: int | None = None, first: int, size: int
+) -> Iterator[list[ArtifactSummary]]:
+    """``summaries``, a page at a time: ``first`` rows, then ``size`` at a time, up to ``limit``.
+
+    Each page is a query of its own, resuming after the last row of the one before (keyset
+    paging), so that nothing holds the database while the caller prints. A row used again while
+    the pages are read moves to the top, and is not listed twice nor missed by more than that move.
+    """
+    where, params = _filters(layer=layer, model=model)
+    query = f"SELECT {_columns(_SUMMARY)} FROM artifact{where}"
+    after = " AND last_used_at <= :last AND (last_used_at < :last OR key > :key)"
+    left = limit
+    page = first
+    last: ArtifactSummary | None = None
+    while left is None or left > 0:
+        wanted = page if left is None else min(page, left)
+        resume = {} if last is None else {"last": last.last_used_at, "key": last.key}
+        sql = f"{query}{after if last else ''}{_MOST_RECENT_FIRST} LIMIT {int(wanted)}"
+        found = list(map(ArtifactSummary._make, rows(sql, {**params, **resume})))
+        if found:
+            yield found
+        if len(found) < wanted:
+            return
+        last, page = found[-1], size
+        left = None if left is None else left - len(found)
+
+
+def files_per_layer(rows: Rows) -> dict[str, int]:
+    """The files recorded for each layer's artifacts, in any state."""
+    found = rows("SELECT layer, sum(files) FROM artifact GROUP BY layer", {})
+    return {layer: int(files or 0) for layer, files in found}
 
 
 def keys_in_state(rows: Rows, state: str) -> list[tuple[str, str]]:
@@ -183,6 +242,48 @@ def events(rows: Rows, *, since: float | None = None, kinds: Sequence[str] | Non
     return [Event(*row) for row in rows(query + " ORDER BY at, id", params)]
 
 
+def event_counts(rows: Rows, *, since: float | None = None, kinds: Sequence[str]) -> list[EventCount]:
+    """Per kind, layer and model: the events of ``kinds`` at or after ``since``, and the daily
+    summaries of older events from the UTC day of ``since`` on (whole days: a summary has no
+    hours). One statement, so that events summarised meanwhile are counted once."""
+    names = {f"kind{index}": str(kind) for index, kind in enumerate(kinds)} or {"kind0": ""}
+    among = f"kind IN ({', '.join(':' + name for name in names)})"
+    query = (
+        "SELECT kind, layer, model, sum(n), sum(b) FROM ("
+        " SELECT kind, coalesce(layer, '') AS layer, coalesce(model, '') AS model, 1 AS n, coalesce(bytes, 0) AS b"
+        f" FROM event WHERE at >= :since AND {among}"
+        " UNION ALL"
+        f" SELECT kind, layer, model, count AS n, bytes AS b FROM event_summary WHERE day >= :day AND {among}"
+        ") AS counted GROUP BY kind, layer, model ORDER BY kind, layer, model"
+    )
+    params: dict[str, Any] = {
+        "since": float("-inf") if since is None else since,
+        "day": "" if since is None else utc_day(since),
+        **names,
+    }
+    return [EventCount(kind, layer, model, int(n), int(size)) for kind, layer, model, n, size in rows(query, params)]
+
+
+def summarised_before(rows: Rows) -> float | None:
+    """The end of the last UTC day whose events were summarised (and deleted), or None: events
+    before it are in ``event_summary`` only, except those folded since, which are events still."""
+    [(day,)] = rows("SELECT max(day) FROM event_summary", {})
+    if not day:
+        return None
+    try:
+        return calendar.timegm(time.strptime(day, "%Y-%m-%d")) + DAY
+    except ValueError:  # a day no calendar holds: summarised times far in the past or future
+        return float("-inf") if day < "0001" else float("inf")
+
+
+def utc_day(at: float) -> str:
+    """``YYYY-MM-DD`` of the UTC day of ``at``; times no calendar holds sort before or after all."""
+    try:
+        return time.strftime("%Y-%m-%d", time.gmtime(at))
+    except (OverflowError, OSError, ValueError):
+        return "0000-00-00" if at < 0 else "9999-99-99"
+
+
 def count_events(rows: Rows, kind: str) -> int:
     return int(rows("SELECT count(*) FROM event WHERE kind = :kind", {"kind": str(kind)})[0][0])
 
@@ -190,6 +291,11 @@ def count_events(rows: Rows, kind: str) -> int:
 def count_dead_leases(rows: Rows, *, expired_before: float) -> int:
     found = rows("SELECT count(*) FROM lease WHERE expires_at < :expired_before", {"expired_before": expired_before})
     return int(found[0][0])
+
+
+def lease_keys(rows: Rows) -> list[tuple[str, str]]:
+    """(layer, key) of every lease row."""
+    return [(layer, key) for layer, key in rows("SELECT layer, key FROM lease", {})]
 
 
 def lease(rows: Rows, layer: str, key: str) -> dict[str, Any] | None:
@@ -220,6 +326,10 @@ def _artifacts(found: list[Sequence[Any]]) -> list[Artifact]:
 
 def _json(value: Any) -> Any:
     """A JSON column's value: SQLite hands back text, PostgreSQL's driver the decoded value."""
+    if value == "{}":  # most rows of a prune's candidates: no parse needed
+        return {}
+    if value == "[]":
+        return []
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 

@@ -52,14 +52,14 @@ def drop(database: Database, tokens: Sequence[str]) -> None:
             session.exec(delete(SERVED).where(SERVED.c.token.in_(list(tokens))))
 
 
-def live(database: Database, now: float | None = None) -> dict[str, list[str]]:
-    """Key → owners of every live row; nothing on SQLite, where no server writes rows."""
+def live(database: Database, now: float | None = None) -> dict[tuple[str, str], list[str]]:
+    """(layer, key) → owners of every live row; nothing on SQLite, where no server writes rows."""
     if not database.is_server:
         return {}
-    found: dict[str, list[str]] = {}
-    query = "SELECT key, owner FROM served WHERE expires_at > :now ORDER BY key, owner"
-    for key, owner in database.rows(query, {"now": time.time() if now is None else now}):
-        found.setdefault(str(key), []).append(str(owner))
+    found: dict[tuple[str, str], list[str]] = {}
+    query = "SELECT layer, key, owner FROM served WHERE expires_at > :now ORDER BY layer, key, owner"
+    for layer, key, owner in database.rows(query, {"now": time.time() if now is None else now}):
+        found.setdefault((str(layer), str(key)), []).append(str(owner))
     return found
 
 

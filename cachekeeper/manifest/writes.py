@@ -9,6 +9,7 @@ each other rather than deadlock.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -22,8 +23,8 @@ from ..keys import canonical_json
 from ..records import Kind, Record
 from ..store import DELETING, PUBLISHED, Artifact
 from .migration import lock_id
-from .queries import chunks, environment_facts
-from .tables import ARTIFACT, EVENT, JOURNAL_CURSOR, LEASE, OBSERVATION, PIN
+from .queries import DAY, chunks, environment_facts, utc_day
+from .tables import ARTIFACT, EVENT, EVENT_SUMMARY, JOURNAL_CURSOR, LEASE, OBSERVATION, PIN
 
 if TYPE_CHECKING:
     from .connection import Database
@@ -80,6 +81,11 @@ def set_state(database: Database, key: str, state: str) -> None:
     table = ARTIFACT
     with database.session() as session:
         session.exec(update(table).where(table.c.key == key).values(state=state))
+
+
+def set_counts(database: Database, key: str, size: int, files: int) -> None:
+    with database.session() as session:
+        session.exec(update(ARTIFACT).where(ARTIFACT.c.key == key).values(bytes=size, files=files))
 
 
 def forget(database: Database, key: str, *, created_at: float | None = None) -> None:
@@ -149,6 +155,62 @@ def forget_removed(database: Database, keys: Sequence[str], events: Sequence[Rec
             session.exec(delete(table).where(table.c.key.in_(chunk)))
         # Journaled too: a concurrent sync may have stored some of them first.
         _insert_new_events(session, events)
+
+
+def drop_journal_cursors(database: Database, names: Sequence[str]) -> int:
+    """Forget the cursors of journals that are gone (compacted); how many rows."""
+    table = JOURNAL_CURSOR
+    dropped = 0
+    with database.session() as session:
+        for chunk in chunks(sorted(names)):
+            dropped += int(session.exec(delete(table).where(table.c.name.in_(chunk))).rowcount)
+    return dropped
+
+
+def summarise_events(database: Database, *, before: float) -> int:
+    """Count every event older than ``before`` into ``event_summary`` (per UTC day, kind, layer and
+    model: how many, bytes, seconds) and delete it; how many events.
+
+    One transaction per day of events: the day's events are deleted and their counts added to the
+    summaries together, so a process killed at any point has summarised a day wholly or not at
+    all. Concurrent runs never count an event twice: each event is handed back by exactly one
+    ``DELETE ... RETURNING`` (on PostgreSQL the second waits for the first's row locks, then finds
+    the rows gone), and a summary row is created or added to in one statement.
+    """
+    table, summary = EVENT, EVENT_SUMMARY
+    columns = (table.c.at, table.c.kind, table.c.layer, table.c.model, table.c.bytes, table.c.seconds)
+    total = 0
+    while True:
+        with database.session() as session:
+            oldest = session.scalar(select(func.min(table.c.at)).where(table.c.at < before))
+            if oldest is None:
+                return total
+            # Up to the end of the oldest event's day (a time so far out that a day is below the
+            # float's precision still makes progress).
+            end = min(math.floor(oldest / DAY) * DAY + DAY, before)
+            end = end if end > oldest else math.nextafter(oldest, math.inf)
+            gone = session.exec(delete(table).where(table.c.at < end).returning(*columns)).all()
+            counts: dict[tuple[str, str, str, str], list[float]] = {}
+            for at, kind, layer, model, size, seconds in gone:
+                group = counts.setdefault((utc_day(at), kind, layer or "", model or ""), [0, 0, 0.0])
+                group[0] += 1
+                group[1] += size or 0
+                group[2] += seconds or 0.0
+            for (day, kind, layer, model), (count, size, seconds) in sorted(counts.items()):
+                statement = _insert(session, summary).values(
+                    day=day, kind=kind, layer=layer, model=model, count=int(count), bytes=int(size), seconds=seconds
+                )
+                added = statement.excluded
+                statement = statement.on_conflict_do_update(
+                    index_elements=["day", "kind", "layer", "model"],
+                    set_={
+                        "count": summary.c.count + added.count,
+                        "bytes": summary.c.bytes + added.bytes,
+                        "seconds": summary.c.seconds + added.seconds,
+                    },
+                )
+                session.exec(statement)
+            total += len(gone)
 
 
 # --- build leases (leases.DbLeases) ---------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from ..leftovers import Leftovers, find_leftovers
 from ..manifest import Manifest
 from ..manifest.served import live as served_keys
 from ..store import DELETING, Artifact, Root, Roots, read_sidecar
+from ..store.layout import LEASES, USES
 from ..target import Target
 from ..units import format_age, format_bytes, format_duration
 from .policy import PrunePolicy
@@ -28,7 +30,7 @@ class PrunePlan:
     """What a prune would remove, in order, and why each artifact in scope goes or stays.
 
     ``reasons`` maps every key in ``removals`` and ``kept`` to its reasons. ``over_budget`` is how
-    far the artifacts in scope would still exceed ``max_size`` after the removals.
+    far the artifacts in scope would still exceed ``max_size`` after the removals (in bytes).
     """
 
     removals: tuple[Artifact, ...]
@@ -38,6 +40,7 @@ class PrunePlan:
     over_budget: int = 0
     leftovers: Leftovers = field(default_factory=Leftovers)  # what killed processes left, cleared too
     layers: tuple[str, ...] = ()  # the targets' own layers, looked into for leftovers
+    over_files: int = 0  # how many files the artifacts in scope would still exceed ``max_files`` by
 
     @property
     def bytes(self) -> int:
@@ -55,6 +58,7 @@ class PrunePlan:
             "skipped": [],
             "bytes": self.bytes,
             "over_budget": self.over_budget,
+            "over_files": self.over_files,
             "leftovers": self.leftovers.to_json(),
         }
 
@@ -105,30 +109,28 @@ def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: fl
 
     _keep_what_live_snapshots_need(chosen, spared, dependents, reasons)
 
-    over_budget = 0
-    if max_size is not None:
-        total = sum(a.bytes for a in in_scope) - sum(a.bytes for a in chosen)
+    budget = _Budget(max_size, policy.max_files, in_scope, chosen)
+    if budget.limited:
         going = {a.key for a in chosen}
         evictable = sorted(
             (a for a in spared if not protected.get(a.key) and a.key not in recent),
             key=lambda a: (a.last_used_at, a.key),
         )
         progress = True
-        while total > max_size and progress:  # again after a snapshot goes: what it needed may go too
+        while budget.over() and progress:  # again after a snapshot goes: what it needed may go too
             progress, kept = False, []
             for artifact in evictable:
-                if total <= max_size or _live_dependents(artifact, dependents, going):
+                if not budget.over() or _live_dependents(artifact, dependents, going):
                     kept.append(artifact)
                     continue
-                total -= artifact.bytes
+                budget.take(artifact)
                 going.add(artifact.key)
                 chosen.append(artifact)
                 used = format_age(now - artifact.last_used_at)
-                reasons[artifact.key] = (f"least recently used (used {used}): evicted to fit {format_bytes(max_size)}",)
+                reasons[artifact.key] = (f"least recently used (used {used}): evicted to fit {budget}",)
                 progress = True
             evictable = kept
         spared = [a for a in spared if a.key not in going]
-        over_budget = max(0, total - max_size)
 
     # A snapshot goes before what it was built from, so a failed removal never strands it.
     chosen.sort(key=lambda a: (not a.depends_on, a.last_used_at, a.key))
@@ -139,10 +141,45 @@ def plan_prune(manifest: Manifest, roots: Roots, policy: PrunePolicy, *, now: fl
         tuple(spared),
         reasons,
         freed_by(roots.for_layer(WEIGHTS), [a for a in removals if a.layer == WEIGHTS]),
-        over_budget,
+        budget.excess_bytes(),
         find_leftovers(manifest, roots, layers=layers, now=now),
         layers,
+        budget.excess_files(),
     )
+
+
+class _Budget:
+    """What must fit (bytes, files or both) and what still counts against it: evictions go, least
+    recently used first, until both fit."""
+
+    def __init__(
+        self, max_bytes: int | None, max_files: int | None, in_scope: Sequence[Artifact], chosen: Sequence[Artifact]
+    ) -> None:
+        self.max_bytes, self.max_files = max_bytes, max_files
+        self.bytes = sum(a.bytes for a in in_scope) - sum(a.bytes for a in chosen)
+        self.files = sum(a.files for a in in_scope) - sum(a.files for a in chosen)
+
+    @property
+    def limited(self) -> bool:
+        return self.max_bytes is not None or self.max_files is not None
+
+    def over(self) -> bool:
+        return self.excess_bytes() > 0 or self.excess_files() > 0
+
+    def take(self, artifact: Artifact) -> None:
+        self.bytes -= artifact.bytes
+        self.files -= artifact.files
+
+    def excess_bytes(self) -> int:
+        return max(0, self.bytes - self.max_bytes) if self.max_bytes is not None else 0
+
+    def excess_files(self) -> int:
+        return max(0, self.files - self.max_files) if self.max_files is not None else 0
+
+    def __str__(self) -> str:
+        limits = [format_bytes(self.max_bytes)] if self.max_bytes is not None else []
+        limits += [f"{self.max_files:,} files"] if self.max_files is not None else []
+        return " and ".join(limits)
 
 
 def _live_dependents(artifact: Artifact, dependents: Mapping[str, list[str]], going: set[str]) -> list[str]:
@@ -171,6 +208,11 @@ def _keep_what_live_snapshots_need(
                 changed = True
 
 
+@functools.cache
+def _limit(older_than: float) -> str:
+    return format_duration(older_than)
+
+
 def _criteria(
     artifact: Artifact,
     older_than: float | None,
@@ -187,7 +229,7 @@ def _criteria(
     if keys:
         met.append("named on the command line")
     if older_than is not None:
-        limit = format_duration(older_than)
+        limit = _limit(older_than)
         if now - artifact.last_used_at > older_than:
             met.append(f"not used for {limit} (used {used})")
         else:
@@ -209,8 +251,9 @@ def _criteria(
 def _candidates(manifest: Manifest, roots: Roots) -> list[Artifact]:
     """Published artifacts, removals a killed prune left unfinished, and Hub revisions that nobody
     recorded (a boot that failed, a manual download): they take space too, and huggingface_hub
-    knows how to remove them."""
-    tracked = manifest.artifacts(state=None)
+    knows how to remove them. Only weights keep their facts (their removal needs the model and
+    commit): a plan of 100,000 artifacts does not decode 100,000 fact sets."""
+    tracked = manifest.candidates()
     known = {a.key for a in tracked}
     return tracked + [a for a in hub_revisions(roots) if a.key not in known and not _published(roots, a)]
 
@@ -255,17 +298,37 @@ def _roots(
     now: float,
 ) -> dict[str, list[str]]:
     """Why each artifact must stay whatever the policy: key → reasons (none: it may go)."""
-    pinned, leases, served = manifest.pinned(), lease_mechanisms(roots, manifest), served_keys(manifest)
+    pinned, busy = manifest.pinned(), _busy(roots, manifest, now)
     target_weights = wanted.get(WEIGHTS, set()) if any(t.model for t in targets) else set()
     found: dict[str, list[str]] = {}
     for artifact in artifacts:
-        reasons = blockers(artifact, roots, leases, pinned, {}, now, served)
+        reasons = ["pinned"] if artifact.key in pinned else []
+        reasons.extend(busy.get((artifact.layer, artifact.key), ()))
         if artifact.key in target_weights:
             reasons.append("a target names this weights revision")
         elif artifact.layer == WEIGHTS and artifact.model in unresolved:
             # Which revision the target means is unknown here: keep every revision it might mean.
             reasons.append("a target names this model, and its revision cannot be resolved offline")
         found[artifact.key] = reasons
+    return found
+
+
+def _busy(roots: Roots, manifest: Manifest, now: float) -> dict[tuple[str, str], list[str]]:
+    """(layer, key) → why a running process forbids removing it: it is in use, or being built.
+    Only keys that have a use or a lease at all are looked at, found by one listing per layer."""
+    found: dict[tuple[str, str], list[str]] = {}
+    leases = lease_mechanisms(roots, manifest)
+    for root in roots.all():
+        for layer, key in root.keys_with(USES):
+            for use in uses.users(root, layer, key, now):
+                found.setdefault((layer, key), []).append(f"in use by {use.owner}")
+        leased = manifest.lease_keys() if manifest.is_server else list(root.keys_with(LEASES))
+        for layer, key in leased:
+            holder = leases[root].holder(layer, key)
+            if holder is not None:
+                found.setdefault((layer, key), []).append(f"a process holds its lease ({holder.owner})")
+    for (layer, key), owners in served_keys(manifest, now).items():  # servers on read-only roots
+        found.setdefault((layer, key), []).extend(f"served read-only by {owner}" for owner in owners)
     return found
 
 
@@ -280,7 +343,7 @@ def blockers(
     pinned: set[str],
     dependents: Mapping[str, list[str]],
     now: float,
-    served: Mapping[str, list[str]] | None = None,
+    served: Mapping[tuple[str, str], list[str]] | None = None,
 ) -> list[str]:
     """What forbids removing ``artifact`` right now: pinned, in use (a use file, or a read-only
     server's row in ``served``), built, or a snapshot's source."""
@@ -290,7 +353,7 @@ def blockers(
         reasons.append("pinned")
     for use in uses.users(root, artifact.layer, artifact.key, now):
         reasons.append(f"in use by {use.owner}")
-    for owner in (served or {}).get(artifact.key, ()):
+    for owner in (served or {}).get((artifact.layer, artifact.key), ()):
         reasons.append(f"served read-only by {owner}")
     holder = leases[root].holder(artifact.layer, artifact.key)
     if holder is not None:

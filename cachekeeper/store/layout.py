@@ -74,8 +74,8 @@ def key_name(layer: str, key: str) -> str:
         key_layer, _ = parse_key(key)
     except CachekeeperError:
         raise UnsafePath(f"refusing the key {key!r}: not a cache key") from None
-    if key_layer != layer_name(layer):
-        raise UnsafePath(f"refusing the key {key!r}: not a key of the {layer} layer")
+    if key_layer != layer:  # a key's own layer part is a valid layer name
+        raise UnsafePath(f"refusing the key {key!r}: not a key of the {layer!r} layer")
     return key
 
 
@@ -265,6 +265,16 @@ class Root(NamedTuple):
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 yield entry.name, Path(entry.path)
+
+    def keys_with(self, kind: str) -> Iterator[tuple[str, str]]:
+        """(layer, key) of every key with a directory under ``.cachekeeper/<kind>/<layer>/`` (its
+        uses, its leases): one listing per layer, instead of one look per key."""
+        for layer, directory in self.state_layers(kind):
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            yield from ((layer, entry.name) for entry in entries if entry.is_dir(follow_symlinks=False))
 
 
 def refuse_location(path: Path) -> None:
