@@ -34,6 +34,7 @@ from .layers import DEFAULT_LAYERS, Layer, layer_named
 from .leases import leases_for
 from .liveness import Sightings, Witness
 from .manifest import Manifest, Observation
+from .quarantine import entries
 from .store import read_sidecar
 from .target import Target
 
@@ -60,6 +61,7 @@ class LayerReport:
     nearest: str | None = None  # for a stale layer: the artifact it would have used
     changes: tuple[FactChange, ...] = ()  # what differs from ``nearest``
     landing: Landing | None = None
+    reason: str | None = None  # why a layer is cold that was warm: its artifact was quarantined
 
     @property
     def needs_rebuild(self) -> bool:
@@ -76,6 +78,7 @@ class LayerReport:
             "nearest": self.nearest,
             "changes": [change.to_json() for change in self.changes],
             "unverified": list(self.key.unverified),
+            "reason": self.reason,
         }
 
 
@@ -203,6 +206,11 @@ def _layer_report(layer: str, key: CacheKey, cache: Cache, landing: Landing | No
         return LayerReport(layer, key, Status.WARM, landing=landing)
     if leases_for(root, cache.manifest, witness=witness).holder(layer, str(key)) is not None:
         return LayerReport(layer, key, Status.BUILDING, landing=landing)
+    quarantined = entries(cache.roots, key=str(key))
+    if quarantined:  # cold whatever else exists: the next boot builds this key afresh
+        entry = quarantined[0]
+        reason = f"quarantined {entry.when()} after {entry.why()}"
+        return LayerReport(layer, key, Status.COLD, landing=landing, reason=reason)
     model = str(key.facts.value(f.MODEL, f.NONE))
     nearest = cache.manifest.nearest(layer=layer, model=model, other_than=str(key))
     if nearest is not None:

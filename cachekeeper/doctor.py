@@ -28,6 +28,7 @@ from .journal import SUFFIX, journal_files, read_journal
 from .manifest import DatabaseUrl, Manifest
 from .manifest.connection import first_line
 from .manifest.migration import revisions
+from .quarantine import fold_records
 from .records import Record
 from .store import DELETING, PUBLISHED, Artifact, Roots, check_state, iter_sidecars
 from .sync import sync
@@ -124,6 +125,7 @@ def doctor(
         records = [record for record in records if record.at >= summarised]
     records.sort(key=lambda record: record.at)
     folded = manifest.fold(records, list(artifacts.values()), {})
+    fold_records(manifest, roots, records)
     unreadable_keys = {(path.parent.name, path.stem) for path in unreadable}
     forgotten, unmounted = [], set()
     for artifact in manifest.artifacts(state=PUBLISHED):

@@ -68,6 +68,14 @@ class StoreError(CachekeeperError):
     """The cache root cannot be read or written as needed."""
 
 
+class QuarantineRefused(StoreError):
+    """A quarantined artifact that cannot be moved back as asked (a newer one took its key), and why."""
+
+
+class LeasesUnavailable(CachekeeperError):
+    """The lease mechanism builders must use cannot be reached or trusted: no key is built."""
+
+
 class UnsafePath(StoreError):
     """A name recorded in a sidecar, a row or a file name that would lead outside its place."""
 

@@ -26,10 +26,13 @@ from .facts import thaw
 from .keys import parse_key
 from .layers import WEIGHTS
 from .manifest import Manifest
-from .store import Artifact, Roots, artifact_path, list_files, read_sidecar
+from .quarantine import Quarantined, entries, path_of
+from .store import PUBLISHED, Artifact, Roots, artifact_path, list_files, read_sidecar
+from .strikes import Strike, look, struck
 from .uses import UseInfo, users
 
 FACTORS_FILE = "cache_key_factors.json"
+QUARANTINED = "quarantined"
 _RANK = re.compile(r"rank_\d+_\d+")
 
 
@@ -91,11 +94,17 @@ class Inspection:
     inductor: tuple[InductorCache, ...]
     triton_kernels: int
     factor_changes: tuple[FactorChange, ...]
+    state: str = PUBLISHED  # or QUARANTINED: what is shown is the newest quarantined copy
+    strikes: tuple[Strike, ...] = ()  # failed boots against it not cleared yet
+    quarantined: tuple[Quarantined, ...] = ()  # copies of this key that were quarantined
 
     def to_json(self) -> dict[str, Any]:
         a = self.artifact
         return {
             **{name: value for name, value in a.to_json().items() if name not in ("format", "relpath")},
+            "state": self.state,
+            "strikes": [strike.to_json() for strike in self.strikes],
+            "quarantined": [entry.summary() for entry in self.quarantined],
             "facts": {name: thaw(value) for name, value in a.facts.items()},
             "depends_on": list(a.depends_on),
             "path": str(self.path),
@@ -148,9 +157,13 @@ def inspect_artifact(manifest: Manifest, roots: Roots, key: str) -> Inspection:
     layer, _ = parse_key(key)
     root = roots.for_layer(layer)
     artifact = manifest.artifact(key) or read_sidecar(root, layer, key)
+    quarantined = tuple(entries(roots, key=key))
+    state, path = PUBLISHED, None
+    if artifact is None and quarantined and quarantined[0].artifact is not None:
+        state, artifact, path = QUARANTINED, quarantined[0].artifact, path_of(root, quarantined[0])
     if artifact is None:
         raise UnknownKeyError(f"no artifact {key}: `cachekeeper ls` lists the artifacts there are")
-    path = artifact_path(root, artifact)
+    path = path or artifact_path(root, artifact)
     # A directory that is a link would lead out of the root: its record is shown, its files are not.
     walk = layer != WEIGHTS and not path.is_symlink()
     vllm = _vllm_dirs(path) if walk else ()
@@ -165,6 +178,9 @@ def inspect_artifact(manifest: Manifest, roots: Roots, key: str) -> Inspection:
         inductor=_inductor_caches(path) if walk else (),
         triton_kernels=_count_dirs(path / "triton") if walk else 0,
         factor_changes=_factor_changes(vllm),
+        state=state,
+        strikes=look(root, layer, key).strikes if struck(layer) and state == PUBLISHED else (),
+        quarantined=quarantined,
     )
 
 

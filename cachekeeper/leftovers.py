@@ -25,7 +25,7 @@ from .keys import parse_key
 from .layers import DEFAULT_LAYERS, WEIGHTS
 from .leases import dead_db_leases, dead_file_leases, forget_lease, leases_for
 from .liveness import Sightings, Witness, digest
-from .manifest import Manifest
+from .manifest import Manifest, served
 from .store import Root, Roots, descriptors, look_up_sidecar, read_sidecar, remove_tree
 from .store.layout import SIDECARS, layer_name
 
@@ -110,6 +110,10 @@ def clear_leftovers(
     for layer, key, token in rows:
         manifest.drop_lease(layer, key, token)
         witness.forget(f"lease db/{layer}/{key}/")
+    stopped = served.dead(manifest, witness)  # read-only servers that stopped without saying so
+    served.drop(manifest, stopped)
+    for token in stopped:
+        witness.forget(f"served/{token}")
     return _report(found, [(layer, key) for layer, key, _ in rows])
 
 

@@ -37,13 +37,37 @@ class Kind(StrEnum):
     UNPINNED = "unpinned"
     PRUNED = "pruned"  # a prune removed an artifact
     CLOSED = "closed"  # the writer finished: nothing more will be appended to its journal
+    STRIKE = "strike"  # a boot hit the artifact and then failed (``reason`` says how); see strikes.py
+    STRIKE_CLEARED = "strike_cleared"  # a boot succeeded on it: the strike ``ref`` no longer counts
+    QUARANTINED = "quarantined"  # moved out of its key's way as ``ref`` (see quarantine.py)
+    UNQUARANTINED = "unquarantined"  # ``ref`` moved back and published again
 
 
+# Kinds the manifest applies beyond storing their event (quarantine.fold_records).
+FOLDED_APART = (Kind.STRIKE, Kind.STRIKE_CLEARED, Kind.QUARANTINED, Kind.UNQUARANTINED, Kind.PRUNED)
 # Kinds that describe what happened to one artifact, and are counted by stats.
 BOOT_KINDS = (Kind.HIT, Kind.MISS, Kind.PUBLISHED)
 # Kinds that name a key whose layer must agree with it (sync reads the sidecar they name).
-_KEYED = (Kind.PUBLISHING, Kind.PUBLISHED, Kind.PINNED, Kind.UNPINNED)
-_TEXT_FIELDS = ("layer", "key", "model", "host", "fact")
+_KEYED = (
+    Kind.PUBLISHING,
+    Kind.PUBLISHED,
+    Kind.PINNED,
+    Kind.UNPINNED,
+    Kind.STRIKE,
+    Kind.STRIKE_CLEARED,
+    Kind.QUARANTINED,
+    Kind.UNQUARANTINED,
+)
+# Kinds whose key must belong to their layer: sync reads the sidecar or quarantined record they name.
+_OF_LAYER = (
+    Kind.PUBLISHING,
+    Kind.PUBLISHED,
+    Kind.STRIKE,
+    Kind.STRIKE_CLEARED,
+    Kind.QUARANTINED,
+    Kind.UNQUARANTINED,
+)
+_TEXT_FIELDS = ("layer", "key", "model", "host", "fact", "reason", "ref")
 _LAYER = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -53,7 +77,8 @@ class Record(NamedTuple):
     ``uid`` makes folding idempotent: a record is applied by whoever stores its uid first.
     ``at`` is the writer's clock (Unix seconds). ``seconds`` is the duration of the boot that
     wrote it; ``facts`` the fingerprint of an ``observed`` record; ``fact``, ``declared`` and
-    ``observed`` the contradiction of a ``mismatch``.
+    ``observed`` the contradiction of a ``mismatch``; ``reason`` why a strike or quarantine
+    happened, for people; ``ref`` the record or quarantined name one refers to.
     """
 
     uid: str
@@ -69,6 +94,8 @@ class Record(NamedTuple):
     fact: str | None = None
     declared: FactValue = None
     observed: FactValue = None
+    reason: str | None = None
+    ref: str | None = None
 
     @classmethod
     def new(cls, kind: Kind, **fields: Any) -> Record:
@@ -78,7 +105,7 @@ class Record(NamedTuple):
     def to_json(self) -> dict[str, Any]:
         """The journal line's fields: only those that are set."""
         data: dict[str, Any] = {"uid": self.uid, "kind": str(self.kind), "at": self.at}
-        for name in ("layer", "key", "model", "host", "seconds", "bytes", "fact"):
+        for name in ("layer", "key", "model", "host", "seconds", "bytes", "fact", "reason", "ref"):
             value = getattr(self, name)
             if value is not None:
                 data[name] = value
@@ -131,7 +158,7 @@ class Record(NamedTuple):
                 key_layer, _ = parse_key(data.get("key") or "")
             except CachekeeperError:
                 raise ValueError(f"{data.get('key')!r} is not a cache key") from None
-            if key_layer != layer and kind in (Kind.PUBLISHING, Kind.PUBLISHED):
+            if key_layer != layer and kind in _OF_LAYER:
                 raise ValueError(f"key {data.get('key')} does not belong to layer {layer}")
         facts = None
         if kind is Kind.OBSERVED:
@@ -157,6 +184,8 @@ class Record(NamedTuple):
             data.get("fact"),
             declared,
             observed,
+            data.get("reason"),
+            data.get("ref"),
         )
 
 

@@ -16,6 +16,7 @@ from .journal import journal_files, read_journal
 from .liveness import Sightings
 from .manifest import Manifest
 from .manifest.queries import DAY
+from .quarantine import fold_records, strike_dead_boots
 from .records import Kind, Record
 from .store import Artifact, Roots, check_state, read_sidecar
 
@@ -107,6 +108,8 @@ def sync(
     for artifact in published:
         if read_sidecar(roots.for_layer(artifact.layer), artifact.layer, artifact.key) is None:
             manifest.forget(artifact.key, created_at=artifact.created_at)
+    fold_records(manifest, roots, records)
+    strike_dead_boots(manifest, roots)
     if finished:
         folded = roots.main.folded_dir
         try:

@@ -8,6 +8,7 @@
     revision = "main"                  # resolved to a commit sha
     layers = ["weights", "compile"]    # what the deploy needs warm
     warmup = ["modal", "run", "app.py::warm", "--gpu", "{gpu}"]  # check --rebuild: once per cold landing
+    strikes = 2                        # failed boots on an artifact that quarantine it (0: never)
 
     [target.packages]
     vllm = "0.33.0"
@@ -55,6 +56,7 @@ _TARGET_KEYS = {
     "engine",
     "env",
     "warmup",
+    "strikes",
 }
 _TOP_KEYS = {"target", "roots", "layers", "budget"}
 # Modal advises at most 50,000 files on a (v1) Volume and refuses more than 500,000: what doctor
@@ -79,6 +81,7 @@ class Target:
     needs: tuple[str, ...] = (WEIGHTS, COMPILE)
     roots: Mapping[str, Path] = field(default_factory=dict)
     warmup: tuple[str, ...] = ()  # the command that boots once inside activate(); see check --rebuild
+    strikes: int | None = None  # failed boots that quarantine an artifact (strikes.py); None: the default
     max_files: int = DEFAULT_FILE_BUDGET  # [budget] files: how many files a root may hold (doctor warns)
 
     @property
@@ -239,6 +242,7 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         needs=needs,
         roots=roots,
         warmup=_warmup(table.get("warmup"), path, where),
+        strikes=_strikes(table.get("strikes"), path, where),
         max_files=_budget(document, path, f"[{prefix}budget]"),
     )
 
@@ -321,6 +325,14 @@ def _warmup(value: Any, path: Path, where: str) -> tuple[str, ...]:
             path, f'{where} warmup must be a command: a list of strings such as ["modal", "run", "app.py::warm"]'
         )
     return tuple(value)
+
+
+def _strikes(value: Any, path: Path, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+        raise TargetError(path, f"{where} strikes must be a whole number from 0 (never quarantine) up, not {value!r}")
+    return value
 
 
 def _needs(

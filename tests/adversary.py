@@ -136,6 +136,23 @@ def read_only(path: Path) -> Iterator[None]:
 
 
 @contextmanager
+def read_only_view(path: Path, view: Path) -> Iterator[None]:
+    """``path`` seen read-only at ``view`` too, while it stays writable where it is: a Volume that
+    servers mount read-only and housekeeping mounts writable. Needs the right to mount (root)."""
+    view.mkdir(parents=True, exist_ok=True)
+    bind = _run("mount", "--bind", str(path), str(view))
+    if bind.returncode != 0:
+        pytest.skip(f"cannot mount a read-only view here: mount says {bind.stderr.strip()}")
+    try:
+        remount = _run("mount", "-o", "remount,bind,ro", str(view))
+        if remount.returncode != 0:
+            pytest.skip(f"cannot mount a read-only view here: mount says {remount.stderr.strip()}")
+        yield
+    finally:
+        _unmount(view)
+
+
+@contextmanager
 def small_disk(path: Path, size: str) -> Iterator[None]:
     """A tmpfs of ``size`` mounted at ``path``: a disk that really fills up (ENOSPC). Needs the
     right to mount (root); skips the test otherwise."""

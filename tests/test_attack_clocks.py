@@ -220,3 +220,26 @@ def test_observers_on_one_host_seeing_the_same_records_at_once_agree_on_the_firs
         "sight", db_url, [{"observer": "h", "things": things, "digest": "e", "now": 2000.0 + n} for n in range(6)]
     )
     assert all(len(set(answer.values())) == 1 and min(answer.values()) >= 2000.0 for answer in changed)
+
+
+@pytest.mark.postgres
+def test_a_read_only_servers_row_stamped_by_any_clock_is_judged_by_the_prune_hosts_clock(root, postgresql_url):
+    """A read-only server registers its use as a row; a skewed one stamps it days ahead or behind."""
+    from cachekeeper.manifest import served
+
+    manifest = Manifest.open(postgresql_url)
+    artifact = put(root, manifest, "compile-sm90-00000000000000ce", age_days=30)
+    for token, at in {"behind": time.time() - DAYS, "ahead": time.time() + DAYS}.items():
+        served.add(manifest, token, "compile", artifact.key, f"server-{token}", at)
+    roots, now = Roots.at(root), time.time()
+
+    def prune(at: float) -> list[str]:
+        plan = plan_prune(manifest, roots, PrunePolicy.of(older_than=0), now=at)
+        return [a.key for a in execute_prune(plan, manifest, roots, now=at).removed]
+
+    assert prune(now) == []  # first sight: live, whatever the times inside say
+    served.renew(manifest, ["behind"], time.time() - DAYS + 60)  # the server behind renews
+    assert prune(now + uses.USE_TTL) == []
+    assert manifest.rows("SELECT token FROM served", {}) == [("behind",)]  # the silent one lapsed
+    assert prune(now + 2 * uses.USE_TTL) == [artifact.key]  # unchanged for a TTL of the prune host's time
+    assert manifest.rows("SELECT token FROM served", {}) == []

@@ -18,6 +18,7 @@ import cachekeeper
 from cachekeeper import uses
 from cachekeeper.leftovers import LEFTOVER_AGE
 from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
+from cachekeeper.runtime import PRIVATE
 from cachekeeper.store import Root, Roots
 
 from .adversary import invoke, snapshot
@@ -63,13 +64,15 @@ def test_an_unmarked_directory_is_refused_and_left_as_it_is(tmp_path, command):
     assert snapshot(unmarked) == before
 
 
-def test_a_boot_refuses_home_as_its_root(tmp_path, monkeypatch):
+def test_a_boot_refuses_home_as_its_root_and_boots_cold_privately(tmp_path, monkeypatch, caplog):
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    with pytest.raises(cachekeeper.CachekeeperError, match="home directory"):
-        with cachekeeper.activate(home, layers=["compile"]):
-            pass
+    with cachekeeper.activate(home, layers=["compile"]) as ck:
+        use = ck.layers["compile"]
+        assert use.status == PRIVATE and home not in use.path.parents
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "home directory" in warnings[0] and "private directory" in warnings[0]
     assert not (home / ".cachekeeper").exists()
 
 

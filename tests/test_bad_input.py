@@ -321,6 +321,7 @@ valid_targets = st.fixed_dictionaries(
                 "image": st.just("v3"),
                 "cuda": st.just("12.8"),
                 "warmup": st.just(["modal", "run", "app.py::warm"]),
+                "strikes": st.integers(0, 5),
             },
         )
     }
@@ -373,7 +374,9 @@ def _mutations(document: dict) -> st.SearchStrategy:
             st.sampled_from([*TABLE_SETTINGS, "layers"]), st.one_of(st.integers(), st.just("x"), st.just([1]))
         ).map(lambda c: put("target", *c)),
         st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
-        .filter(lambda n: n not in target and n not in STRING_SETTINGS + TABLE_SETTINGS + ["layers", "warmup"])
+        .filter(
+            lambda n: n not in target and n not in STRING_SETTINGS + TABLE_SETTINGS + ["layers", "warmup", "strikes"]
+        )
         .map(lambda name: put("target", name, "x")),
         st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
         .filter(lambda n: n not in ("target", "roots", "layers"))
@@ -416,6 +419,7 @@ def _mutations(document: dict) -> st.SearchStrategy:
             ]
         ).map(lambda roots: put("top", "roots", roots)),
         st.sampled_from(["", "  ", [], ["", "x"], [1], '"unterminated']).map(lambda w: put("target", "warmup", w)),
+        st.sampled_from([-1, 1.5, "2", True, 10**6]).map(lambda n: put("target", "strikes", n)),
     ]
     return st.one_of(choices)
 

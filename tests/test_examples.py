@@ -14,6 +14,7 @@ import pytest
 import cachekeeper.modal as ckm
 from cachekeeper.store import Root, read_sidecar
 
+from .adversary import read_only, snapshot
 from .helpers import REPO_ROOT, make_hf_model
 from .modal_double import MemoryDict, MemoryVolume
 
@@ -62,6 +63,8 @@ def _load(name: str, monkeypatch):
     monkeypatch.setattr(module, "compile_volume", volumes[1])
     monkeypatch.setattr(module, "leases", MemoryDict())
     monkeypatch.setattr(module, "make_engine", lambda ck: TinyEngine())
+    if hasattr(module, "canary_of"):
+        monkeypatch.setattr(module, "canary_of", lambda engine: {"text": "Paris", "logprobs": [-0.01]})
     return module, volumes
 
 
@@ -70,13 +73,19 @@ def test_the_vllm_app_boots_cold_then_warm_and_its_check_says_so(modal_roots, mo
 
     app, volumes = _load("vllm_app", monkeypatch)
     assert isinstance(app.app, modal.App) and isinstance(app.Server, modal.Cls)
-    assert app.Server().cache_hits.local() == {"weights": False, "compile": False}
+    assert app.Warmer().cache_hits.local() == {"weights": False, "compile": False}
     assert all(volume.calls[0] == "reload" and volume.calls[-1] == "commit" for volume in volumes)
-    _weights, compiled = modal_roots
+    weights, compiled = modal_roots
     [key] = [p.name for p in (compiled / "compile").iterdir()]
     assert read_sidecar(Root(compiled), "compile", key) is not None
     assert any((compiled / "compile" / key / "inductor").rglob("*.py"))  # Inductor wrote under the key
-    assert app.Server().cache_hits.local() == {"weights": True, "compile": True}
+    assert (compiled / ".cachekeeper" / "canaries" / "compile" / f"{key}.json").is_file()
+    # The deployed Server mounts both Volumes read-only: it hits, and writes nothing there.
+    before = {root: snapshot(root) for root in modal_roots}
+    with read_only(weights), read_only(compiled):
+        assert app.Server().cache_hits.local() == {"weights": True, "compile": True}
+    assert {root: snapshot(root) for root in modal_roots} == before
+    assert app.Warmer().cache_hits.local() == {"weights": True, "compile": True}
     # This machine is no H100 with vLLM 0.33.0: what it compiled is stale for the deploy, and the
     # check run where the Volumes are says so, while the weights (keyed by model and sha) are warm.
     # The target's "H100" may land on an H200 too: each is checked on its own.

@@ -129,12 +129,15 @@ def test_a_waiter_gives_up_after_its_timeout(root):
         lease.release()
 
 
-def test_a_revision_that_cannot_be_resolved_stops_before_anything_changes(root):
-    before, files = dict(os.environ), tree(root)
-    with pytest.raises(cachekeeper.CachekeeperError, match="pin a 40-character commit sha"):
-        with cachekeeper.activate(root, model="org/model", revision="main"):
-            pass
-    assert dict(os.environ) == before and tree(root) == files
+def test_a_revision_that_cannot_be_resolved_boots_cold_privately_and_changes_nothing(root, caplog):
+    files = tree(root)
+    with cachekeeper.activate(root, model="org/model", revision="main") as ck:
+        assert {use.status for use in ck.layers.values()} == {PRIVATE}
+        assert ck.facts.value("model.revision") == "main"  # as given: vLLM resolves it itself
+        assert os.environ["HF_HUB_CACHE"] == str(ck.layers["weights"].path)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "pin a 40-character commit sha" in warning and "private directory" in warning
+    assert tree(root) == files
 
 
 def test_weights_keyed_by_the_resolved_sha(root):

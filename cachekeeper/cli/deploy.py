@@ -67,8 +67,8 @@ def run(
         for use in ck.layers.values():
             stderr.print(f"cachekeeper: {use.layer} {use.status} {use.key}")
         code = _run_child(command)
-        if code != 0:
-            ck.discard()
+        if code != 0:  # nothing is published, and what it hit gets a strike
+            ck.discard(failure=f"the command exited with {code}")
     if as_json:
         print(json.dumps({"exit_code": code, "published": code == 0, **ck.to_json()}, sort_keys=True))
     raise typer.Exit(code)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import errors
+from ..errors import UsageError
 from ..units import format_bytes, parse_duration
 from . import render
 from .app import JsonOption, TargetOption, app, resolve_target, resolve_targets, settings_of
@@ -37,20 +38,28 @@ def list_artifacts(
     target: TargetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List the artifacts the manifest knows, most recently used first.
+    """List the artifacts the manifest knows, most recently used first, then the quarantined ones.
 
     The table is printed a page at a time as the rows are read, so the first rows show at once
     however many there are; pipe it to head or less as you like.
     """
+    from ..quarantine import listed
     from ..scope import Scope
 
     scope = Scope.of(layer=layer, model=model)
     cache = settings_of(ctx).open(resolve_target(target))
+    moved = listed(cache.manifest, layer=scope.layer, model=scope.model)
     if as_json:
         artifacts = cache.manifest.summaries(layer=scope.layer, model=scope.model, limit=limit)
-        print_json({"artifacts": [a.to_json(cache.roots.for_layer(a.layer).path) for a in artifacts]})
+        print_json(
+            {
+                "artifacts": [a.to_json(cache.roots.for_layer(a.layer).path) for a in artifacts],
+                "quarantined": [entry.summary() for entry in moved],
+            }
+        )
     else:
         render.listing(cache.manifest.summary_pages(layer=scope.layer, model=scope.model, limit=limit), limit=limit)
+        render.quarantined(moved)
 
 
 @app.command()
@@ -84,6 +93,14 @@ def prune(
     layer: Annotated[str | None, typer.Option(help="Only this layer.")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model (org/name).")] = None,
     key: Annotated[list[str] | None, typer.Option("--key", help="Only this key (repeatable).")] = None,
+    quarantined: Annotated[
+        bool,
+        typer.Option(
+            "--quarantined",
+            help="Remove quarantined artifacts instead (in the scope given; with --older-than, those "
+            "quarantined longer ago).",
+        ),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be removed; remove nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     target: Annotated[
@@ -106,6 +123,14 @@ def prune(
     from ..prune import PrunePolicy, execute_prune, plan_prune
     from ..units import parse_size
 
+    if quarantined:
+        if stale or keep_last is not None or max_size is not None or max_files is not None:
+            raise UsageError(
+                "--quarantined removes quarantined artifacts only: "
+                "run --stale, --keep-last, --max-size or --max-files apart"
+            )
+        _prune_quarantined(ctx, older_than, layer, model, key or [], dry_run, yes, as_json)
+        return
     targets = resolve_targets(target)
     policy = PrunePolicy.of(
         older_than=parse_duration(older_than) if older_than is not None else None,
@@ -142,6 +167,36 @@ def prune(
         render.prune(plan, result)
         if tidied is not None:
             render.tidied(tidied)
+
+
+def _prune_quarantined(
+    ctx: typer.Context,
+    older_than: str | None,
+    layer: str | None,
+    model: str | None,
+    keys: list[str],
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    from ..quarantine import remove_quarantined
+    from ..scope import Scope
+
+    scope = Scope.of(layer=layer, model=model, keys=keys)
+    age = parse_duration(older_than) if older_than is not None else None
+    cache = settings_of(ctx).open(resolve_target(None), writing=not dry_run)
+    plan = remove_quarantined(cache.manifest, cache.roots, scope=scope, older_than=age, dry_run=True)
+    if not dry_run:
+        if plan.removed and not yes and not as_json and sys.stdin.isatty():
+            render.quarantine_removal(plan)
+            question = f"Remove {len(plan.removed)} quarantined artifact(s), {format_bytes(plan.bytes)}?"
+            if not typer.confirm(question):
+                raise typer.Exit(errors.NOT_READY)
+        plan = remove_quarantined(cache.manifest, cache.roots, scope=scope, older_than=age)
+    if as_json:
+        print_json(plan.to_json())
+    else:
+        render.quarantine_removal(plan)
 
 
 @app.command("init")

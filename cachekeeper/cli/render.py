@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ..keys import FactChange
     from ..manifest import ArtifactSummary
     from ..prune import PrunePlan, PruneResult
+    from ..quarantine import Quarantined, QuarantineRemoval
     from ..stats import Stats
     from ..sync import SyncReport, Tidied
     from ..target import Target
@@ -181,6 +182,12 @@ def check(report: CheckReport, out: Any = console) -> None:
         table.add_row(layer.layer, _gpu(layer), f"[{style}]{layer.status}[/]", str(layer.key))
     out.print(table)
     for layer in report.layers:
+        if layer.reason:
+            out.print(
+                f"[yellow]{_row(layer, report)}[/] is cold: {layer.reason} "
+                f"(`cachekeeper unquarantine {layer.key}` restores it)"
+            )
+    for layer in report.layers:
         if layer.changes:
             out.print(f"[red]{_row(layer, report)}[/] is stale against {layer.nearest}:")
             for change in layer.changes:
@@ -285,6 +292,33 @@ def listing(pages: Iterable[Sequence[ArtifactSummary]], *, limit: int | None = N
 
 def _model(artifact: ArtifactSummary) -> str:
     return artifact.model if artifact.model != "none" else "-"
+
+
+def quarantined(entries: Sequence[Quarantined]) -> None:
+    """The quarantined artifacts ``ls`` lists after the published ones."""
+    if not entries:
+        return
+    now = time.time()
+    console.print(
+        f"[yellow]{len(entries)} quarantined[/] (`cachekeeper unquarantine KEY` restores one, "
+        "`cachekeeper prune --quarantined` removes them):"
+    )
+    for entry in entries:
+        console.print(f"  {entry.key} ({format_bytes(entry.bytes)}), {format_age(now - entry.at)}, after {entry.why()}")
+
+
+def quarantine_removal(result: QuarantineRemoval) -> None:
+    verb = "would remove" if result.dry_run else "removed"
+    for entry in result.removed:
+        console.print(f"{verb} the quarantined {entry.name} ({format_bytes(entry.bytes)})")
+    for entry, reason in result.kept:
+        console.print(f"[yellow]kept[/] the quarantined {entry.name}: {reason}")
+    freed = "Would free" if result.dry_run else "Freed"
+    console.print(f"{freed} {format_bytes(result.bytes)} in {len(result.removed)} quarantined artifact(s).")
+
+
+def unquarantined(entry: Quarantined, path: Path, was: Path) -> None:
+    console.print(f"Restored {entry.key} from {was} to {path}: published again; its strikes are gone.")
 
 
 def prune(plan: PrunePlan, result: PruneResult | None = None) -> None:
@@ -392,6 +426,8 @@ def doctored(report: DoctorReport) -> None:
 def inspection(found: Inspection) -> None:
     a, now = found.artifact, time.time()
     console.print(f"[bold]{a.key}[/]  {a.layer}, {a.model}")
+    if found.state == "quarantined":
+        console.print("  [yellow]quarantined[/]: this is its newest quarantined copy; the key itself is cold")
     console.print(f"  {found.path}")
     console.print(
         f"  {format_bytes(a.bytes)} in {a.files} file(s) at publish; built {format_age(now - a.created_at)} "
@@ -405,6 +441,10 @@ def inspection(found: Inspection) -> None:
         console.print(f"  the live snapshot {dependent} was built from it")
     if a.depends_on:
         console.print(f"  built from {', '.join(a.depends_on)}")
+    for strike in found.strikes:
+        console.print(f"  [red]strike[/] {format_age(now - strike.at)} by {strike.host}: {strike.reason}")
+    for entry in found.quarantined:
+        console.print(f"  [yellow]quarantined[/] {format_age(now - entry.at)} as {entry.name}, after {entry.why()}")
     if found.vllm:
         right = {"justify": "right"}
         table = make_table(

@@ -131,3 +131,54 @@ JOURNAL_CURSOR = SQLModel.metadata.tables["journal_cursor"]
 LEASE = SQLModel.metadata.tables["lease"]
 SIGHTING = SQLModel.metadata.tables["sighting"]
 EVENT_SUMMARY = SQLModel.metadata.tables["event_summary"]
+
+
+class StrikeRow(SQLModel, table=True):
+    """A boot that hit an artifact and failed (strikes.py); ``cleared`` once a later boot succeeded
+    on it, or it was quarantined."""
+
+    __tablename__ = "strike"
+
+    uid: str = Field(primary_key=True)
+    layer: str
+    key: str = Field(index=True)
+    at: float
+    reason: str
+    host: str
+    cleared: bool = False
+
+
+class QuarantinedRow(SQLModel, table=True):
+    """An artifact moved out of its key's way (quarantine.py), as its record in the root says."""
+
+    __tablename__ = "quarantined"
+    __table_args__ = (UniqueConstraint("layer", "name", name="uq_quarantined_layer_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    layer: str
+    key: str = Field(index=True)
+    model: str
+    name: str
+    at: float
+    host: str
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    artifact: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class ServedRow(SQLModel, table=True):
+    """A process serving an artifact from a root it cannot write (a read-only Volume mount): its use,
+    renewed while it lives, which prune honours like a use file (runtime/served.py)."""
+
+    __tablename__ = "served"
+
+    token: str = Field(primary_key=True)
+    layer: str
+    key: str = Field(index=True)
+    owner: str
+    since: float
+    expires_at: float = Field(index=True)
+
+
+STRIKE = SQLModel.metadata.tables["strike"]
+QUARANTINED = SQLModel.metadata.tables["quarantined"]
+SERVED = SQLModel.metadata.tables["served"]

@@ -16,6 +16,8 @@ from ..leases import Lease
 from ..leftovers import Leftovers, clear_leftovers
 from ..liveness import Sightings, Witness
 from ..manifest import Manifest
+from ..manifest.served import live as served_keys
+from ..manifest.served import users as served_users
 from ..records import Kind, Record
 from ..store import (
     PUBLISHED,
@@ -154,12 +156,13 @@ def _remove_batch(
                 # The last look for uses comes after the sidecar is gone, and a boot registers its
                 # use before it reads the sidecar: either the use is seen here, or that boot finds
                 # no sidecar and builds afresh (under the lease held until the files are gone).
-                users = uses.users(removal.root, artifact.layer, artifact.key, witness)
+                users = [use.owner for use in uses.users(removal.root, artifact.layer, artifact.key, witness)]
+                users += served_users(manifest, artifact.key, witness)  # read-only servers register there
                 if users:
                     if sidecar is not None:
                         publish(removal.root, sidecar)  # as it was: its files and checksums are untouched
                         manifest.set_state(artifact.key, PUBLISHED)
-                    kept.append((artifact, f"in use by {users[0].owner}"))
+                    kept.append((artifact, f"in use by {users[0]}"))
                     continue
                 try:
                     removal.remove_files()
@@ -192,12 +195,12 @@ def _lease_what_may_go(
     """The artifacts of ``batch`` nothing protects, each under its build lease, so that no builder
     starts on a key while its files go; the others go to ``kept`` with the reason."""
     pinned, dependents = manifest.pinned(), manifest.dependents()
-    leases = lease_mechanisms(roots, manifest, witness)
+    leases, served = lease_mechanisms(roots, manifest, witness), served_keys(manifest, witness)
     ready = []
     for artifact in batch:
         root = roots.for_layer(artifact.layer)
         # Checked again for every removal, a killed prune's unfinished ones included.
-        reasons = blockers(artifact, roots, leases, pinned, dependents, witness)
+        reasons = blockers(artifact, roots, leases, pinned, dependents, witness, served)
         if reasons:
             kept.append((artifact, "; ".join(reasons)))
             continue

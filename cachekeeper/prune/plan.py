@@ -18,6 +18,7 @@ from ..leases import Leases, leases_for
 from ..leftovers import Leftovers, find_leftovers
 from ..liveness import Sightings, Witness
 from ..manifest import Manifest
+from ..manifest.served import live as served_keys
 from ..store import DELETING, Artifact, Root, Roots, UnreadableSidecar, look_up_sidecar, read_sidecar
 from ..store.layout import LEASES, USES
 from ..target import Target
@@ -330,6 +331,8 @@ def _busy(roots: Roots, manifest: Manifest, witness: Witness) -> dict[tuple[str,
             holder = leases[root].holder(layer, key)
             if holder is not None:
                 found.setdefault((layer, key), []).append(f"a process holds its lease ({holder.owner})")
+    for (layer, key), owners in served_keys(manifest, witness).items():  # servers on read-only roots
+        found.setdefault((layer, key), []).extend(f"served read-only by {owner}" for owner in owners)
     return found
 
 
@@ -344,10 +347,11 @@ def blockers(
     pinned: set[str],
     dependents: Mapping[str, list[str]],
     witness: Witness,
+    served: Mapping[tuple[str, str], list[str]] | None = None,
 ) -> list[str]:
-    """What forbids removing ``artifact`` right now: pinned, in use, built, a snapshot's source, or
-    a sidecar that cannot be read (whoever wrote it may use it). Uses and leases are judged by the
-    observer's clock (``witness``)."""
+    """What forbids removing ``artifact`` right now: pinned, in use (a use file, or a read-only
+    server's row in ``served``), built, a snapshot's source, or a sidecar that cannot be read
+    (whoever wrote it may use it). Uses and leases are judged by the observer's clock (``witness``)."""
     root = roots.for_layer(artifact.layer)
     reasons = []
     if artifact.key in pinned:
@@ -357,6 +361,8 @@ def blockers(
         reasons.append(f"its sidecar cannot be read ({sidecar.reason})")
     for use in uses.users(root, artifact.layer, artifact.key, witness):
         reasons.append(f"in use by {use.owner}")
+    for owner in (served or {}).get((artifact.layer, artifact.key), ()):
+        reasons.append(f"served read-only by {owner}")
     holder = leases[root].holder(artifact.layer, artifact.key)
     if holder is not None:
         reasons.append(f"a process holds its lease ({holder.owner})")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .. import facts as f
 from ..deploy import contradictions, declared_gpu_facts, is_gpu_fact, landing_of
 from ..facts import Facts
 from ..fingerprint import observe
@@ -30,12 +31,16 @@ from ..keys import CacheKey, FactChange, derive_keys
 from ..layers import COMPILE, DEFAULT_LAYERS, WEIGHTS, Layer, layer_named
 from ..records import Kind, Record
 from ..store import Roots, builder_id, check_state, default_root
-from .claims import Claim, LayerUse, Waiting, claim, lease_mechanism, record_dependencies
+from ..strikes import DEFAULT_STRIKES, DEFAULT_WINDOW
+from .claims import Claim, LayerUse, Waiting, lease_mechanism, record_dependencies
 from .environment import point_env, restore_env
-from .recording import open_writer
+from .guard import Guard, describe, read_only_roots, unavailable
+from .recording import Writer, open_writer
+from .watch import StrikePolicy, Watch
 
 if TYPE_CHECKING:
     from ..leases import Leases
+    from ..manifest import Manifest
     from ..target import Target
 
 logger = logging.getLogger("cachekeeper")
@@ -51,6 +56,8 @@ class Activation:
     env: dict[str, str]
     mismatches: tuple[FactChange, ...]
     _discarded: bool = field(default=False, repr=False)
+    _failure: str | None = field(default=None, repr=False)
+    _watch: Watch | None = field(default=None, repr=False)
 
     @property
     def hits(self) -> dict[str, bool]:
@@ -68,9 +75,23 @@ class Activation:
             "mismatches": [change.to_json() for change in self.mismatches],
         }
 
-    def discard(self) -> None:
-        """Publish nothing on exit, as if the block had failed (``cachekeeper run`` on exit ≠ 0)."""
+    def discard(self, *, failure: str | None = None) -> None:
+        """Publish nothing on exit. With ``failure`` (how the boot failed, for people), the boot
+        counts as failed, as if the block had raised: a strike against every artifact it hit
+        (``cachekeeper run`` when its command exits non-zero)."""
         self._discarded = True
+        self._failure = failure
+
+    def canary(self, value: Any) -> str:
+        """Record a digest of ``value``, a result that sound caches compute the same way every time
+        (the greedy completion of a fixed prompt, its logprobs rounded as far as you trust them);
+        its hex digest. The boot that builds an artifact stores it; a boot that hits compares, and
+        a difference is an error line naming both digests and a strike against the artifact."""
+        if self._watch is None:  # booted cold privately: nothing to compare with or store
+            from ..canary import digest
+
+            return digest(value)
+        return self._watch.canary(value)
 
 
 @contextmanager
@@ -92,6 +113,9 @@ def activate(
     probe_gpu: bool = True,
     refresh: Callable[[], object] | None = None,
     commit: Callable[[], object] | None = None,
+    strikes: int | None = None,
+    strike_window: float = DEFAULT_WINDOW,
+    read_only_hits: str = "copy",
 ) -> Iterator[Activation]:
     """Use the cache for one boot. Arguments override what ``target`` declares.
 
@@ -107,6 +131,9 @@ def activate(
     instead of NVML: for a ``snap=True`` hook of a CPU-only memory snapshot. ``refresh`` is
     called before every look at the shared roots and ``commit`` after publishing, before any
     lease is released (on Modal: ``Volume.reload`` and ``Volume.commit``; see cachekeeper.modal).
+
+    ``strikes``, ``strike_window`` and ``read_only_hits`` are those of ``cachekeeper.activate``
+    (runtime/failopen.py), which calls this and makes every failure of it a private cold boot.
     """
     started = time.monotonic()
     target = _load(target)
@@ -133,10 +160,21 @@ def activate(
     chosen = _chosen_layers(layers, target, model, known)
     waiting = Waiting(on_busy, wait_timeout, refresh)  # every argument is checked before the root is touched
 
+    url = db if db is not None else os.environ.get("CACHEKEEPER_DB")
+    read_only = read_only_roots(cache_roots)
     for each_root in cache_roots.all():
-        each_root.initialise()
+        if each_root.path not in read_only:  # a root cachekeeper cannot write is only read
+            each_root.initialise()
         check_state(each_root)
-    writer, manifest = open_writer(cache_roots, db if db is not None else os.environ.get("CACHEKEEPER_DB"))
+    writer, manifest, unusable = open_writer(cache_roots, url, read_only=cache_roots.main.path in read_only)
+    # A server manifest holds the build leases: without it no build can be known to be alone.
+    lost = None
+    if unusable is not None:
+        instead = "recording nothing" if cache_roots.main.path in read_only else "journaling instead"
+        if leases is None:
+            lost = "the manifest database, which holds the build leases, is not usable"
+            instead += ", and cold keys boot cold privately"
+        logger.warning("cachekeeper: the manifest database is not usable (%s): %s", unusable, instead)
     writer.append(Record.new(Kind.OBSERVED, facts=facts, host=builder_id()))
     for change in mismatches:
         logger.warning(
@@ -147,26 +185,41 @@ def activate(
         )
         writer.append(Record.new(Kind.MISMATCH, fact=change.name, declared=change.old, observed=change.new))
 
+    policy = StrikePolicy(_strikes(strikes, target), strike_window)
+    guard = _guard(policy, writer, manifest, facts, read_only, read_only_hits)
+    if lost is not None:
+        guard.announced(lost)  # said above, once
+
     claims: list[Claim] = []
     previous_env: dict[str, str | None] = {}
+    entered = False
     try:
         try:
             waiting.refresh()
             for layer in chosen:
                 root_of_layer = cache_roots.for_layer(layer.name)
-                mechanism = lease_mechanism(leases, root_of_layer, manifest, lease_ttl)
-                claims.append(claim(layer, keys[layer.name], root_of_layer, mechanism, waiting))
+                mechanism = unavailable(lost) if lost else lease_mechanism(leases, root_of_layer, manifest, lease_ttl)
+                claims.append(guard.claim(layer, keys[layer.name], root_of_layer, mechanism, waiting))
             record_dependencies(claims)
             env = point_env(claims, previous_env)
-            activation = Activation(facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches)
+            activation = Activation(
+                facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches, _watch=guard.watch
+            )
+            entered = True
             yield activation
-        except BaseException:
+        except BaseException as error:
+            # The user's failure strikes what this boot hit; one of cachekeeper's own only settles.
+            guard.watch.failed(_failure(error) if entered else None)
             restore_env(previous_env)
             for each in claims:
                 each.abandon()
             writer.close()
             raise
         boot_seconds = time.monotonic() - started
+        if activation._discarded:  # before any use is dropped: a dead boot's attempt outlives its use
+            guard.watch.failed(activation._failure)
+        else:  # before anything is published: a build's canary goes first
+            guard.watch.succeeded(claims)
         for each in claims:
             if activation._discarded:
                 each.abandon()
@@ -178,11 +231,43 @@ def activate(
             logger.warning("cachekeeper: could not close the journal: %s", error)
         # Before any lease is released: a container that takes the lease next must already be
         # able to see the sidecar, or it would build the same key again.
-        if commit is not None:
+        if commit is not None and len(read_only) < len(cache_roots.all()):
             _commit(commit)
     finally:
         for each in claims:
             each.release()
+
+
+def _strikes(given: int | None, target: Target | None) -> int:
+    if given is not None:
+        return given
+    if target is not None and target.strikes is not None:
+        return target.strikes
+    return DEFAULT_STRIKES
+
+
+def _guard(
+    policy: StrikePolicy,
+    writer: Writer,
+    manifest: Manifest | None,
+    facts: Facts,
+    read_only: frozenset[Path],
+    read_only_hits: str,
+) -> Guard:
+    served = None
+    if read_only and manifest is not None:
+        from .served import ServedUses
+
+        served = ServedUses(manifest)
+    watch = Watch(policy, writer, manifest, str(facts.value(f.MODEL, f.NONE)), read_only)
+    return Guard(watch, read_only, read_only_hits, served)
+
+
+def _failure(error: BaseException) -> str | None:
+    """How a block failed, for a strike's reason; None for an interruption (not the cache's doing)."""
+    if not isinstance(error, Exception):
+        return None
+    return f"the block raised {describe(error)}"
 
 
 def _load(target: str | os.PathLike[str] | Target | None) -> Target | None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..errors import CachekeeperError
 from ..journal import Journal
-from ..records import Kind, Record
+from ..records import FOLDED_APART, Kind, Record
 from ..store import Roots, read_sidecar
 
 if TYPE_CHECKING:
@@ -25,27 +25,45 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
-def open_writer(roots: Roots, url: str | None) -> tuple[Writer, Manifest | None]:
-    """A journal of this process's own; with a server database, the manifest itself."""
+def open_writer(
+    roots: Roots, url: str | None, *, read_only: bool = False
+) -> tuple[Writer, Manifest | None, CachekeeperError | None]:
+    """A journal of this process's own; with a server database, the manifest itself. On a main
+    root this process cannot write (``read_only``), no journal: the server database, or nowhere.
+    The third value is why a server database given could not be used (the caller says so)."""
     if not url or url.startswith("sqlite"):
-        return Journal(roots.main), None
+        return _journal(roots, read_only), None, None
     from ..manifest import Manifest
 
     try:
         manifest = Manifest.open(url)
     except CachekeeperError as error:
-        logger.warning("cachekeeper: the manifest database is not usable, journaling instead: %s", error)
-        return Journal(roots.main), None
-    return _ManifestWriter(manifest, roots), manifest
+        return _journal(roots, read_only), None, error
+    return _ManifestWriter(manifest, roots, read_only), manifest, None
+
+
+def _journal(roots: Roots, read_only: bool) -> Writer:
+    return _Nowhere() if read_only else Journal(roots.main)
+
+
+class _Nowhere:
+    """Where a process records when it can write neither its root nor a manifest: nothing is kept."""
+
+    def append(self, record: Record) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class _ManifestWriter:
     """Records straight into a server manifest; if it fails mid-boot, into a journal from then on."""
 
-    def __init__(self, manifest: Manifest, roots: Roots) -> None:
+    def __init__(self, manifest: Manifest, roots: Roots, read_only: bool = False) -> None:
         self.manifest = manifest
         self.roots = roots
-        self.fallback: Journal | None = None
+        self.read_only = read_only
+        self.fallback: Writer | None = None
 
     def append(self, record: Record) -> None:
         if self.fallback is None:
@@ -57,10 +75,15 @@ class _ManifestWriter:
                 artifacts = [artifact] if artifact is not None else []
             try:
                 self.manifest.fold([record], artifacts, {})
+                if record.kind in FOLDED_APART:
+                    from ..quarantine import fold_records
+
+                    fold_records(self.manifest, self.roots, [record])
                 return
             except CachekeeperError as error:
-                logger.warning("cachekeeper: writing the manifest failed, journaling instead: %s", error)
-                self.fallback = Journal(self.roots.main)
+                instead = "recording nothing" if self.read_only else "journaling instead"
+                logger.warning("cachekeeper: writing the manifest failed, %s: %s", instead, error)
+                self.fallback = _journal(self.roots, self.read_only)
         self.fallback.append(record)
 
     def close(self) -> None:

@@ -15,6 +15,9 @@ kind.
     <root>/.cachekeeper/journal/[folded/]<writer>.jsonl         what each process recorded
     <root>/.cachekeeper/uses/<layer>/<key>/<process>.json       who uses an artifact now
     <root>/.cachekeeper/leases/<layer>/<key>/<generation>.lease who builds it
+    <root>/.cachekeeper/strikes/<layer>/<key>/{attempt,strike}-<uid>.json   boots on it, and those that failed
+    <root>/.cachekeeper/quarantine/<layer>/<key>--<stamp>[.json]  an artifact moved out of its key's way
+    <root>/.cachekeeper/canaries/<layer>/<key>.json             the canary digest its builder computed
 """
 
 from __future__ import annotations
@@ -44,13 +47,19 @@ JOURNAL = "journal"
 FOLDED = "folded"
 USES = "uses"
 LEASES = "leases"
+STRIKES = "strikes"
+QUARANTINE = "quarantine"
+CANARIES = "canaries"
 # Directories of the state directory that hold one subdirectory per layer.
-PER_LAYER_STATE = (SIDECARS, CHECKSUMS, USES, LEASES)
+PER_LAYER_STATE = (SIDECARS, CHECKSUMS, USES, LEASES, STRIKES, QUARANTINE, CANARIES)
 
 
 _LAYER = re.compile(r"[a-z][a-z0-9_]*")
 _CHECKSUM = re.compile(r"[0-9a-f]{32}")
 _NOT_IN_HOST = re.compile(r"[^A-Za-z0-9.-]+")
+_STRIKE_FILE = re.compile(r"(?:attempt|strike)-[0-9a-f]{32}\.json")
+# A quarantined artifact's name: its key, then when (milliseconds) and a random part.
+_QUARANTINE_STAMP = re.compile(r"(?P<key>.+)--[0-9]{13}-[0-9a-f]{8}")
 
 
 def layer_name(layer: str) -> str:
@@ -74,6 +83,28 @@ def checksum_name(checksum: str) -> str:
     if not isinstance(checksum, str) or not _CHECKSUM.fullmatch(checksum):
         raise UnsafePath(f"refusing the checksum {checksum!r}: not an xxh3-128 digest")
     return checksum
+
+
+def strike_file_name(name: str) -> str:
+    """``attempt-<uid>.json`` or ``strike-<uid>.json``."""
+    if not isinstance(name, str) or not _STRIKE_FILE.fullmatch(name):
+        raise UnsafePath(f"refusing the strike record name {name!r}: not one cachekeeper writes")
+    return name
+
+
+def quarantine_name(layer: str, name: str) -> str:
+    """``<key>--<milliseconds>-<random>``, for a key of ``layer``: a quarantined artifact's name."""
+    found = _QUARANTINE_STAMP.fullmatch(name) if isinstance(name, str) else None
+    if found is None:
+        raise UnsafePath(f"refusing the quarantined name {name!r}: not one cachekeeper makes")
+    key_name(layer, found.group("key"))
+    return name
+
+
+def quarantined_key(name: str) -> str | None:
+    """The key a quarantined name was made from, or None when it is no such name."""
+    found = _QUARANTINE_STAMP.fullmatch(name)
+    return found.group("key") if found else None
 
 
 def repo_folder(model: str) -> str:
@@ -205,6 +236,24 @@ class Root(NamedTuple):
 
     def leases_dir(self) -> Path:
         return self.state_dir / LEASES
+
+    def strikes_dir(self, layer: str, key: str) -> Path:
+        """Where boots of ``key`` leave their attempts and the strikes of those that failed."""
+        return self.state_layer_dir(STRIKES, layer) / key_name(layer, key)
+
+    def strike_path(self, layer: str, key: str, name: str) -> Path:
+        return self.strikes_dir(layer, key) / strike_file_name(name)
+
+    def quarantine_parts(self, layer: str, name: str) -> tuple[str, ...]:
+        """A quarantined artifact's directory, as names below the root."""
+        return STATE_DIR, QUARANTINE, layer_name(layer), quarantine_name(layer, name)
+
+    def quarantine_record_path(self, layer: str, name: str) -> Path:
+        """What was quarantined, why and when: beside the quarantined directory."""
+        return self.state_layer_dir(QUARANTINE, layer) / f"{quarantine_name(layer, name)}.json"
+
+    def canary_path(self, layer: str, key: str) -> Path:
+        return self.state_layer_dir(CANARIES, layer) / f"{key_name(layer, key)}.json"
 
     def state_layers(self, kind: str) -> Iterator[tuple[str, Path]]:
         """(layer, directory) of every real (not linked) layer directory under ``.cachekeeper/<kind>``."""

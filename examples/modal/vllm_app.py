@@ -4,6 +4,13 @@
     modal run examples/modal/vllm_app.py::check_cache   # warm / cold / stale, inside Modal
     modal deploy examples/modal/vllm_app.py
 
+Two classes share one boot. ``Warmer`` mounts the Volumes writable and builds what is cold (the
+deploy gate runs it before a deploy). ``Server``, the one deployed, mounts them read-only: nothing
+a serving container does can damage the caches, its hits are served read-only, and a key that is
+cold after all (a GPU type nobody warmed) boots cold in a private directory instead of failing.
+Both check a canary, the greedy completion of a fixed prompt: the build stores its digest, and a
+boot that computes another answer from the same caches says so and counts a strike against them.
+
 Containers that scale up together on a cold key share one build: the first takes the lease in a
 ``modal.Dict`` and builds; the others wait for it (then hit) instead of compiling the same code.
 The engine is made by ``make_engine``, a small function, so that tests can put a tiny
@@ -42,6 +49,8 @@ compile_volume = modal.Volume.from_name("vllm-cache", create_if_missing=True)
 # The only lock containers share: Volumes have none.
 leases = modal.Dict.from_name("cachekeeper-leases", create_if_missing=True)
 VOLUMES = {WEIGHTS_ROOT: weights_volume, COMPILE_ROOT: compile_volume}
+# What the deployed servers mount: read-only (Modal's older spelling is Volume.read_only()).
+READ_ONLY = {path: volume.with_mount_options(read_only=True) for path, volume in VOLUMES.items()}
 
 
 def make_engine(ck):
@@ -59,8 +68,23 @@ def complete(engine, prompt: str) -> str:
     return output.outputs[0].text
 
 
+def canary_of(engine) -> dict:
+    """A result sound caches compute the same way every time: the greedy completion of a fixed
+    prompt, with its logprobs rounded to what one GPU type reproduces."""
+    from vllm import SamplingParams
+
+    [output] = engine.generate(["The capital of France is"], SamplingParams(max_tokens=8, temperature=0, logprobs=0))
+    completion = output.outputs[0]
+    logprobs = [
+        round(step[token].logprob, 2) for token, step in zip(completion.token_ids, completion.logprobs, strict=True)
+    ]
+    return {"text": completion.text, "logprobs": logprobs}
+
+
 def boot():
-    """What @modal.enter runs: the engine, built inside the cache's keys. Returns (engine, hits)."""
+    """What @modal.enter runs: the engine, built inside the cache's keys. Returns (engine, hits).
+    Whatever goes wrong with the cache (a Volume that fails, a full or read-only disk), the engine
+    boots: cold in a private directory, with one warning."""
     with ckm.activate(
         COMPILE_ROOT,
         target=TARGET,
@@ -69,12 +93,15 @@ def boot():
         leases=leases,
     ) as ck:
         engine = make_engine(ck)
+        ck.canary(canary_of(engine))  # stored with what this boot builds, compared with what it hits
     return engine, ck.hits
 
 
 # gpu as in cachekeeper.toml: "H100" may run on an H200 too, and `cachekeeper check` checks both.
-@app.cls(gpu="H100", volumes=VOLUMES, timeout=20 * MINUTES, scaledown_window=5 * MINUTES)
+@app.cls(gpu="H100", volumes=READ_ONLY, timeout=20 * MINUTES, scaledown_window=5 * MINUTES)
 class Server:
+    """What is deployed: serves what Warmer built, from read-only mounts."""
+
     @modal.enter()
     def start(self):
         self.engine, self.hits = boot()
@@ -82,6 +109,19 @@ class Server:
     @modal.method()
     def generate(self, prompt: str) -> str:
         return complete(self.engine, prompt)
+
+    @modal.method()
+    def cache_hits(self) -> dict[str, bool]:
+        return self.hits
+
+
+@app.cls(gpu="H100", volumes=VOLUMES, timeout=30 * MINUTES)
+class Warmer:
+    """Builds what is cold: `modal run vllm_app.py::warm`, run by the deploy gate before a deploy."""
+
+    @modal.enter()
+    def start(self):
+        self.engine, self.hits = boot()
 
     @modal.method()
     def cache_hits(self) -> dict[str, bool]:
@@ -113,7 +153,7 @@ def warm(gpu: str = ""):
     `cachekeeper check --rebuild` passes each cold one): what is cold gets built and published."""
     spellings = [gpu] if gpu else [landing.exact for landing in cachekeeper.load_target(TARGET).landings]
     for spelling in spellings:  # "H100!": exactly an H100, where "H100" might run on an H200
-        print(spelling, "cache hits:", Server.with_options(gpu=spelling)().cache_hits.remote())
+        print(spelling, "cache hits:", Warmer.with_options(gpu=spelling)().cache_hits.remote())
 
 
 @app.local_entrypoint()
