@@ -7,6 +7,11 @@ Every event of one boot carries that boot's duration (``activate()`` entry to ex
 ``seconds``, so a boot is the set of events sharing host, model and duration. A boot in which no
 layer hit is *cold*; the time a boot with hits saved is the mean cold boot of its model minus its
 own, taken over all recorded history when the period has no cold boot of that model.
+
+The *inner-miss rate* of a model is the share of its compile hits in which vLLM compiled anew
+inside the artifact all the same (``inner_miss`` events): the fleet's own measure of whether the
+compile key is as fine as vLLM's. Anything but zero names a factor the key misses, or one that
+differs per pod (``cachekeeper inspect KEY`` shows which).
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .layers import COMPILE
 from .manifest import Event, Manifest
 from .records import BOOT_KINDS, Kind
 
-HIT, MISS, PUBLISHED, PRUNED = Kind.HIT, Kind.MISS, Kind.PUBLISHED, Kind.PRUNED
+HIT, MISS, PUBLISHED, PRUNED, INNER_MISS = Kind.HIT, Kind.MISS, Kind.PUBLISHED, Kind.PRUNED, Kind.INNER_MISS
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,12 @@ class ModelStats:
     mean_cold_seconds: float | None  # over the period, else over all history
     mean_warm_seconds: float | None
     saved_seconds: float | None  # None when no cold boot of this model was ever recorded
+    compile_hits: int = 0  # hits of layers where vLLM compiles (compile, and any that recorded an inner miss)
+    inner_misses: int = 0  # of those, the ones in which vLLM compiled anew inside the artifact
+
+    @property
+    def inner_miss_rate(self) -> float | None:
+        return self.inner_misses / self.compile_hits if self.compile_hits else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +87,9 @@ class ModelStats:
             "mean_cold_seconds": self.mean_cold_seconds,
             "mean_warm_seconds": self.mean_warm_seconds,
             "saved_seconds": self.saved_seconds,
+            "compile_hits": self.compile_hits,
+            "inner_misses": self.inner_misses,
+            "inner_miss_rate": self.inner_miss_rate,
         }
 
 
@@ -102,7 +117,7 @@ class Stats:
 def stats(manifest: Manifest, *, since: float | None = None, now: float | None = None) -> Stats:
     """Statistics of the events at or after ``since`` (Unix seconds; None: all of them)."""
     now = time.time() if now is None else now
-    events = manifest.events(since=since, kinds=(*BOOT_KINDS, PRUNED))
+    events = manifest.events(since=since, kinds=(*BOOT_KINDS, PRUNED, INNER_MISS))
     history = manifest.events(kinds=BOOT_KINDS) if since is not None else events
     stored: dict[tuple[str, str], tuple[int, int]] = {}
     for artifact in manifest.artifacts():
@@ -114,6 +129,8 @@ def stats(manifest: Manifest, *, since: float | None = None, now: float | None =
 def _layer_stats(events: Iterable[Event], stored: dict[tuple[str, str], tuple[int, int]]) -> tuple[LayerStats, ...]:
     counts: dict[tuple[str, str], dict[str, int]] = {}
     for event in events:
+        if event.kind == INNER_MISS:
+            continue  # a model's measure, counted by _model_stats
         group = counts.setdefault((event.layer or "-", event.model or "-"), {})
         group[event.kind] = group.get(event.kind, 0) + 1
         if event.kind in (PUBLISHED, PRUNED):
@@ -151,8 +168,20 @@ def _boots(events: Iterable[Event]) -> dict[str, list[tuple[float, bool, bool]]]
     return boots
 
 
+def _inner_misses(events: Iterable[Event]) -> dict[str, tuple[int, int]]:
+    """Per model: (hits of layers where vLLM compiles, inner misses among them)."""
+    vllm_layers = {COMPILE} | {event.layer for event in events if event.kind == INNER_MISS and event.layer}
+    counts: dict[str, tuple[int, int]] = {}
+    for event in events:
+        if event.model and event.layer in vllm_layers and event.kind in (HIT, INNER_MISS):
+            hits, misses = counts.get(event.model, (0, 0))
+            counts[event.model] = (hits + (event.kind == HIT), misses + (event.kind == INNER_MISS))
+    return counts
+
+
 def _model_stats(events: list[Event], history: list[Event]) -> tuple[ModelStats, ...]:
     period, everything = _boots(events), _boots(history)
+    inner = _inner_misses(events)
     rows = []
     for model, boots in sorted(period.items()):
         cold = [seconds for seconds, hit, _ in boots if not hit]
@@ -160,9 +189,18 @@ def _model_stats(events: list[Event], history: list[Event]) -> tuple[ModelStats,
         baseline = cold or [seconds for seconds, hit, _ in everything.get(model, []) if not hit]
         mean_cold = sum(baseline) / len(baseline) if baseline else None
         saved = None if mean_cold is None else sum(max(0.0, mean_cold - seconds) for seconds, hit, _ in boots if hit)
+        hits, misses = inner.get(model, (0, 0))
         rows.append(
             ModelStats(
-                model, len(boots), len(warm), len(cold), mean_cold, sum(warm) / len(warm) if warm else None, saved
+                model,
+                len(boots),
+                len(warm),
+                len(cold),
+                mean_cold,
+                sum(warm) / len(warm) if warm else None,
+                saved,
+                hits,
+                misses,
             )
         )
     return tuple(rows)

@@ -4,7 +4,7 @@
 
     with cachekeeper.activate(root="/cache", model="Qwen/Qwen2.5-0.5B-Instruct",
                               revision="main", engine={"max_model_len": 4096}) as ck:
-        llm = vllm.LLM(model=..., revision=ck.facts.value("model.revision"), ...)
+        llm = vllm.LLM(**ck.engine_args)   # the model, its resolved sha, the engine arguments keyed
 
 On entry: fingerprint this process (NVML and package metadata, no torch or vllm import), derive
 each layer's key, point the cache variables at the key's directories, and say per layer whether
@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .. import facts as f
 from ..deploy import contradictions, declared_gpu_facts, is_gpu_fact
+from ..engine_args import engine_args, refuse_reserved
 from ..facts import Facts
 from ..fingerprint import observe
 from ..keys import CacheKey, FactChange, derive_keys
@@ -43,13 +45,16 @@ logger = logging.getLogger("cachekeeper")
 
 @dataclass
 class Activation:
-    """What ``activate()`` gives the caller: facts, keys, and each active layer's use."""
+    """What ``activate()`` gives the caller: facts, keys, each active layer's use, and the engine
+    arguments the keys were derived from (``LLM(**ck.engine_args)``: model, resolved revision and
+    the engine table)."""
 
     facts: Facts
     keys: dict[str, CacheKey]
     layers: dict[str, LayerUse]
     env: dict[str, str]
     mismatches: tuple[FactChange, ...]
+    engine_args: Mapping[str, Any] = field(default_factory=dict)
     _discarded: bool = field(default=False, repr=False)
 
     @property
@@ -115,6 +120,7 @@ def activate(
     model = model if model is not None else (target.model if target else None)
     revision = revision if revision is not None else (target.revision if target else None)
     engine = engine if engine is not None else (target.engine if target else {})
+    refuse_reserved(engine, "activate(engine=...)")
     image = image if image is not None else (target.image if target else None)
     facts = observe(
         model=model,
@@ -158,7 +164,9 @@ def activate(
                 claims.append(claim(layer, keys[layer.name], root_of_layer, mechanism, waiting))
             record_dependencies(claims)
             env = point_env(claims, previous_env)
-            activation = Activation(facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches)
+            keyed_revision = str(facts.value(f.MODEL_REVISION)) if model else None
+            arguments = engine_args(model, keyed_revision, engine)
+            activation = Activation(facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches, arguments)
             yield activation
         except BaseException:
             restore_env(previous_env)
