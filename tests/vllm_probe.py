@@ -308,6 +308,11 @@ def cache_paths() -> tuple[dict[str, str | None], list[str]]:
         "~/.cache/minfer/fmha_sm100"
     )
     rules.append("minfer_fmha_sm100")
+    # vllm/third_party/fmha_sm100/cute/src/common/aot_cache.py (sparse MM attention AOT kernels).
+    paths["minfer_mm_sparse_attn"] = os.environ.get("MM_SPARSE_ATTN_AOT_CACHE") or os.path.expanduser(
+        "~/.cache/minfer/mm_sparse_attn"
+    )
+    rules.append("minfer_mm_sparse_attn")
 
     from huggingface_hub import constants
 

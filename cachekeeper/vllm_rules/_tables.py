@@ -18,9 +18,7 @@ TABLES: tuple[dict[str, str | tuple[str, ...]], ...] = (
         "ignored_engine_args": (
             "compilation_config.cache_dir",
             "compilation_config.debug_dump_path",
-            "compilation_config.local_cache_dir",
             "data_parallel_address",
-            "data_parallel_backend",
             "data_parallel_rank",
             "data_parallel_rpc_port",
             "disable_cascade_attn",
