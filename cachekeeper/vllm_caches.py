@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,7 +28,6 @@ from .store import list_files
 FACTORS_FILE = "cache_key_factors.json"
 COMPILE_CACHE = "torch_compile_cache"
 AOT = "torch_aot_compile"
-_RANK = re.compile(r"rank_\d+_\d+")
 ABSENT = "(absent)"
 
 
@@ -95,7 +93,7 @@ def vllm_dirs(vllm_root: Path, relative_to: Path | None = None) -> tuple[VllmCac
         if hash_dir.name == AOT:
             continue
         for rank_dir in subdirs(hash_dir):
-            if not _RANK.fullmatch(rank_dir.name):
+            if not _is_rank(rank_dir.name):
                 continue
             prefixes = [d for d in subdirs(rank_dir) if (d / FACTORS_FILE).is_file()]
             for directory in prefixes or [rank_dir]:
@@ -119,7 +117,7 @@ def aot_dirs(vllm_root: Path, relative_to: Path | None = None) -> tuple[VllmAotD
     found = []
     for hash_dir in subdirs(vllm_root / COMPILE_CACHE / AOT):
         files = list_files(hash_dir)
-        ranks = tuple(d.name for d in subdirs(hash_dir) if _RANK.fullmatch(d.name))
+        ranks = tuple(d.name for d in subdirs(hash_dir) if _is_rank(d.name))
         found.append(
             VllmAotDir(
                 hash_dir.name,
@@ -162,6 +160,12 @@ def differences(old: VllmCacheDir, new: VllmCacheDir) -> list[FactorChange]:
         for name in sorted(before.keys() | after.keys())
         if before.get(name, ABSENT) != after.get(name, ABSENT)
     ]
+
+
+def _is_rank(name: str) -> bool:
+    """``rank_<r>_<dp>``."""
+    parts = name.split("_")
+    return len(parts) == 3 and parts[0] == "rank" and all(p.isascii() and p.isdigit() for p in parts[1:])
 
 
 def _groups(dirs: Iterable[VllmCacheDir]) -> dict[tuple[str, str], list[VllmCacheDir]]:

@@ -21,14 +21,10 @@ could serve a wrong cache.
 from __future__ import annotations
 
 import functools
-import re
 from typing import NamedTuple
 
 from ._tables import TABLES
 
-# A release, optionally with a local build label (0.33.0, 0.33.0+cu128); nothing else is covered.
-_RELEASE = re.compile(r"(\d+(?:\.\d+)*)(?:\+[A-Za-z0-9.]+)?")
-_RANGE = re.compile(r">=\s*(\d+(?:\.\d+)*)\s*,\s*<\s*(\d+(?:\.\d+)*)")
 VLLM_PREFIX = "VLLM_"
 
 
@@ -77,18 +73,25 @@ class VllmRules(NamedTuple):
 
 
 def release(version: str) -> tuple[int, ...] | None:
-    """``(0, 33, 0)`` for ``0.33.0`` or ``0.33.0+cu128``; None for a pre-release, a dev or post
-    build, or anything else: their rules may differ from the release's."""
-    match = _RELEASE.fullmatch(version.strip())
-    return None if match is None else tuple(int(part) for part in match.group(1).split("."))
+    """``(0, 33, 0)`` for ``0.33.0`` or ``0.33.0+cu128`` (a local build label); None for a
+    pre-release, a dev or post build, or anything else: their rules may differ from the release's.
+    (No regular expression: compiling one would cost the boot more than this.)"""
+    public, _, local = version.strip().partition("+")
+    parts = public.split(".")
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        return None
+    if local and not all(char.isascii() and (char.isalnum() or char == ".") for char in local):
+        return None
+    return tuple(int(part) for part in parts)
 
 
 def version_range(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``">=0.33,<0.34"`` as (lowest, below)."""
-    match = _RANGE.fullmatch(text.strip())
-    if match is None:
+    lower, comma, upper = text.replace(" ", "").partition(",")
+    lowest = release(lower[2:]) if lower.startswith(">=") else None
+    below = release(upper[1:]) if upper.startswith("<") and not upper.startswith("<=") else None
+    if not comma or lowest is None or below is None or "+" in text:
         raise ValueError(f'vllm = {text!r}: write the range as ">=0.33,<0.34"')
-    lowest, below = (tuple(int(part) for part in group.split(".")) for group in match.groups())
     return lowest, below
 
 
