@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .facts import SHOWN_ENV, conceal
 from .store import list_files
 
 FACTORS_FILE = "cache_key_factors.json"
@@ -186,14 +187,25 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _factors(path: Path) -> Mapping[str, Any] | None:
-    """What vLLM wrote in ``path``; a link there (to anywhere) is not read."""
+    """What vLLM wrote in ``path``; a link there (to anywhere) is not read. vLLM writes the raw
+    values of the variables it hashes (``"env"``): text values of variables not on SHOWN_ENV are
+    digests from here on, as everywhere cachekeeper keeps or shows a variable (parsed switches,
+    numbers and unset ones stay as they are: they carry no secret)."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(descriptor, "rb") as handle:
             data = json.loads(handle.read(1 << 20))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    env = data.get("env")
+    if isinstance(env, dict):
+        data["env"] = {
+            str(name): conceal(str(name), value) if isinstance(value, str) and name not in SHOWN_ENV else value
+            for name, value in env.items()
+        }
+    return data
 
 
 def subdirs(path: Path) -> list[Path]:

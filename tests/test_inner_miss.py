@@ -99,3 +99,17 @@ def test_a_build_records_no_inner_miss_whatever_vllm_writes(root):
         compile_in(os.environ["VLLM_CACHE_ROOT"], "1111111111", FACTORS)
         compile_in(os.environ["VLLM_CACHE_ROOT"], "2222222222", {**FACTORS, "config_hash": "x"})
     assert records_of(root, Kind.INNER_MISS) == []
+
+
+def test_variable_values_vllm_wrote_are_digests_unless_harmless(root):
+    secret = {**FACTORS, "env": {**FACTORS["env"], "VLLM_BUILD_URL": "https://user:token@ci/1"}}
+    with cachekeeper.activate(root):
+        compile_in(os.environ["VLLM_CACHE_ROOT"], "1111111111", secret)
+    with cachekeeper.activate(root):
+        rotated = {**secret, "env": {**secret["env"], "VLLM_BUILD_URL": "https://user:other@ci/2"}}
+        compile_in(os.environ["VLLM_CACHE_ROOT"], "2222222222", rotated)
+    [record] = records_of(root, Kind.INNER_MISS)
+    [(name, old, new)] = record.factors
+    assert name == "env.VLLM_BUILD_URL" and old.startswith("sha256:") and new.startswith("sha256:") and old != new
+    for path in journal.journal_files(Root(root)):
+        assert "token@" not in path.read_text() and "other@" not in path.read_text()
