@@ -36,9 +36,9 @@ BUILD = "build"  # nothing published yet: this process builds it in place and pu
 PRIVATE = "private"  # another process is building it: this one boots cold in a private directory
 DOWNLOAD = "download"  # weights not recorded yet: huggingface_hub downloads into the shared cache
 
-# A waiter looks again after 0.2 s, then less and less often: on a Modal Volume each look is a reload.
-VLLM_CACHE_ROOT = "VLLM_CACHE_ROOT"
+VLLM_CACHE_ROOT = "VLLM_CACHE_ROOT"  # a layer that points it somewhere can tell vLLM's own misses
 
+# A waiter looks again after 0.2 s, then less and less often: on a Modal Volume each look is a reload.
 _FIRST_POLL_SECONDS = 0.2
 _LAST_POLL_SECONDS = 2.0
 
