@@ -10,10 +10,11 @@ read with vLLM's own parser, and every cache location vLLM resolves must lie ins
 once activate() has run (in the vLLM venv's python) with HOME an empty directory.
 
 The first run builds .venv-vllm (tests/vllm_env.py: about 2 minutes, 2.5 GB, cached between runs).
-After that the module takes about a minute on 2 cores: vLLM's import costs ~8 s of CPU per process,
-and there is one process per distinct environment (19), run two at a time. Skipped with the
-reason where the venv cannot be made (no package index, CACHEKEEPER_VLLM_ENV=0); with CI set, that
-is a failure instead.
+After that the module costs about 125 s of CPU, a minute on 2 idle cores (2 minutes measured on a
+loaded one): vLLM's import costs ~8 s of CPU per process, and there is one process per distinct
+environment (12 for the probe, one for activate(), one for vLLM's parser), run two at a time.
+Skipped with the reason where the venv cannot be made (no package index, CACHEKEEPER_VLLM_ENV=0);
+with CI set (.ci/run sets it), that is a failure instead.
 """
 
 from __future__ import annotations
