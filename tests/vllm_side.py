@@ -4,6 +4,8 @@ python and the repository on PYTHONPATH (``run_vllm_side`` does both).
     python tests/vllm_side.py activate ROOT MODEL SHA   # activate() the weights and compile layers
     python tests/vllm_side.py serve-args < argvs.json   # read vllm serve command lines with vLLM's parser
 
+``serve_args`` is also called inside a probe worker (vllm_probe.py's ``call``), where vLLM is loaded.
+
 ``activate`` prints what the boot was told (keys, hits, the variables it set, ck.engine_args)
 and publishes on exit, as a boot does. ``serve-args`` prints, for each command line, what
 cachekeeper's vLLM-parser reader makes of it, and the options of vLLM's ``vllm serve`` parser
@@ -48,33 +50,21 @@ def serve_args(argvs: list[list[str]]) -> dict[str, Any]:
     return {"read": read, "frontend_args": frontend}
 
 
-def start_vllm_side(python: Path, *args: str, stdin: Any = None, env: dict[str, str] | None = None) -> Any:
-    """Start this script with the vLLM venv's ``python``; ``answer_of`` waits for its answer."""
-    environ = {name: value for name, value in os.environ.items() if not name.startswith(("VLLM_", "PYTHON"))}
-    environ.update(PYTHONPATH=str(REPO_ROOT), **(env or {}))
-    process = subprocess.Popen(
-        [str(python), __file__, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environ,
-    )
-    process.command = args[0]  # type: ignore[attr-defined]
-    process.stdin_text = None if stdin is None else json.dumps(stdin)  # type: ignore[attr-defined]
-    return process
-
-
-def answer_of(process: Any, timeout: float = 600) -> Any:
-    out, err = process.communicate(process.stdin_text, timeout=timeout)
-    if process.returncode != 0:
-        raise RuntimeError(f"vllm_side.py {process.command} exited {process.returncode}:\n{err[-4000:]}")
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def run_vllm_side(python: Path, *args: str, stdin: Any = None, env: dict[str, str] | None = None) -> Any:
     """Run this script with the vLLM venv's ``python``; its JSON answer."""
-    return answer_of(start_vllm_side(python, *args, stdin=stdin, env=env))
+    environ = {name: value for name, value in os.environ.items() if not name.startswith(("VLLM_", "PYTHON"))}
+    environ.update(PYTHONPATH=str(REPO_ROOT), **(env or {}))
+    done = subprocess.run(
+        [str(python), __file__, *args],
+        input=None if stdin is None else json.dumps(stdin),
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"vllm_side.py {args[0]} exited {done.returncode}:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
