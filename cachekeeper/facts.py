@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeAlias
 
+from . import vllm_rules
 from .errors import UsageError
 
 FactValue: TypeAlias = "str | int | float | bool | tuple[FactValue, ...] | None"
@@ -151,13 +152,56 @@ _ENV_EXTRA = frozenset({"HF_HUB_OFFLINE"})
 # Locations, addresses, ranks, logging and secrets differ between containers running the very same
 # code; hashing them is how vLLM once missed its own cache on every pod (dynamo#10695, PR #47573).
 _ENV_NOISE_SUFFIXES = ("_DIR", "_PATH", "_ROOT", "_HOME", "_PORT", "_HOST", "_IP", "_ADDR", "_URL")
-_ENV_NOISE_PARTS = ("VISIBLE_DEVICES", "LOG", "KEY", "TOKEN", "SECRET", "PASSWORD", "RANK", "INSTANCE_ID")
+_ENV_NOISE_PARTS = (
+    "VISIBLE_DEVICES",
+    "LOG",
+    "KEY",
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "RANK",
+    "INSTANCE_ID",
+    "BUNDLE_INDICES",  # Ray placement (VLLM_RAY_BUNDLE_INDICES)
+)
 _ENV_NOISE_PREFIXES = ("TORCHELASTIC_",)
 _ENV_NOISE = frozenset({"VLLM_ASSETS_CACHE"})
+# Paths that are not locations but tools and toolkits: which ptxas Triton runs, which CUDA toolkit
+# JIT builds use. They change generated code whatever their names end with.
+_ENV_TOOLS = frozenset(
+    {
+        "CUDA_HOME",
+        "TRITON_PTXAS_PATH",
+        "TRITON_PTXAS_BLACKWELL_PATH",
+        "TRITON_CUOBJDUMP_PATH",
+        "TRITON_NVDISASM_PATH",
+        "TRITON_LIBDEVICE_PATH",
+        "TRITON_CUDACRT_PATH",
+        "TRITON_CUDART_PATH",
+    }
+)
+# What changes generated code whatever vLLM hashes: Inductor's and Dynamo's switches (vLLM's key
+# sees Inductor's config only through its compiler hash), Triton's code generation and tools (no
+# part of vLLM's key), the architectures torch builds extensions for, and HF_HUB_OFFLINE.
+_CODEGEN_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TRITON_")
+_CODEGEN = frozenset({"TORCH_CUDA_ARCH_LIST"})
 
 
 def is_relevant_env(name: str) -> bool:
-    if name in _ENV_EXTRA:
+    """Whether a variable may change compiled code under some rule: it is then a fact (its value
+    concealed unless on SHOWN_ENV). Which layer keys it is the layer's rule (layers.py)."""
+    return _may_change_code(name) or name in vllm_rules.keyed_env_anywhere()
+
+
+def is_codegen_env(name: str) -> bool:
+    """Whether a variable that is not vLLM's changes generated code (kept where vLLM's own rules
+    decide the rest, see layers.py)."""
+    if name in _ENV_EXTRA or name in _ENV_TOOLS or name in _CODEGEN:
+        return True
+    return name.startswith(_CODEGEN_PREFIXES) and _may_change_code(name)
+
+
+def _may_change_code(name: str) -> bool:
+    if name in _ENV_EXTRA or name in _ENV_TOOLS:
         return True
     if not name.startswith(_ENV_PREFIXES) or name in _ENV_NOISE:
         return False
@@ -178,11 +222,21 @@ SHOWN_ENV = frozenset(
         "CUDA_LAUNCH_BLOCKING",
         "TORCH_CUDA_ARCH_LIST",
         "TORCHINDUCTOR_COMPILE_THREADS",
+        "TORCHINDUCTOR_COORDINATE_DESCENT_TUNING",
+        "TORCHINDUCTOR_FREEZING",
         "TORCHINDUCTOR_MAX_AUTOTUNE",
+        "TRITON_OVERRIDE_ARCH",
         "VLLM_ATTENTION_BACKEND",
+        "VLLM_BATCH_INVARIANT",
         "VLLM_COMPILE_CACHE_SAVE_FORMAT",
         "VLLM_DISABLE_COMPILE_CACHE",
+        "VLLM_ENABLE_INDUCTOR_COORDINATE_DESCENT_TUNING",
+        "VLLM_ENABLE_INDUCTOR_MAX_AUTOTUNE",
+        "VLLM_FLOAT32_MATMUL_PRECISION",
+        "VLLM_KV_CACHE_LAYOUT",
+        "VLLM_PP_LAYER_PARTITION",
         "VLLM_USE_AOT_COMPILE",
+        "VLLM_USE_DEEP_GEMM",
         "VLLM_USE_MEGA_AOT_ARTIFACT",
         "VLLM_USE_STANDALONE_COMPILE",
         "VLLM_USE_V1",

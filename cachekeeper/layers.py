@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from . import facts as f
+from . import vllm_rules
 from .errors import UsageError
 from .facts import Fact, Facts, Source
 
@@ -23,6 +24,9 @@ class Layer(NamedTuple):
     ``facts`` holds fact names and prefixes ending in ``*`` (``"engine.*"``: every engine
     argument). A listed name that the facts lack is keyed as ``unknown``, never skipped, so a
     missing fact can only cause a miss, never a false hit.
+
+    ``follows_vllm``: engine arguments and environment variables are keyed as vLLM's own compile
+    key keys them for the vLLM version in the facts, plus what vLLM misses (see ``vllm_selects``).
     """
 
     name: str
@@ -31,17 +35,27 @@ class Layer(NamedTuple):
     label: tuple[LabelPart, ...] = ()
     # Environment variables pointed at sub-directories of the artifact directory.
     env: tuple[tuple[str, str], ...] = ()
+    follows_vllm: bool = False
 
     def selects(self, name: str) -> bool:
+        """Whether the layer's patterns take fact ``name`` (before any version's rules)."""
         if name in self.ignore:
             return False
         return any(
             name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern for pattern in self.facts
         )
 
+    def selector(self, facts: Facts) -> Callable[[str], bool]:
+        """Which fact names key this layer, given the facts (their ``vllm`` version chooses rules)."""
+        if not self.follows_vllm:
+            return self.selects
+        rules = vllm_rules.rules_for(facts.value(f.VLLM, f.NONE))
+        return lambda name: self.selects(name) and vllm_selects(name, rules)
+
     def keyed(self, facts: Facts) -> Facts:
         """The facts this layer's key is made of, with ``unknown`` for any listed name missing."""
-        chosen = [fact for fact in facts if self.selects(fact.name)]
+        selects = self.selector(facts)
+        chosen = [fact for fact in facts if selects(fact.name)]
         missing = [
             Fact(name, f.UNKNOWN, Source.UNKNOWN) for name in self.facts if not name.endswith("*") and name not in facts
         ]
@@ -66,6 +80,27 @@ _ENGINE_NOISE = frozenset(
         "uvicorn_log_level",
     )
 )
+
+
+def vllm_selects(name: str, rules: vllm_rules.VllmRules | None) -> bool:
+    """Whether an engine or environment fact keys compiled code under vLLM's ``rules``.
+
+    With rules: an engine argument vLLM's hash ignores does not (unless kept despite vLLM, #53366);
+    a variable does when vLLM hashes it and it is not per pod, or when it is not vLLM's and
+    changes generated code (Inductor, Dynamo, Triton, TORCH_CUDA_ARCH_LIST, HF_HUB_OFFLINE).
+    Without rules (a vLLM no rule file covers, or none): every engine argument and every variable
+    that may change code, as facts.is_relevant_env collects them.
+    """
+    if rules is None:
+        return True
+    if name.startswith(f.ENGINE_PREFIX):
+        return rules.keys_engine_arg(name[len(f.ENGINE_PREFIX) :])
+    if name.startswith(f.ENV_PREFIX):
+        variable = name[len(f.ENV_PREFIX) :]
+        verdict = rules.keys_env(variable)
+        return f.is_codegen_env(variable) if verdict is None else verdict
+    return True
+
 
 _MODEL = (f.MODEL, f.MODEL_REVISION)
 _COMPILE_FACTS = (
@@ -94,15 +129,26 @@ DEFAULT_LAYERS: tuple[Layer, ...] = (
         facts=_COMPILE_FACTS,
         ignore=_ENGINE_NOISE,
         label=(f.GPU_ARCH, f.CUDA_RUNTIME, (f.VLLM, f.TORCH)),
+        # Every cache vLLM 0.33 writes (docs/vllm-facts.md, "Where vLLM 0.33 puts its caches"):
+        # VLLM_CACHE_ROOT alone leaves assets, XLA, Triton, FlashInfer, torch extensions, the sm_100
+        # attention JITs and outlines in $HOME or $XDG_CACHE_HOME.
         env=(
             ("VLLM_CACHE_ROOT", "vllm"),
+            ("VLLM_ASSETS_CACHE", "vllm-assets"),
+            ("VLLM_XLA_CACHE_PATH", "vllm-xla"),
             ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
             ("TRITON_CACHE_DIR", "triton"),
+            # FlashInfer's JIT, cubins and its own autotune store (.cache/flashinfer/ under it).
             ("FLASHINFER_WORKSPACE_BASE", "flashinfer"),
             ("DG_JIT_CACHE_DIR", "deep_gemm"),
+            ("TORCH_EXTENSIONS_DIR", "torch-extensions"),
+            ("MINFER_FMHA_CACHE_DIR", "minfer-fmha"),
+            ("MM_SPARSE_ATTN_AOT_CACHE", "minfer-sparse-attn"),
+            ("OUTLINES_CACHE_DIR", "outlines"),
             # The driver's own PTX JIT cache: it lives in $HOME and would survive a driver change.
             ("CUDA_CACHE_PATH", "cuda"),
         ),
+        follows_vllm=True,
     ),
     # A memory snapshot holds the whole process: every fact, the exact driver and GPU SKU included.
     Layer(

@@ -33,6 +33,7 @@ class Kind(StrEnum):
     PUBLISHING = "publishing"  # about to write a sidecar: if the writer dies right after, sync finds it
     PUBLISHED = "published"  # this process built and published an artifact (its sidecar exists)
     MISMATCH = "mismatch"  # observed facts contradicted what the target declared
+    INNER_MISS = "inner_miss"  # a boot hit, yet vLLM compiled anew inside the artifact (a key too coarse)
     PINNED = "pinned"  # journaled by the CLI, like everything containers do, so doctor can rebuild pins
     UNPINNED = "unpinned"
     PRUNED = "pruned"  # a prune removed an artifact
@@ -53,6 +54,7 @@ _KEYED = (
     Kind.PUBLISHED,
     Kind.PINNED,
     Kind.UNPINNED,
+    Kind.INNER_MISS,
     Kind.STRIKE,
     Kind.STRIKE_CLEARED,
     Kind.QUARANTINED,
@@ -78,7 +80,10 @@ class Record(NamedTuple):
     ``at`` is the writer's clock (Unix seconds). ``seconds`` is the duration of the boot that
     wrote it; ``facts`` the fingerprint of an ``observed`` record; ``fact``, ``declared`` and
     ``observed`` the contradiction of a ``mismatch``; ``reason`` why a strike or quarantine
-    happened, for people; ``ref`` the record or quarantined name one refers to.
+    happened, for people; ``ref`` the record or quarantined name one refers to; ``dirs`` the vLLM
+    hash directories an ``inner_miss`` found new, and ``factors`` what vLLM hashed differently there
+    (factor, old, new). Like a mismatch's contradiction, these two stay in the journal: the
+    manifest counts the event.
     """
 
     uid: str
@@ -96,6 +101,8 @@ class Record(NamedTuple):
     observed: FactValue = None
     reason: str | None = None
     ref: str | None = None
+    dirs: tuple[str, ...] | None = None
+    factors: tuple[tuple[str, FactValue, FactValue], ...] | None = None
 
     @classmethod
     def new(cls, kind: Kind, **fields: Any) -> Record:
@@ -113,6 +120,10 @@ class Record(NamedTuple):
             data["facts"] = self.facts.to_json()
         if self.kind is Kind.MISMATCH:
             data["declared"], data["observed"] = thaw(self.declared), thaw(self.observed)
+        if self.dirs is not None:
+            data["dirs"] = list(self.dirs)
+        if self.factors is not None:
+            data["factors"] = [{"factor": name, "old": thaw(old), "new": thaw(new)} for name, old, new in self.factors]
         return data
 
     def to_line(self) -> str:
@@ -170,6 +181,7 @@ class Record(NamedTuple):
             declared, observed = freeze(data.get("declared")), freeze(data.get("observed"))
         except TypeError as error:
             raise ValueError(str(error)) from None
+        dirs, factors = _dirs(data.get("dirs")), _factor_triples(data.get("factors"))
         return cls(
             data["uid"],
             kind,
@@ -186,7 +198,33 @@ class Record(NamedTuple):
             observed,
             data.get("reason"),
             data.get("ref"),
+            dirs,
+            factors,
         )
+
+
+def _dirs(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("its dirs are not a list of names")
+    return tuple(value)
+
+
+def _factor_triples(value: Any) -> tuple[tuple[str, FactValue, FactValue], ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError("its factors are not a list")
+    triples = []
+    for item in value:
+        if not isinstance(item, Mapping) or not isinstance(item.get("factor"), str):
+            raise ValueError("a factor has no name")
+        try:
+            triples.append((item["factor"], freeze(item.get("old")), freeze(item.get("new"))))
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+    return tuple(triples)
 
 
 def _number(value: Any) -> bool:

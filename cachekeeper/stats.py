@@ -12,19 +12,25 @@ Every event of one boot carries that boot's duration (``activate()`` entry to ex
 ``seconds``, so a boot is the set of events sharing host, model and duration. A boot in which no
 layer hit is *cold*; the time a boot with hits saved is the mean cold boot of its model minus its
 own, taken over all recorded history when the period has no cold boot of that model.
+
+The *inner-miss rate* of a model is the share of its compile hits in which vLLM compiled anew
+inside the artifact all the same (``inner_miss`` events): the fleet's own measure of whether the
+compile key is as fine as vLLM's. Anything but zero names a factor the key misses, or one that
+differs per pod (``cachekeeper inspect KEY`` shows which).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .layers import COMPILE
 from .manifest import Event, EventCount, Manifest
 from .records import BOOT_KINDS, Kind
 
-HIT, MISS, PUBLISHED, PRUNED = Kind.HIT, Kind.MISS, Kind.PUBLISHED, Kind.PRUNED
+HIT, MISS, PUBLISHED, PRUNED, INNER_MISS = Kind.HIT, Kind.MISS, Kind.PUBLISHED, Kind.PRUNED, Kind.INNER_MISS
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,12 @@ class ModelStats:
     mean_cold_seconds: float | None  # over the period, else over all history
     mean_warm_seconds: float | None
     saved_seconds: float | None  # None when no cold boot of this model was ever recorded
+    compile_hits: int = 0  # hits of layers where vLLM compiles (compile, and any that recorded an inner miss)
+    inner_misses: int = 0  # of those, the ones in which vLLM compiled anew inside the artifact
+
+    @property
+    def inner_miss_rate(self) -> float | None:
+        return self.inner_misses / self.compile_hits if self.compile_hits else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +92,9 @@ class ModelStats:
             "mean_cold_seconds": self.mean_cold_seconds,
             "mean_warm_seconds": self.mean_warm_seconds,
             "saved_seconds": self.saved_seconds,
+            "compile_hits": self.compile_hits,
+            "inner_misses": self.inner_misses,
+            "inner_miss_rate": self.inner_miss_rate,
         }
 
 
@@ -117,14 +132,20 @@ def stats(manifest: Manifest, *, since: float | None = None, now: float | None =
     """Statistics of the events at or after ``since`` (Unix seconds; None: all of them), and of
     the daily summaries of older events from the UTC day of ``since`` on."""
     now = time.time() if now is None else now
-    counted = manifest.event_counts(since=since, kinds=(*BOOT_KINDS, PRUNED))
+    counted = manifest.event_counts(since=since, kinds=(*BOOT_KINDS, PRUNED, INNER_MISS))
     events = manifest.events(since=since, kinds=BOOT_KINDS)
     history = manifest.events(kinds=BOOT_KINDS) if since is not None else events
     stored: dict[tuple[str, str], tuple[int, int]] = {}
     for artifact in manifest.artifacts():
         count, size = stored.get((artifact.layer, artifact.model), (0, 0))
         stored[(artifact.layer, artifact.model)] = (count + 1, size + artifact.bytes)
-    return Stats(since, now, _layer_stats(counted, stored), _model_stats(events, history), manifest.summarised_before())
+    return Stats(
+        since,
+        now,
+        _layer_stats(counted, stored),
+        _model_stats(events, history, _inner_misses(counted)),
+        manifest.summarised_before(),
+    )
 
 
 def _layer_stats(
@@ -132,6 +153,8 @@ def _layer_stats(
 ) -> tuple[LayerStats, ...]:
     counts: dict[tuple[str, str], dict[str, int]] = {}
     for row in counted:
+        if row.kind == INNER_MISS:
+            continue  # a model's measure, counted by _inner_misses
         group = counts.setdefault((row.layer or "-", row.model or "-"), {})
         group[row.kind] = group.get(row.kind, 0) + row.events
         if row.kind in (PUBLISHED, PRUNED):
@@ -169,7 +192,20 @@ def _boots(events: Iterable[Event]) -> dict[str, list[tuple[float, bool, bool]]]
     return boots
 
 
-def _model_stats(events: list[Event], history: list[Event]) -> tuple[ModelStats, ...]:
+def _inner_misses(counted: Sequence[EventCount]) -> dict[str, tuple[int, int]]:
+    """Per model: (hits of layers where vLLM compiles, inner misses among them)."""
+    vllm_layers = {COMPILE} | {row.layer for row in counted if row.kind == INNER_MISS and row.layer}
+    counts: dict[str, tuple[int, int]] = {}
+    for row in counted:
+        if row.model and row.layer in vllm_layers and row.kind in (HIT, INNER_MISS):
+            hits, misses = counts.get(row.model, (0, 0))
+            counts[row.model] = (hits + row.events * (row.kind == HIT), misses + row.events * (row.kind == INNER_MISS))
+    return counts
+
+
+def _model_stats(
+    events: list[Event], history: list[Event], inner: Mapping[str, tuple[int, int]]
+) -> tuple[ModelStats, ...]:
     period, everything = _boots(events), _boots(history)
     rows = []
     for model, boots in sorted(period.items()):
@@ -178,9 +214,18 @@ def _model_stats(events: list[Event], history: list[Event]) -> tuple[ModelStats,
         baseline = cold or [seconds for seconds, hit, _ in everything.get(model, []) if not hit]
         mean_cold = sum(baseline) / len(baseline) if baseline else None
         saved = None if mean_cold is None else sum(max(0.0, mean_cold - seconds) for seconds, hit, _ in boots if hit)
+        hits, misses = inner.get(model, (0, 0))
         rows.append(
             ModelStats(
-                model, len(boots), len(warm), len(cold), mean_cold, sum(warm) / len(warm) if warm else None, saved
+                model,
+                len(boots),
+                len(warm),
+                len(cold),
+                mean_cold,
+                sum(warm) / len(warm) if warm else None,
+                saved,
+                hits,
+                misses,
             )
         )
     return tuple(rows)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from . import facts as f
+from .engine_args import refuse_reserved
 from .errors import TargetError, UsageError
 from .facts import Fact, Source
 from .gpus import CPU, GpuRequest, GpuType, Landing, parse_request
@@ -201,6 +202,10 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         f.engine_facts(engine_table)  # validates the values
     except UsageError as error:
         raise TargetError(path, f"{where} {error}") from None
+    try:
+        refuse_reserved(engine_table, f"[{prefix}target.engine]")
+    except UsageError as error:
+        raise TargetError(path, str(error)) from None
     if request.is_cpu and table.get("driver") is not None:
         raise TargetError(path, f'{where} driver: a machine without a GPU (gpu = "cpu") has no NVIDIA driver')
     packages = _string_table(table, "packages", path, where)

@@ -43,6 +43,15 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vllm_measured(tmp_path_factory: pytest.TempPathFactory):
+    """The session's one run of the real vLLM (tests/vllm_agreement.py): the vllm-marked modules
+    read it, so that each distinct environment costs one process for them all."""
+    from .vllm_agreement import measure
+
+    return measure(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def postgres_server():
     """One throwaway PostgreSQL cluster for the whole session, started on first use."""
     from .postgres import running_server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 
 import pytest
 
@@ -11,10 +12,10 @@ from cachekeeper import facts as f
 from cachekeeper.check import Status, check
 from cachekeeper.facts import Source
 from cachekeeper.leases import leases_for
-from cachekeeper.store import Root
+from cachekeeper.store import Root, publish, scan_contents
 from cachekeeper.target import load_target
 
-from .helpers import folded, make_hf_model
+from .helpers import artifact, folded, make_hf_model, run_cli
 
 TORCH = importlib.metadata.version("torch")
 
@@ -95,3 +96,53 @@ def test_a_gpu_target_without_observations_is_cold_with_what_is_missing(tmp_path
 def test_snapshot_layers_are_checked_when_asked_for(tmp_path, root, manifest, layers):
     report = check(cpu_target(tmp_path, extra=f"layers = {layers}"), folded(root, manifest))
     assert [layer.layer for layer in report.layers][-1] == "snapshot"
+
+
+def _vllm_target(tmp_path, name: str, engine: str) -> cachekeeper.Target:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        '[target]\ngpu = "H100"\nlayers = ["compile", "snapshot"]\n[target.packages]\nvllm = "0.33.0"\n'
+        f"[target.engine]\nmax_model_len = 4096\n{engine}\n"
+    )
+    return load_target(path)
+
+
+@pytest.mark.slow
+def test_memory_settings_leave_the_compile_layer_warm_and_make_the_snapshot_cold(tmp_path, root):
+    """vLLM 0.33's hash ignores gpu_memory_utilization (it only sizes memory) and covers
+    max_num_batched_tokens: `cachekeeper check` says the same. (Not warm is "stale" here, with the
+    fact that changed, since an artifact of the layer exists under another key.)"""
+    deployed = _vllm_target(tmp_path, "deployed", "gpu_memory_utilization = 0.9")
+    cache = cachekeeper.open_cache(root)
+    landings = check(deployed, cache).layers  # "H100" may land on an H200: one artifact per distinct key
+    for layer in {(each.layer, str(each.key)): each for each in landings}.values():
+        directory = root / layer.layer / str(layer.key)
+        directory.mkdir(parents=True)
+        (directory / "built").write_bytes(b"x" * 10)
+        record = artifact(
+            str(layer.key),
+            layer=layer.layer,
+            model=f.NONE,
+            relpath=f"{layer.layer}/{layer.key}",
+            facts=layer.key.facts.values(),
+        )
+        publish(Root(root), record, scan_contents(directory))
+        cache.manifest.record_artifact(record)
+    _vllm_target(tmp_path, "memory", "gpu_memory_utilization = 0.5")
+    _vllm_target(tmp_path, "batch", "gpu_memory_utilization = 0.9\nmax_num_batched_tokens = 4096")
+
+    def statuses(name: str) -> dict[str, tuple[str, list[str]]]:
+        ran = run_cli("--root", str(root), "check", "--json", "--target", str(tmp_path / f"{name}.toml"))
+        assert ran.returncode in (0, 1), ran.stderr
+        layers = json.loads(ran.stdout)["layers"]
+        return {x["layer"]: (x["status"], [change["fact"] for change in x["changes"]]) for x in layers}
+
+    assert statuses("deployed") == {"compile": ("warm", []), "snapshot": ("warm", [])}
+    assert statuses("memory") == {
+        "compile": ("warm", []),
+        "snapshot": ("stale", ["engine.gpu_memory_utilization"]),
+    }
+    assert statuses("batch") == {
+        "compile": ("stale", ["engine.max_num_batched_tokens"]),
+        "snapshot": ("stale", ["engine.max_num_batched_tokens"]),
+    }

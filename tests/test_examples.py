@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 MODAL_EXAMPLES = REPO_ROOT / "examples" / "modal"
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+SHA = "7ae557604adf67be50417f59c2c2f167def9a775"  # the examples' targets pin it
 
 
 class TinyEngine:
@@ -46,7 +47,7 @@ class TinyEngine:
 @pytest.fixture
 def modal_roots(tmp_path, monkeypatch):
     weights, compiled = tmp_path / "vol-weights", tmp_path / "vol-compile"
-    make_hf_model(weights / "weights", MODEL, {"config.json": b"{}", "model.safetensors": b"w" * 32})
+    make_hf_model(weights / "weights", MODEL, {"config.json": b"{}", "model.safetensors": b"w" * 32}, sha=SHA)
     monkeypatch.setenv("CACHEKEEPER_WEIGHTS_ROOT", str(weights))
     monkeypatch.setenv("CACHEKEEPER_COMPILE_ROOT", str(compiled))
     monkeypatch.setenv("HF_HUB_CACHE", str(weights / "weights"))  # where the deployer resolves "main"
@@ -98,14 +99,26 @@ def test_the_vllm_app_boots_cold_then_warm_and_its_check_says_so(modal_roots, mo
 
 def test_the_snapshot_app_tags_its_image_and_sleeps_and_wakes_around_the_snapshot(modal_roots, monkeypatch, caplog):
     app, _ = _load("snapshot_app", monkeypatch)
-    assert app.SNAPSHOT_ENV[ckm.SNAPSHOT_KEY_ENV] == ckm.snapshot_tag(MODAL_EXAMPLES / "cachekeeper.toml")
+    assert app.SNAPSHOT_ENV[ckm.SNAPSHOT_KEY_ENV] == ckm.snapshot_tag(MODAL_EXAMPLES / "snapshot.toml")
     events: list[str] = []
-    monkeypatch.setattr(app, "make_engine", lambda ck: TinyEngine(events))
+    engine_args = []
+    monkeypatch.setattr(app, "make_engine", lambda ck: engine_args.append(dict(ck.engine_args)) or TinyEngine(events))
     with caplog.at_level(logging.ERROR, logger="cachekeeper"):
         status = app.SnapshotServer().status.local()  # runs the snap=True, then the snap=False hook
     assert events == ["sleep", "wake"]
+    # What the engine is made from is what the keys were derived from, sleep mode included.
+    assert engine_args == [{"model": MODEL, "revision": SHA, "max_model_len": 4096, "enable_sleep_mode": True}]
     assert status["hits"] == {"weights": False, "compile": False}
     assert "does not match" not in caplog.text  # restored where it was snapshotted: quiet
+
+
+def test_the_modal_apps_import_offline_with_no_hf_cache(tmp_path, monkeypatch):
+    """Importing an app is what `modal deploy` does first: its pinned revision needs no Hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    for name in ("vllm_app", "snapshot_app"):
+        app, _ = _load(name, monkeypatch)
+    assert app.SNAPSHOT_ENV[ckm.SNAPSHOT_KEY_ENV].startswith("snapshot-")
 
 
 def test_the_deploy_gate_warms_up_before_deploying_and_never_deploys_cold():

@@ -144,8 +144,9 @@ def test_a_disk_full_before_the_boot_boots_cold_privately_with_one_warning(tmp_p
         assert status == BUILD
         _fill(disk)
         caplog.clear()
-        with cachekeeper.activate(root, layers=["compile"]) as ck:
+        with cachekeeper.activate(root, layers=["compile"], engine={"max_model_len": 64}) as ck:
             assert_private(ck.layers["compile"], root)
+            assert ck.engine_args == {"max_model_len": 64}  # the server starts all the same
             (ck.layers["compile"].path / "kernel").write_bytes(b"x" * 10_000)  # the private directory works
         [warning] = warnings(caplog)
         assert "No space left on device" in warning and str(root) in warning and "private directory" in warning
@@ -289,6 +290,7 @@ def test_the_users_own_exception_propagates_unchanged(tmp_path, broken):
         ({"strike_window": 0}, "strike_window"),
         ({"model": "not a repo"}, "repo id"),
         ({"engine": {"scale": float("nan")}}, "engine argument"),
+        ({"engine": {"revision": "main"}}, "not an engine argument here"),
         ({"db": "mysql://host/db"}, "unsupported database URL"),
         ({"target": "missing.toml"}, "cannot be read"),
     ],

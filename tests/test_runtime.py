@@ -154,6 +154,24 @@ def test_weights_keyed_by_the_resolved_sha(root):
         assert again.hits == {"weights": True, "compile": True}
 
 
+def test_activate_hands_back_the_engine_arguments_it_keyed(root):
+    sha = make_hf_model(root / "weights", "org/model", {"config.json": b"{}"})
+    engine = {"max_model_len": 4096, "compilation_config": {"cudagraph_capture_sizes": [1, 2]}}
+    with cachekeeper.activate(root, model="org/model", revision="main", engine=engine) as ck:
+        # LLM(**ck.engine_args): the model, the sha its revision resolved to, the engine table.
+        assert dict(ck.engine_args) == {"model": "org/model", "revision": sha, **engine}
+        assert ck.keys["compile"].facts.value("engine.max_model_len") == 4096
+        with pytest.raises(TypeError):
+            ck.engine_args["max_model_len"] = 8192  # type: ignore[index]
+        ck.engine_args["compilation_config"]["cudagraph_capture_sizes"].append(4)
+    assert engine["compilation_config"]["cudagraph_capture_sizes"] == [1, 2]  # a copy
+    with cachekeeper.activate(root) as no_model:
+        assert dict(no_model.engine_args) == {}
+    with pytest.raises(cachekeeper.CachekeeperError, match="revision is not an engine argument"):
+        with cachekeeper.activate(root, engine={"revision": "main"}):
+            pass
+
+
 def test_weights_that_never_arrived_are_not_recorded(root):
     with cachekeeper.activate(root, model="org/model", revision="d" * 40, layers=["weights"]) as ck:
         assert ck.layers["weights"].status == DOWNLOAD

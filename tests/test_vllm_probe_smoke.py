@@ -1,17 +1,14 @@
 """vLLM 0.33.0's own hashing, run through tests/vllm_probe.py, agrees with what docs/vllm-facts.md
-records. The first run builds .venv-vllm (about 2 minutes, 2.5 GB); later runs take 30-40 s on 2 cores.
-Skipped, with the reason, where that venv cannot be made (no registry, CACHEKEEPER_VLLM_ENV=0)."""
+records. The probe run is the session's one (conftest.py's vllm_measured, tests/vllm_agreement.py),
+shared with tests/test_vllm_agreement.py, which says what it costs. Skipped, with the reason,
+where the vLLM venv cannot be made (no registry, CACHEKEEPER_VLLM_ENV=0)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from .vllm_env import PROBE_HOME, run_probe, vllm_python_or_reason
-from .vllm_measure import TINY_QWEN2
 
 # Runs vLLM itself: make test-fast leaves it out.
 pytestmark = pytest.mark.vllm
@@ -20,26 +17,22 @@ BASE, GPU_MEMORY, BATCHED_TOKENS, CPU_OFFLOAD, PORT_AND_ROOT, NO_AOT = range(6)
 
 
 @pytest.fixture(scope="module")
-def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    found = vllm_python_or_reason()
-    if isinstance(found, str):
-        pytest.skip(f"no vLLM venv: {found}")
-    model = tmp_path_factory.mktemp("tiny-qwen2")
-    (model / "config.json").write_text(json.dumps(TINY_QWEN2))
-    # Kept between runs like PROBE_HOME: vLLM's model-info cache lives under the cache root.
-    other_root = str(PROBE_HOME / "other-cache-root")
-    requests = [
-        {"model_dir": str(model)},
-        {"model_dir": str(model), "engine": {"gpu_memory_utilization": 0.5}},
-        {"model_dir": str(model), "engine": {"max_num_batched_tokens": 4096}},
-        {"model_dir": str(model), "engine": {"cpu_offload_gb": 1}},
-        {"model_dir": str(model), "env": {"VLLM_PORT": "9000", "VLLM_CACHE_ROOT": other_root}},
-        {"model_dir": str(model), "env": {"VLLM_USE_AOT_COMPILE": "0"}},
+def answers(vllm_measured: dict[str, Any]) -> dict[str, Any]:
+    """The answers this module reads, from the shared run: the base, three engine flips, the quiet
+    variables (VLLM_PORT among them, with VLLM_CACHE_ROOT moved), and VLLM_USE_AOT_COMPILE=0."""
+    engine = {flip.label: flipped for flip, flipped, _ in vllm_measured["engine"]}
+    env = {flip.label: flipped for flip, flipped, _ in vllm_measured["env"]}
+    results = [
+        vllm_measured["base"],
+        engine["gpu_memory_utilization"],
+        engine["max_num_batched_tokens"],
+        engine["cpu_offload_gb"],
+        vllm_measured["quiet"],
+        env["VLLM_USE_AOT_COMPILE"],
     ]
-    results = run_probe(requests)  # three environments: three worker processes
-    for request, result in zip(requests, results, strict=False):
-        assert result["ok"], (request, result.get("error"))
-    return {"results": results, "other_root": other_root}
+    for result in results:
+        assert result["ok"], result.get("error")
+    return {"results": results, "other_root": vllm_measured["other_cache_root"]}
 
 
 def test_it_is_vllm_0_33_that_answers(answers: dict[str, Any]) -> None:

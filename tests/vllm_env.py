@@ -9,6 +9,9 @@ for ``EngineArgs(...).create_engine_config()`` with ``VLLM_TARGET_DEVICE=cpu`` a
     python = ensure_vllm_python()        # raises VllmEnvUnavailable(reason)
     found = vllm_python_or_reason()      # Path, or the reason as a str: pytest.skip(found)
 
+cachekeeper itself runs in it too (``PYTHONPATH=<repo>``; its runtime requirements are the last
+step), so that tests can call ``activate()`` in the same process kind that vLLM runs in.
+
 The venv lives at ``<repo>/.venv-vllm/`` and is made once: under a file lock (two pytest processes
 may start together), with a marker written last that records the recipe, so an install that was
 killed half-way, or one made by another recipe, is thrown away and made again.
@@ -42,7 +45,7 @@ VLLM_VERSION = "0.33.0"
 TORCH = "torch==2.13.0"
 # Steps of the install, in order: (pip arguments, what the step is for). Change anything here and
 # bump RECIPE_VERSION: an existing venv is then rebuilt.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 STEPS: tuple[tuple[tuple[str, ...], str], ...] = (
     ((TORCH,), "the CPU torch wheel"),
     (
@@ -94,6 +97,12 @@ STEPS: tuple[tuple[tuple[str, ...], str], ...] = (
             "compressed-tensors==0.17.0",
         ),
         "the pure-Python requirements vLLM's config code imports",
+    ),
+    (
+        # So that cachekeeper (on PYTHONPATH) can activate() and publish inside this venv, as it
+        # does in a real image next to vLLM: its dependencies that vLLM does not bring.
+        ("--no-deps", "xxhash", "orjson", "platformdirs"),
+        "cachekeeper's own runtime requirements",
     ),
 )
 

@@ -11,7 +11,10 @@ A request (or a JSON list of them, to pay for ``import vllm`` once per environme
      "fields": false,                                    # optional: every config field's value too
      "env_factors": false,                               # optional: envs.compile_factors() itself
      "inductor": false,                                  # optional: inductor_hash (see inductor_hash())
-     "extract": false}                                   # optional: vLLM's lists (see extract())
+     "extract": false,                                   # optional: vLLM's lists (see extract())
+     "call": null}                                       # optional: {"function": "pkg.mod:name",
+                                                         #   "path": DIR, "args": [...]}: its JSON
+                                                         #   result, called in the worker (vLLM loaded)
 
 Each answer is a JSON object, in request order:
 
@@ -142,6 +145,8 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
     import vllm.envs as envs
     from vllm.config.utils import hash_factors
 
+    if request.get("call"):
+        return {"result": call(request["call"])}
     out: dict[str, Any] = {}
     engine = dict(request.get("engine") or {})
     if request.get("model_dir"):
@@ -173,6 +178,18 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
     if request.get("extract"):
         out["extract"] = extract(engine.get("model"))
     return out
+
+
+def call(spec: dict[str, Any]) -> Any:
+    """Call ``spec["function"]`` ("package.module:name", importable from ``spec["path"]``) with
+    ``spec["args"]`` in this worker, where vLLM is already imported: a test that needs vLLM's own
+    code next to the probe's answers does not pay for another process (~8 s of CPU)."""
+    import importlib
+
+    if spec.get("path") and spec["path"] not in sys.path:
+        sys.path.insert(0, spec["path"])
+    module_name, _, name = spec["function"].partition(":")
+    return getattr(importlib.import_module(module_name), name)(*spec.get("args", []))
 
 
 def inductor_hash() -> str:
@@ -308,6 +325,11 @@ def cache_paths() -> tuple[dict[str, str | None], list[str]]:
         "~/.cache/minfer/fmha_sm100"
     )
     rules.append("minfer_fmha_sm100")
+    # vllm/third_party/fmha_sm100/cute/src/common/aot_cache.py (sparse MM attention AOT kernels).
+    paths["minfer_mm_sparse_attn"] = os.environ.get("MM_SPARSE_ATTN_AOT_CACHE") or os.path.expanduser(
+        "~/.cache/minfer/mm_sparse_attn"
+    )
+    rules.append("minfer_mm_sparse_attn")
 
     from huggingface_hub import constants
 

@@ -3,6 +3,7 @@ before a deploy, its snapshot tag, and why two keys differ."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -49,8 +50,13 @@ def run(
     """Run COMMAND with its caches pointed at the right keys; publish only if it exits 0.
 
     Example: cachekeeper run --target cachekeeper.toml -- python warmup.py
+
+    For `vllm serve MODEL --flag ...` the caches are keyed by the model and engine arguments of
+    the command line (what will run), read with vLLM's own parser when vLLM is importable; each
+    place where they contradict the target is said on stderr.
     """
     from ..runtime import activate
+    from ..serve_command import contradictions, read_serve_command
 
     if busy not in ("wait", "cold"):
         raise UsageError(f"--busy must be wait or cold, not {busy!r}")
@@ -60,8 +66,24 @@ def run(
         raise UsageError(f"cannot run {command[0]!r}: no such executable (check the name and PATH)")
     settings = settings_of(ctx)
     found = resolve_target(target)
+    served = read_serve_command(command)
+    if served is not None:
+        if served.model is None:
+            raise UsageError("cachekeeper run: name the model in the command (vllm serve MODEL ...)")
+        if found is not None:
+            for change in contradictions(found, served):
+                stderr.print(f"cachekeeper: the command contradicts {found.source}: {change}; keyed by the command")
+            found = dataclasses.replace(found, model=served.model, revision=served.revision, engine=served.engine)
     on_busy: Literal["wait", "cold"] = "wait" if busy == "wait" else "cold"
-    with activate(settings.root, target=found, on_busy=on_busy, db=settings.db) as ck:
+    with activate(
+        settings.root,
+        target=found,
+        model=served.model if served else None,
+        revision=served.revision if served else None,
+        engine=served.engine if served else None,
+        on_busy=on_busy,
+        db=settings.db,
+    ) as ck:
         for change in ck.mismatches:
             stderr.print(f"[bold red]cachekeeper: mismatch[/] with {found.source if found else 'the target'}: {change}")
         for use in ck.layers.values():

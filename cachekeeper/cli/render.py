@@ -471,6 +471,8 @@ def inspection(found: Inspection) -> None:
         )
     if found.triton_kernels:
         console.print(f"Triton: {found.triton_kernels} kernel(s)")
+    if found.inner_misses:
+        console.print(f"[yellow]{found.inner_misses} boot(s) hit this key, yet vLLM compiled anew inside it[/]")
     if found.factor_changes:
         console.print("[yellow]vLLM hashed this key more than one way[/] (it missed its own cache inside ours):")
         for c in found.factor_changes:
@@ -508,6 +510,13 @@ def statistics(report: Stats) -> None:
             f"{m.model}: {m.boots} boot(s), {m.warm_boots} warm (mean {warm}), {m.cold_boots} cold (mean {cold}); "
             f"saved {saved}"
         )
+        if m.inner_miss_rate is not None:
+            style = "yellow" if m.inner_misses else "green"
+            console.print(
+                f"  [{style}]inner-miss rate {m.inner_miss_rate:.0%}[/]: vLLM compiled anew in {m.inner_misses} "
+                f"of {m.compile_hits} compile hit(s)"
+                + (" (cachekeeper inspect KEY says which factors differed)" if m.inner_misses else "")
+            )
     console.print(f"Boot time saved: {_saved(report.saved_seconds)}")
     if report.partial_boots and report.detailed_since is not None:
         console.print(

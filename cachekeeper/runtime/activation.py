@@ -4,7 +4,7 @@
 
     with cachekeeper.activate(root="/cache", model="Qwen/Qwen2.5-0.5B-Instruct",
                               revision="main", engine={"max_model_len": 4096}) as ck:
-        llm = vllm.LLM(model=..., revision=ck.facts.value("model.revision"), ...)
+        llm = vllm.LLM(**ck.engine_args)   # the model, its resolved sha, the engine arguments keyed
 
 On entry: fingerprint this process (NVML and package metadata, no torch or vllm import), derive
 each layer's key, point the cache variables at the key's directories, and say per layer whether
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import facts as f
 from ..deploy import contradictions, declared_gpu_facts, is_gpu_fact, landing_of
+from ..engine_args import engine_args, refuse_reserved
 from ..facts import Facts
 from ..fingerprint import observe
 from ..keys import CacheKey, FactChange, derive_keys
@@ -48,13 +49,16 @@ logger = logging.getLogger("cachekeeper")
 
 @dataclass
 class Activation:
-    """What ``activate()`` gives the caller: facts, keys, and each active layer's use."""
+    """What ``activate()`` gives the caller: facts, keys, each active layer's use, and the engine
+    arguments the keys were derived from (``LLM(**ck.engine_args)``: model, resolved revision and
+    the engine table)."""
 
     facts: Facts
     keys: dict[str, CacheKey]
     layers: dict[str, LayerUse]
     env: dict[str, str]
     mismatches: tuple[FactChange, ...]
+    engine_args: Mapping[str, Any] = field(default_factory=dict)
     _discarded: bool = field(default=False, repr=False)
     _failure: str | None = field(default=None, repr=False)
     _watch: Watch | None = field(default=None, repr=False)
@@ -142,6 +146,7 @@ def activate(
     model = model if model is not None else (target.model if target else None)
     revision = revision if revision is not None else (target.revision if target else None)
     engine = engine if engine is not None else (target.engine if target else {})
+    refuse_reserved(engine, "activate(engine=...)")
     image = image if image is not None else (target.image if target else None)
     facts = observe(
         model=model,
@@ -202,8 +207,10 @@ def activate(
                 claims.append(guard.claim(layer, keys[layer.name], root_of_layer, mechanism, waiting))
             record_dependencies(claims)
             env = point_env(claims, previous_env)
+            keyed_revision = str(facts.value(f.MODEL_REVISION)) if model else None
+            arguments = engine_args(model, keyed_revision, engine)
             activation = Activation(
-                facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches, _watch=guard.watch
+                facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches, arguments, _watch=guard.watch
             )
             entered = True
             yield activation

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import logging
 import os
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from .. import facts as f
-from .. import uses
+from .. import uses, vllm_caches
 from ..errors import UnsafePath, UsageError
 from ..facts import Facts
 from ..keys import CacheKey
@@ -49,6 +50,8 @@ BUILD = "build"  # nothing published yet: this process builds it in place and pu
 PRIVATE = "private"  # another process is building it: this one boots cold in a private directory
 DOWNLOAD = "download"  # weights not recorded yet: huggingface_hub downloads into the shared cache
 
+VLLM_CACHE_ROOT = "VLLM_CACHE_ROOT"  # a layer that points it somewhere can tell vLLM's own misses
+
 # A waiter looks again after 0.2 s, then less and less often: on a Modal Volume each look is a reload.
 _FIRST_POLL_SECONDS = 0.2
 _LAST_POLL_SECONDS = 2.0
@@ -76,6 +79,9 @@ class Claim:
     started: float = field(default_factory=time.monotonic)
     depends_on: tuple[str, ...] = ()  # keys a snapshot is built from
     registration: uses.Registration | None = None
+    # On a hit: vLLM's hash directories in the artifact then, to tell at exit whether vLLM compiled
+    # anew inside it (an inner miss: our key said warm, vLLM's own key did not).
+    vllm_dirs_at_hit: frozenset[str] | None = None
 
     def finish(self, writer: Writer, facts: Facts, boot_seconds: float) -> None:
         """Publish what was built and record what happened. A disk that fails now (full, gone
@@ -102,6 +108,7 @@ class Claim:
 
         if self.use.status == HIT:
             record(Kind.HIT)
+            self._record_inner_miss(writer, model, boot_seconds)
         elif self.use.status == BUILD:
             if self.lease is not None and not self.lease.held():
                 # Taken over while this process stalled: the directory is another builder's now.
@@ -126,6 +133,34 @@ class Claim:
                 record(Kind.HIT)  # another boot recorded the same download first
         else:
             record(Kind.MISS)
+
+    def _record_inner_miss(self, writer: Writer, model: str, boot_seconds: float) -> None:
+        vllm_root = vllm_cache_root(self.layer, self.use.path)
+        if self.vllm_dirs_at_hit is None or vllm_root is None:
+            return
+        new = sorted(vllm_caches.hash_dirs(vllm_root) - self.vllm_dirs_at_hit)
+        if not new:
+            return
+        changes = vllm_caches.new_factor_changes(vllm_caches.vllm_dirs(vllm_root), new)
+        factors = tuple(dict.fromkeys((c.factor, _storable(c.old), _storable(c.new)) for c in changes))
+        key = str(self.use.key)
+        writer.append(
+            Record.new(
+                Kind.INNER_MISS,
+                layer=self.layer.name,
+                key=key,
+                model=model,
+                seconds=boot_seconds,
+                dirs=tuple(new),
+                factors=factors,
+            )
+        )
+        logger.warning(
+            "cachekeeper: %s was warm, yet vLLM compiled again inside it (new: %s)%s",
+            key,
+            ", ".join(new),
+            "; it hashed differently: " + "; ".join(f"{n}: {o} → {w}" for n, o, w in factors) if factors else "",
+        )
 
     def abandon(self) -> None:
         """Publish nothing; remove what this process half built while it still holds the lease."""
@@ -224,6 +259,9 @@ def claim(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
         registration.release()  # nothing shared is used
     else:
         found.registration = registration
+    vllm_root = vllm_cache_root(layer, found.use.path)
+    if found.use.status == HIT and vllm_root is not None:
+        found.vllm_dirs_at_hit = vllm_caches.hash_dirs(vllm_root)
     return found
 
 
@@ -279,6 +317,22 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
         if waiting.gives_up():
             return _private(layer, key, root)
         waiting.pause()
+
+
+def vllm_cache_root(layer: Layer, path: Path) -> Path | None:
+    """Where the layer points VLLM_CACHE_ROOT inside ``path``; None when it does not."""
+    subdirectory = dict(layer.env).get(VLLM_CACHE_ROOT)
+    if subdirectory is None:
+        return None
+    return path / subdirectory if subdirectory else path
+
+
+def _storable(value: object) -> f.FactValue:
+    """A factor's value as a record holds it: plain values as they are, anything else as JSON."""
+    try:
+        return f.freeze(value)
+    except TypeError:
+        return json.dumps(value, sort_keys=True, default=str)
 
 
 def _may_still_write(root: Root, layer: str, key: str, previous: LeaseInfo | None) -> str | None:

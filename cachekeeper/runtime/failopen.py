@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import facts as f
 from ..deploy import declared_gpu_facts
+from ..engine_args import engine_args, refuse_reserved
 from ..errors import CachekeeperError, FingerprintError, RevisionError, UsageError
 from ..facts import Fact, Facts, Source
 from ..fingerprint import observe
@@ -171,7 +172,9 @@ def _checked(
     model = model if model is not None else (loaded.model if loaded else None)
     if model and not f.REPO_ID.fullmatch(model):
         raise UsageError(f"model {model!r} is not a Hugging Face repo id such as org/name")
-    f.engine_facts(engine if engine is not None else (loaded.engine if loaded else {}))
+    engine = engine if engine is not None else (loaded.engine if loaded else {})
+    refuse_reserved(engine, "activate(engine=...)")
+    f.engine_facts(engine)
     _chosen_layers(layers, loaded, model, loaded.layers if loaded else DEFAULT_LAYERS)
     url = db if db is not None else os.environ.get("CACHEKEEPER_DB")
     if url:
@@ -242,7 +245,10 @@ def _cold(
         here = Path(tempfile.gettempdir())
         claims = [Claim(layer, LayerUse(layer.name, keys[layer.name], PRIVATE, here), nowhere) for layer in chosen]
         env = {}
-    return Activation(facts, keys, {claim.layer.name: claim.use for claim in claims}, env, ())
+    resolved = facts.value(f.MODEL_REVISION) if model else None
+    keyed_revision = str(resolved) if resolved not in (None, f.NONE, f.UNKNOWN) else revision
+    arguments = engine_args(model, keyed_revision, engine)  # the server starts as a warm boot would
+    return Activation(facts, keys, {claim.layer.name: claim.use for claim in claims}, env, (), arguments)
 
 
 def _nowhere() -> Path:

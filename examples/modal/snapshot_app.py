@@ -19,12 +19,12 @@ from pathlib import Path
 
 import modal
 
-import cachekeeper
 import cachekeeper.modal as ckm
 
 HERE = Path(__file__).resolve().parent
+# snapshot.toml pins the model's commit sha, so computing the tag below needs no Hub lookup.
 TARGET = Path(
-    os.environ.get("CACHEKEEPER_TARGET", HERE / "cachekeeper.toml" if modal.is_local() else "/root/cachekeeper.toml")
+    os.environ.get("CACHEKEEPER_TARGET", HERE / "snapshot.toml" if modal.is_local() else "/root/snapshot.toml")
 )
 WEIGHTS_ROOT = os.environ.get("CACHEKEEPER_WEIGHTS_ROOT", "/vol/weights")
 COMPILE_ROOT = os.environ.get("CACHEKEEPER_COMPILE_ROOT", "/vol/compile")
@@ -36,7 +36,7 @@ image = (
     modal.Image.debian_slim(python_version="3.12")
     .uv_pip_install("vllm==0.33.0", "cachekeeper[modal]")
     .env({"VLLM_SERVER_DEV_MODE": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1", **SNAPSHOT_ENV})
-    .add_local_file(HERE / "cachekeeper.toml", "/root/cachekeeper.toml")
+    .add_local_file(HERE / "snapshot.toml", "/root/snapshot.toml")
 )
 app = modal.App("cachekeeper-vllm-snapshot", image=image)
 weights_volume = modal.Volume.from_name("huggingface-cache", create_if_missing=True)
@@ -45,12 +45,11 @@ leases = modal.Dict.from_name("cachekeeper-leases", create_if_missing=True)
 
 
 def make_engine(ck):
+    """vLLM made from the arguments the caches and the snapshot tag were keyed by (enable_sleep_mode
+    is in the target's engine table: vLLM hashes it, so it must key the caches too)."""
     from vllm import LLM
 
-    target = cachekeeper.load_target(TARGET)
-    return LLM(
-        model=target.model, revision=str(ck.facts.value("model.revision")), enable_sleep_mode=True, **target.engine
-    )
+    return LLM(**ck.engine_args)
 
 
 def sleep(engine) -> None:

@@ -54,11 +54,11 @@ READ_ONLY = {path: volume.with_mount_options(read_only=True) for path, volume in
 
 
 def make_engine(ck):
-    """vLLM, reading weights and writing compile caches where cachekeeper pointed them."""
+    """vLLM, reading weights and writing compile caches where cachekeeper pointed them, made from
+    exactly the arguments the caches were keyed by: the model, its commit sha, the engine table."""
     from vllm import LLM
 
-    target = cachekeeper.load_target(TARGET)
-    return LLM(model=target.model, revision=str(ck.facts.value("model.revision")), **target.engine)
+    return LLM(**ck.engine_args)
 
 
 def complete(engine, prompt: str) -> str:
