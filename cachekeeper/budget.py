@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .manifest import Manifest
+from .manifest import Manifest, Stored
 from .store import Root, Roots
 
 
@@ -44,8 +44,8 @@ class RootFiles:
 
 def files_per_root(manifest: Manifest, roots: Roots, budget: int) -> tuple[RootFiles, ...]:
     artifacts: dict[Path, int] = {root.path: 0 for root in roots.all()}
-    for layer, files in manifest.files_per_layer().items():
-        artifacts[roots.for_layer(layer).path] += files
+    for layer, stored in Stored.per_layer(manifest.stored()).items():
+        artifacts[roots.for_layer(layer).path] += stored.files
     return tuple(RootFiles(root.path, artifacts[root.path], _state_files(root), budget) for root in roots.all())
 
 

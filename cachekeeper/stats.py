@@ -26,9 +26,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .budget import RootFiles, files_per_root
 from .layers import COMPILE
-from .manifest import Event, EventCount, Manifest
+from .manifest import Event, EventCount, Manifest, Stored
 from .records import BOOT_KINDS, Kind
+from .store import Roots
+from .target import DEFAULT_FILE_BUDGET
 
 HIT, MISS, PUBLISHED, PRUNED, INNER_MISS = Kind.HIT, Kind.MISS, Kind.PUBLISHED, Kind.PRUNED, Kind.INNER_MISS
 
@@ -45,6 +48,7 @@ class LayerStats:
     pruned_bytes: int
     stored: int  # artifacts there now
     stored_bytes: int
+    stored_files: int  # as recorded at publish (and by verify)
 
     @property
     def hit_rate(self) -> float | None:
@@ -64,6 +68,7 @@ class LayerStats:
             "pruned_bytes": self.pruned_bytes,
             "stored": self.stored,
             "stored_bytes": self.stored_bytes,
+            "stored_files": self.stored_files,
         }
 
 
@@ -107,6 +112,7 @@ class Stats:
     # Events before this are daily counts only: layer rows include them, model rows (boots, time
     # saved) do not. None when nothing was ever summarised.
     detailed_since: float | None = None
+    roots: tuple[RootFiles, ...] = ()  # the files each root holds, against its budget
 
     @property
     def partial_boots(self) -> bool:
@@ -125,32 +131,36 @@ class Stats:
             "detailed_since": self.detailed_since,
             "layers": [row.to_json() for row in self.layers],
             "models": [row.to_json() for row in self.models],
+            "roots": [root.to_json() for root in self.roots],
         }
 
 
-def stats(manifest: Manifest, *, since: float | None = None, now: float | None = None) -> Stats:
+def stats(
+    manifest: Manifest,
+    *,
+    since: float | None = None,
+    now: float | None = None,
+    roots: Roots | None = None,
+    max_files: int = DEFAULT_FILE_BUDGET,
+) -> Stats:
     """Statistics of the events at or after ``since`` (Unix seconds; None: all of them), and of
-    the daily summaries of older events from the UTC day of ``since`` on."""
+    the daily summaries of older events from the UTC day of ``since`` on; with ``roots``, the
+    files each holds against ``max_files``."""
     now = time.time() if now is None else now
     counted = manifest.event_counts(since=since, kinds=(*BOOT_KINDS, PRUNED, INNER_MISS))
     events = manifest.events(since=since, kinds=BOOT_KINDS)
     history = manifest.events(kinds=BOOT_KINDS) if since is not None else events
-    stored: dict[tuple[str, str], tuple[int, int]] = {}
-    for artifact in manifest.artifacts():
-        count, size = stored.get((artifact.layer, artifact.model), (0, 0))
-        stored[(artifact.layer, artifact.model)] = (count + 1, size + artifact.bytes)
     return Stats(
         since,
         now,
-        _layer_stats(counted, stored),
+        _layer_stats(counted, manifest.stored()),
         _model_stats(events, history, _inner_misses(counted)),
         manifest.summarised_before(),
+        files_per_root(manifest, roots, max_files) if roots is not None else (),
     )
 
 
-def _layer_stats(
-    counted: Iterable[EventCount], stored: dict[tuple[str, str], tuple[int, int]]
-) -> tuple[LayerStats, ...]:
+def _layer_stats(counted: Iterable[EventCount], stored: Mapping[tuple[str, str], Stored]) -> tuple[LayerStats, ...]:
     counts: dict[tuple[str, str], dict[str, int]] = {}
     for row in counted:
         if row.kind == INNER_MISS:
@@ -162,7 +172,7 @@ def _layer_stats(
     rows = []
     for layer, model in sorted(counts.keys() | stored.keys()):
         group = counts.get((layer, model), {})
-        count, size = stored.get((layer, model), (0, 0))
+        held = stored.get((layer, model), Stored(0, 0, 0))
         rows.append(
             LayerStats(
                 layer,
@@ -173,8 +183,9 @@ def _layer_stats(
                 group.get("published_bytes", 0),
                 group.get(PRUNED, 0),
                 group.get("pruned_bytes", 0),
-                count,
-                size,
+                held.artifacts,
+                held.bytes,
+                held.files,
             )
         )
     return tuple(rows)

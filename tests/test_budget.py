@@ -41,6 +41,36 @@ def test_doctor_counts_recorded_files_and_warns_past_the_budget(root, tmp_path):
     assert _doctor(root, "--target", str(target))["budget"] == 45
 
 
+def test_ls_and_stats_count_files_per_artifact_layer_and_root(root, tmp_path):
+    keys = [_boot(root, 30), _boot(root, 20, width=8)]
+    with cachekeeper.activate(root, layers=["snapshot"]) as ck:
+        (ck.layers["snapshot"].path / "image").write_text("s")
+    uses.release_all()
+    listed = json.loads(invoke("--root", str(root), "ls", "--json").out)
+    assert sorted((a["key"], a["files"]) for a in listed["artifacts"] if a["layer"] == "compile") == sorted(
+        zip(keys, (30, 20), strict=True)
+    )
+    assert listed["layers"]["compile"] == {"artifacts": 2, "bytes": 50, "files": 50}
+    assert listed["layers"]["snapshot"]["files"] == 1
+    [held] = listed["roots"]
+    assert held["artifact_files"] == 51 and held["budget"] == 50_000
+    only = json.loads(invoke("--root", str(root), "ls", "--layer", "snapshot", "--json").out)
+    assert list(only["layers"]) == ["snapshot"] and only["roots"] == listed["roots"]  # a root is counted whole
+    text = invoke("--root", str(root), "ls").out.splitlines()
+    assert text[0].split()[:4] == ["last", "used", "size", "files"]
+    assert "3 artifact(s), 51 B, 51 file(s)" in text and "compile: 2 artifact(s), 50 B, 50 file(s)" in text
+    assert any(line.startswith(f"{root} holds") and "within its budget of 50,000" in line for line in text)
+
+    target = write_target(tmp_path / "cachekeeper.toml", '[target]\ngpu = "cpu"\n[budget]\nfiles = 45\n')
+    report = json.loads(invoke("--root", str(root), "stats", "--json", "--target", str(target)).out)
+    compile_rows = [row for row in report["layers"] if row["layer"] == "compile"]
+    assert sum(row["stored_files"] for row in compile_rows) == 50
+    [held] = report["roots"]
+    assert held["budget"] == 45 and held["over_budget"]
+    shown = invoke("--root", str(root), "stats", "--target", str(target)).out
+    assert "over its budget of 45" in shown
+
+
 def test_verify_brings_a_grown_artifacts_recorded_counts_up_to_date(root):
     key = _boot(root, 3)
     invoke("--root", str(root), "sync")

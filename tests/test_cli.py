@@ -232,5 +232,5 @@ def test_ls_of_many_rows_stops_quietly_when_its_reader_does(project, root):
     header, first = process.stdout.readline(), process.stdout.readline()
     process.stdout.close()  # as `cachekeeper ls | head -2` does
     assert process.wait(timeout=60) == 0 and process.stderr.read() == b""
-    assert header.split() == [b"last", b"used", b"size", b"model", b"key"]
+    assert header.split() == [b"last", b"used", b"size", b"files", b"model", b"key"]
     assert first.split()[-1] == b"compile-cpu-0000000000004e1f"  # the most recently used

@@ -161,15 +161,16 @@ def test_ls_prints_aligned_rows_newest_first_and_limit_keeps_the_newest(project,
     listed = cli_json(project, root, "ls")["artifacts"]
     text = cli(project, root, "ls")
     assert text.returncode == 0, text.stderr
-    header, *rows, total = text.stdout.splitlines()
-    assert header.split() == ["last", "used", "size", "model", "key"]
+    header, *rows, total = text.stdout.splitlines()[:4]
+    assert header.split() == ["last", "used", "size", "files", "model", "key"]
     assert [row.split()[-1] for row in rows] == [a["key"] for a in listed]
     assert len({row.index(row.split()[-1]) for row in rows} | {header.index("key")}) == 1  # one column
-    assert total == "2 artifact(s), 37 B"
+    assert total == "2 artifact(s), 37 B, 2 file(s)"
     [newest] = cli_json(project, root, "ls", "--limit", "1")["artifacts"]
     assert newest == listed[0]
     limited = cli(project, root, "ls", "--limit", "1").stdout.splitlines()
-    assert limited[1].endswith(listed[0]["key"]) and limited[-1] == "1 artifact(s) (--limit), 7 B"
+    assert limited[1].endswith(listed[0]["key"]) and limited[2] == "1 artifact(s) (--limit), 7 B, 1 file(s)"
+    assert "compile: 2 artifact(s), 37 B, 2 file(s)" in limited  # the layer's totals, whatever the limit
 
 
 def test_sync_and_prune_tidy_and_say_what_they_removed(project, root, cli, cli_json):

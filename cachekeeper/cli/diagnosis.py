@@ -109,7 +109,8 @@ def stats_command(
     target: TargetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Hits, misses, builds and bytes per layer and model, and the boot time the cache saved.
+    """Hits, misses, builds, bytes and files per layer and model, the files per root, and the boot
+    time the cache saved.
 
     Events older than the window `sync` keeps them in (--keep-events, 90 days by default) are kept
     as daily counts: hits, misses, builds and bytes per layer and model keep their totals (whole
@@ -117,11 +118,15 @@ def stats_command(
     by one.
     """
     from ..stats import stats
+    from ..target import DEFAULT_FILE_BUDGET
 
     period = parse_duration(since) if since is not None else None
-    cache = settings_of(ctx).open(resolve_target(target))
+    found = resolve_target(target)
+    cache = settings_of(ctx).open(found)
     now = time.time()
-    report = stats(cache.manifest, since=now - period if period is not None else None, now=now)
+    since_at = now - period if period is not None else None
+    budget = found.max_files if found is not None else DEFAULT_FILE_BUDGET
+    report = stats(cache.manifest, since=since_at, now=now, roots=cache.roots, max_files=budget)
     if as_json:
         print_json(report.to_json())
     else:

@@ -38,28 +38,43 @@ def list_artifacts(
     target: TargetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List the artifacts the manifest knows, most recently used first, then the quarantined ones.
+    """List the artifacts the manifest knows, most recently used first, then the quarantined ones,
+    then what each layer holds and how many files each root holds against its budget.
 
     The table is printed a page at a time as the rows are read, so the first rows show at once
     however many there are; pipe it to head or less as you like.
     """
+    from ..budget import RootFiles, files_per_root
+    from ..manifest import Stored
     from ..quarantine import listed
     from ..scope import Scope
+    from ..target import DEFAULT_FILE_BUDGET
 
     scope = Scope.of(layer=layer, model=model)
-    cache = settings_of(ctx).open(resolve_target(target))
+    found = resolve_target(target)
+    cache = settings_of(ctx).open(found)
     moved = listed(cache.manifest, layer=scope.layer, model=scope.model)
+
+    def totals() -> tuple[dict[str, Stored], tuple[RootFiles, ...]]:
+        """Counted after the rows are shown: the first rows show at once."""
+        layers = Stored.per_layer(cache.manifest.stored(layer=scope.layer, model=scope.model))
+        return layers, files_per_root(cache.manifest, cache.roots, found.max_files if found else DEFAULT_FILE_BUDGET)
+
     if as_json:
         artifacts = cache.manifest.summaries(layer=scope.layer, model=scope.model, limit=limit)
+        layers, roots = totals()
         print_json(
             {
                 "artifacts": [a.to_json(cache.roots.for_layer(a.layer).path) for a in artifacts],
                 "quarantined": [entry.summary() for entry in moved],
+                "layers": {name: stored.to_json() for name, stored in layers.items()},
+                "roots": [root.to_json() for root in roots],
             }
         )
     else:
         render.listing(cache.manifest.summary_pages(layer=scope.layer, model=scope.model, limit=limit), limit=limit)
         render.quarantined(moved)
+        render.totals(*totals())
 
 
 @app.command()

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +24,14 @@ from ..units import format_age, format_bytes, format_duration
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ..budget import RootFiles
     from ..check import CheckReport, LayerReport
     from ..deploy import Fingerprint
     from ..doctor import DoctorReport
     from ..hub import WeightsRevision
     from ..inspection import Inspection
     from ..keys import FactChange
-    from ..manifest import ArtifactSummary
+    from ..manifest import ArtifactSummary, Stored
     from ..prune import PrunePlan, PruneResult
     from ..quarantine import Quarantined, QuarantineRemoval
     from ..stats import Stats
@@ -253,7 +254,7 @@ def changes(found: Sequence[FactChange]) -> None:
 
 # ``ls`` columns: fixed widths, so that a page can be printed before the next is read. The key
 # comes last and is never cut (it is copied and pasted); a model wider than its column is.
-_LAST_USED, _SIZE, _MODEL_MIN, _MODEL_MAX = 14, 9, 5, 40
+_LAST_USED, _SIZE, _FILES, _MODEL_MIN, _MODEL_MAX = 14, 9, 7, 5, 40
 
 
 def listing(pages: Iterable[Sequence[ArtifactSummary]], *, limit: int | None = None) -> None:
@@ -261,13 +262,14 @@ def listing(pages: Iterable[Sequence[ArtifactSummary]], *, limit: int | None = N
     show at once, at any size. A reader that stops early (``| head``) ends the listing quietly."""
     now = time.time()
     out = sys.stdout
-    count = size = 0
+    count = size = files = 0
     width = 0
     try:
         for page in pages:
             if not width:
                 width = min(_MODEL_MAX, max(_MODEL_MIN, *(len(_model(a)) for a in page)))
-                out.write(f"{'last used':<{_LAST_USED}}  {'size':>{_SIZE}}  {'model':<{width}}  key\n")
+                header = f"{'last used':<{_LAST_USED}}  {'size':>{_SIZE}}  {'files':>{_FILES}}  {'model':<{width}}"
+                out.write(f"{header}  key\n")
             lines = []
             for a in page:
                 model = _model(a)
@@ -275,19 +277,32 @@ def listing(pages: Iterable[Sequence[ArtifactSummary]], *, limit: int | None = N
                     model = model[: width - 1] + "…"
                 status = "  (deleting)" if a.state == DELETING else ""
                 age, shown = format_age(now - a.last_used_at), format_bytes(a.bytes)
-                lines.append(f"{age:<{_LAST_USED}}  {shown:>{_SIZE}}  {model:<{width}}  {a.key}{status}\n")
+                counted = f"{a.files:,}"
+                lines.append(
+                    f"{age:<{_LAST_USED}}  {shown:>{_SIZE}}  {counted:>{_FILES}}  {model:<{width}}  {a.key}{status}\n"
+                )
                 size += a.bytes
+                files += a.files
             count += len(page)
             out.write("".join(lines))
             out.flush()
         shown = " (--limit)" if limit is not None and count >= limit else ""
-        out.write(f"{count} artifact(s){shown}, {format_bytes(size)}\n")
+        out.write(f"{count} artifact(s){shown}, {format_bytes(size)}, {files:,} file(s)\n")
         out.flush()
     except BrokenPipeError:
         # The reader went away: say nothing more, and let the interpreter's last flush go nowhere.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, out.fileno())
         os.close(devnull)
+
+
+def totals(layers: Mapping[str, Stored], roots: Sequence[RootFiles]) -> None:
+    """What each layer's artifacts hold, and each root's files against its budget: after ``listing``."""
+    for layer, stored in layers.items():
+        console.print(
+            f"{layer}: {stored.artifacts} artifact(s), {format_bytes(stored.bytes)}, {stored.files:,} file(s)"
+        )
+    root_files(roots)
 
 
 def _model(artifact: ArtifactSummary) -> str:
@@ -411,7 +426,12 @@ def doctored(report: DoctorReport) -> None:
     if report.unfinished:
         console.print(f"{len(report.unfinished)} interrupted removal(s): the next `cachekeeper prune` finishes them.")
     console.print("[green]The manifest agrees with the root.[/]" if report.changed else "[green]Nothing to fix.[/]")
-    for root in report.files:
+    root_files(report.files)
+
+
+def root_files(roots: Sequence[RootFiles]) -> None:
+    """How many files each root holds, against its budget (a warning when over it)."""
+    for root in roots:
         held = f"{root.path} holds {root.total:,} files"
         held += f" ({root.artifacts:,} in artifacts, {root.state:,} of cachekeeper's own)"
         if root.over:
@@ -483,7 +503,7 @@ def inspection(found: Inspection) -> None:
 def statistics(report: Stats) -> None:
     now = time.time()
     right = {"justify": "right"}
-    numbers = ("hits", "misses", "builds", "hit rate", "built", "pruned", "stored")
+    numbers = ("hits", "misses", "builds", "hit rate", "built", "pruned", "stored", "files")
     since = f"Since {format_age(now - report.since) if report.since else 'the beginning'}"
     table = make_table(
         "layer", "model", *(make_column(name, **right) for name in numbers), title=since, title_justify="left"
@@ -500,8 +520,10 @@ def statistics(report: Stats) -> None:
             format_bytes(row.built_bytes),
             format_bytes(row.pruned_bytes),
             f"{format_bytes(row.stored_bytes)} ({row.stored})",
+            f"{row.stored_files:,}",
         )
     console.print(table)
+    root_files(report.roots)
     for m in report.models:
         cold = f"{m.mean_cold_seconds:.1f} s" if m.mean_cold_seconds is not None else "never seen"
         warm = f"{m.mean_warm_seconds:.1f} s" if m.mean_warm_seconds is not None else "-"

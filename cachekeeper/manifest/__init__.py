@@ -6,7 +6,7 @@ manifest from them and from the journals.
 
 from .database import Manifest
 from .migration import migrations_dir
-from .queries import ArtifactSummary, Event, EventCount, Observation, environment_facts, utc_day
+from .queries import ArtifactSummary, Event, EventCount, Observation, Stored, environment_facts, utc_day
 from .url import DatabaseUrl, default_url
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "FoldResult",
     "Manifest",
     "Observation",
+    "Stored",
     "default_url",
     "environment_facts",
     "migrations_dir",

@@ -105,8 +105,8 @@ class Manifest(Database):
     ) -> Iterator[list[queries.ArtifactSummary]]:
         return queries.summary_pages(self.rows, layer=layer, model=model, limit=limit, first=first, size=size)
 
-    def files_per_layer(self) -> dict[str, int]:
-        return queries.files_per_layer(self.rows)
+    def stored(self, *, layer: str | None = None, model: str | None = None) -> dict[tuple[str, str], queries.Stored]:
+        return queries.stored(self.rows, layer=layer, model=model)
 
     def keys_in_state(self, state: str) -> list[tuple[str, str]]:
         return queries.keys_in_state(self.rows, state)

@@ -180,10 +180,35 @@ def summary_pages(
         left = None if left is None else left - len(found)
 
 
-def files_per_layer(rows: Rows) -> dict[str, int]:
-    """The files recorded for each layer's artifacts, in any state."""
-    found = rows("SELECT layer, sum(files) FROM artifact GROUP BY layer", {})
-    return {layer: int(files or 0) for layer, files in found}
+class Stored(NamedTuple):
+    """What the artifacts of one layer and model hold, as recorded at publish (and by ``verify``)."""
+
+    artifacts: int
+    bytes: int
+    files: int
+
+    @classmethod
+    def per_layer(cls, stored: Mapping[tuple[str, str], Stored]) -> dict[str, Stored]:
+        """``stored`` summed over models: layer → what its artifacts hold."""
+        found: dict[str, Stored] = {}
+        for (layer, _), each in sorted(stored.items()):
+            total = found.get(layer, cls(0, 0, 0))
+            found[layer] = cls(total.artifacts + each.artifacts, total.bytes + each.bytes, total.files + each.files)
+        return found
+
+    def to_json(self) -> dict[str, int]:
+        return {"artifacts": self.artifacts, "bytes": self.bytes, "files": self.files}
+
+
+def stored(rows: Rows, *, layer: str | None = None, model: str | None = None) -> dict[tuple[str, str], Stored]:
+    """(layer, model) → what their artifacts hold, in any state; counted by the database, not by
+    reading every row."""
+    where, params = _filters(layer=layer, model=model)
+    query = f"SELECT layer, model, count(*), sum(bytes), sum(files) FROM artifact{where} GROUP BY layer, model"
+    return {
+        (str(layer), str(model)): Stored(int(count), int(size or 0), int(files or 0))
+        for layer, model, count, size, files in rows(query, params)
+    }
 
 
 def keys_in_state(rows: Rows, state: str) -> list[tuple[str, str]]:
