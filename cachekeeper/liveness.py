@@ -32,9 +32,26 @@ from typing import TYPE_CHECKING, Protocol
 from .errors import CachekeeperError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .manifest import Manifest
 
 logger = logging.getLogger("cachekeeper")
+
+
+def record_bytes(path: Path) -> bytes | None:
+    """A record's bytes, to digest; for one that cannot be read, what its metadata says (it changes
+    when the file does); None when it is gone."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            stat = path.lstat()
+        except FileNotFoundError:
+            return None
+        return f"unreadable {stat.st_size} {stat.st_mtime_ns} {stat.st_ino}".encode()
 
 
 def digest(content: bytes | str) -> str:

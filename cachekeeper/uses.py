@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from .errors import CachekeeperError
 from .keys import parse_key
-from .liveness import Memory, Witness, digest
+from .liveness import Memory, Witness, digest, record_bytes
 from .processes import ProcessIdentity, process_gone, this_process
 from .store import Root, write_atomically
 from .store.layout import USES
@@ -121,7 +121,7 @@ def _judged(root: Root, layer: str, key: str, witness: Witness) -> list[tuple[Us
     where = scope(root, layer, key)
     records: list[tuple[UseInfo, str | None, Path]] = []  # (record, its digest unless proven gone, file)
     for path in entries:
-        content = _content(path)
+        content = record_bytes(path)
         if content is None:
             continue  # released in between
         info = _parse(content, path.name)
@@ -243,21 +243,6 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         pass  # a root gone or replaced: the record is gone with it, or expires on its own
-
-
-def _content(path: Path) -> bytes | None:
-    """A record's bytes; for one that cannot be read, what its metadata says (it changes when the
-    file does); None when it is gone."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        try:
-            stat = path.lstat()
-        except FileNotFoundError:
-            return None
-        return f"unreadable {stat.st_size} {stat.st_mtime_ns} {stat.st_ino}".encode()
 
 
 def _parse(content: bytes, name: str) -> UseInfo:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from ..liveness import Memory, Witness, digest
+from ..liveness import Memory, Witness, digest, record_bytes
 from ..processes import this_process
 from ..store import Root, builder_id, write_atomically
 from .lease import DEFAULT_TTL, STALE_AFTER, Lease, LeaseInfo, judge
@@ -134,17 +134,9 @@ class _FileSlots:
         return write_atomically(self._path(name), info.to_json().encode(), exclusive=True)
 
     def read(self, name: str) -> LeaseInfo | None:
-        path = self._path(name)
-        try:
-            content = path.read_bytes()
-        except FileNotFoundError:
+        content = record_bytes(self._path(name))
+        if content is None:
             return None
-        except OSError:
-            try:
-                stat = path.lstat()
-            except FileNotFoundError:
-                return None
-            content = f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino}".encode()
         try:
             return LeaseInfo.from_json(content)
         except ValueError:
