@@ -523,7 +523,6 @@ def statistics(report: Stats) -> None:
             f"{row.stored_files:,}",
         )
     console.print(table)
-    root_files(report.roots)
     for m in report.models:
         cold = f"{m.mean_cold_seconds:.1f} s" if m.mean_cold_seconds is not None else "never seen"
         warm = f"{m.mean_warm_seconds:.1f} s" if m.mean_warm_seconds is not None else "-"
@@ -540,6 +539,7 @@ def statistics(report: Stats) -> None:
                 + (" (cachekeeper inspect KEY says which factors differed)" if m.inner_misses else "")
             )
     console.print(f"Boot time saved: {_saved(report.saved_seconds)}")
+    root_files(report.roots)
     if report.partial_boots and report.detailed_since is not None:
         console.print(
             f"[yellow]Events before {_day(report.detailed_since)} are kept as daily counts:[/] the table counts "
