@@ -192,6 +192,15 @@ target_module.parse_target = timed("enter:   parse_target (validation)", target_
 runtime.observe = timed("enter: observe (facts)", runtime.observe)
 for name in ("gpu_facts", "package_facts", "env_facts", "engine_facts", "model_facts"):
     setattr(facts, name, timed(f"enter:   facts.{name}", getattr(facts, name)))
+try:
+    import pynvml  # torch imports it already; gpu_facts looks its functions up at each call
+except ImportError:
+    pynvml = None
+if pynvml is not None:
+    for name in ("nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
+                 "nvmlSystemGetDriverVersion", "nvmlSystemGetCudaDriverVersion",
+                 "nvmlDeviceGetCudaComputeCapability", "nvmlDeviceGetName", "nvmlDeviceGetMemoryInfo"):
+        setattr(pynvml, name, timed(f"enter:     pynvml.{name}", getattr(pynvml, name)))
 facts._no_nvidia_driver = timed("enter:     _no_nvidia_driver (no NVML on this machine)", facts._no_nvidia_driver)
 facts.modal_gpu_type = timed("enter:     modal_gpu_type (GPU name regexes)", facts.modal_gpu_type)
 facts._dist_info_versions = timed("enter:     _dist_info_versions (listdir sys.path)", facts._dist_info_versions)
@@ -338,6 +347,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--strace", action="store_true", help="also count system calls in one process")
     parser.add_argument("--keep", type=Path, help="build the root and targets here and keep them")
+    parser.add_argument("--gpu", default="cpu", help="as in boot_overhead.py")
     parser.add_argument("--quiet-cpu", type=float, default=0.05, help="as in boot_overhead.py")
     parser.add_argument("--quiet-disk", type=float, default=2.0, help="as in boot_overhead.py")
     parser.add_argument("--retries", type=int, default=12, help="as in boot_overhead.py")
@@ -351,7 +361,7 @@ def main() -> None:
         context = tempfile.TemporaryDirectory(prefix="boot-breakdown-")
         scratch = Path(context.name)
     try:
-        root, _ = boot_overhead.prepare(scratch)
+        root, _ = boot_overhead.prepare(scratch, options.gpu)
         quiet = boot_overhead.Quiet(options.quiet_cpu, options.quiet_disk, options.retries, options.patience)
         run_child(child_program(root), scratch)  # warm-up, not counted
         runs = [boot_overhead.run_quietly(lambda: run_child(child_program(root), scratch), quiet)
