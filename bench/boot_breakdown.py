@@ -45,18 +45,27 @@ import torch
 import atexit, collections, dataclasses, json, os, re, sys, threading, typing, marshal, importlib.util
 
 pc = time.perf_counter_ns
+cpu = time.thread_time_ns  # this thread's CPU time: what waiting (fsync, other processes) leaves out
+
+
+def now():
+    return pc(), cpu()
+
+
 T = {}
 PHASE = ["import"]
 ORDER = []
 
 
-def add(label, ns):
+def add(label, started):
+    wall, spent = pc() - started[0], cpu() - started[1]
     entry = T.get(label)
     if entry is None:
-        entry = T[label] = [0, 0]
+        entry = T[label] = [0, 0, 0]
         ORDER.append(label)
-    entry[0] += ns
+    entry[0] += wall
     entry[1] += 1
+    entry[2] += spent
 
 
 def mark(phase):
@@ -69,27 +78,39 @@ def mark(phase):
 
 def timed(label, function, by_argument=False):
     def wrapper(*args, **kwargs):
-        started = pc()
+        started = now()
         try:
             return function(*args, **kwargs)
         finally:
             name = label if not by_argument else f"{label} {args[1] if len(args) > 1 else ''}".rstrip()
-            add(name, pc() - started)
+            add(name, started)
     return wrapper
 
 
 def report():
-    add("atexit: our report handler starts", 0)
+    add("atexit: our report handler starts", now())
     mark("end")
-    T["_total_ns"] = [pc() - t0, 1]
+    T["_total_ns"] = [pc() - t0[0], 1, cpu() - t0[1]]
     sys.stdout.write(json.dumps({"timings": T, "order": ORDER}) + "\n")
     sys.stdout.flush()
 
 
 MARK = __MARK__
 atexit.register(report)
+import gc
+_gc_started = {}
+
+
+def gc_timer(phase, info):  # the garbage collector's passes, by generation: torch leaves a large heap
+    if phase == "start":
+        _gc_started["at"] = now()
+    elif "at" in _gc_started:
+        add(f"{PHASE[0]}: gc collection, generation {info['generation']}", _gc_started.pop("at"))
+
+
+gc.callbacks.append(gc_timer)
 mark("import")
-t0 = pc()
+t0 = now()
 
 # --- what cachekeeper's modules do at import --------------------------------------------------
 original_dataclass = dataclasses.dataclass
@@ -97,9 +118,9 @@ original_dataclass = dataclasses.dataclass
 
 def dataclass(cls=None, /, **options):
     def apply(c):
-        started = pc()
+        started = now()
         made = original_dataclass(**options)(c)
-        add(f"{PHASE[0]}: @dataclass {c.__module__.removeprefix('cachekeeper.')}.{c.__qualname__}", pc() - started)
+        add(f"{PHASE[0]}: @dataclass {c.__module__.removeprefix('cachekeeper.')}.{c.__qualname__}", started)
         return made
     return apply if cls is None else apply(cls)
 
@@ -109,10 +130,10 @@ original_namedtuple = collections.namedtuple
 
 
 def namedtuple(typename, *args, **kwargs):
-    started = pc()
+    started = now()
     made = original_namedtuple(typename, *args, **kwargs)
     module = kwargs.get("module") or "?"
-    add(f"{PHASE[0]}: NamedTuple {module.removeprefix('cachekeeper.')}.{typename}", pc() - started)
+    add(f"{PHASE[0]}: NamedTuple {module.removeprefix('cachekeeper.')}.{typename}", started)
     return made
 
 
@@ -121,7 +142,7 @@ original_compile = re._compile
 
 
 def compile_pattern(pattern, flags):
-    started = pc()
+    started = now()
     try:
         return original_compile(pattern, flags)
     finally:
@@ -129,7 +150,7 @@ def compile_pattern(pattern, flags):
         while caller is not None and caller.f_globals.get("__name__", "").startswith("re"):
             caller = caller.f_back
         module = caller.f_globals.get("__name__", "?") if caller is not None else "?"
-        add(f"{PHASE[0]}: regex {module.removeprefix('cachekeeper.')}", pc() - started)
+        add(f"{PHASE[0]}: regex {module.removeprefix('cachekeeper.')}", started)
 
 
 re._compile = compile_pattern
@@ -139,10 +160,10 @@ def class_timer(metaclass, kind):
     original = metaclass.__new__
 
     def new(meta, name, bases, namespace, **kwargs):
-        started = pc()
+        started = now()
         made = original(meta, name, bases, namespace, **kwargs)
         module = namespace.get("__module__", "?").removeprefix("cachekeeper.")
-        add(f"{PHASE[0]}: {kind} {module}.{name}", pc() - started)
+        add(f"{PHASE[0]}: {kind} {module}.{name}", started)
         return made
 
     metaclass.__new__ = new
@@ -153,12 +174,12 @@ original_build_class = builtins.__build_class__
 
 
 def build_class(body, name, *bases, **kwargs):
-    started = pc()
+    started = now()
     try:
         return original_build_class(body, name, *bases, **kwargs)
     finally:
         module = body.__globals__.get("__name__", "?").removeprefix("cachekeeper.")
-        add(f"{PHASE[0]}: class statement {module}.{name}", pc() - started)
+        add(f"{PHASE[0]}: class statement {module}.{name}", started)
 
 
 builtins.__build_class__ = build_class
@@ -169,9 +190,9 @@ MODULES = ["cachekeeper", "cachekeeper.errors", "cachekeeper.gpus", "cachekeeper
            "cachekeeper.keys", "cachekeeper.store", "cachekeeper.journal", "cachekeeper.uses",
            "cachekeeper.runtime", "shlex", "tomllib", "cachekeeper.target"]
 for name in MODULES:
-    started = pc()
+    started = now()
     __import__(name)
-    add(f"import: module {name}", pc() - started)
+    add(f"import: module {name}", started)
 mark("setup")  # instrumenting: not counted
 
 import cachekeeper
@@ -181,9 +202,9 @@ for name in MODULES + ["tomllib._parser", "tomllib._re", "tomllib._types"]:  # t
     path = importlib.util.cache_from_source(sys.modules[name].__file__)
     with open(path, "rb") as handle:
         data = handle.read()
-    started = pc()
+    started = now()
     marshal.loads(data[16:])
-    T[f"unmarshal {name}"] = [pc() - started, 1]
+    T[f"unmarshal {name}"] = [pc() - started[0], 1, cpu() - started[1]]
 
 # --- activate(): wrap each step -----------------------------------------------------------------
 target_module.load_target = timed("enter: load_target (read + parse + validate)", target_module.load_target)
@@ -217,11 +238,11 @@ original_fsync = os.fsync
 
 
 def fsync(descriptor):
-    started = pc()
+    started = now()
     try:
         return original_fsync(descriptor)
     finally:
-        add(f"{PHASE[0]}: os.fsync", pc() - started)
+        add(f"{PHASE[0]}: os.fsync", started)
 
 
 os.fsync = fsync
@@ -231,11 +252,11 @@ original_start = threading.Thread.start
 
 
 def start(self):
-    started = pc()
+    started = now()
     try:
         return original_start(self)
     finally:
-        add(f"{PHASE[0]}: threading.Thread.start ({self.name})", pc() - started)
+        add(f"{PHASE[0]}: threading.Thread.start ({self.name})", started)
 
 
 threading.Thread.start = start
@@ -248,12 +269,12 @@ runtime._Claim.finish = timed("exit: _Claim.finish (hit record)", runtime._Claim
 uses._Heartbeat._exit = timed("atexit: uses release (unlink use records)", uses._Heartbeat._exit)
 
 mark("enter")
-started = pc()
+started = now()
 with cachekeeper.activate(__ROOT__, target="cachekeeper.toml") as ck:
-    add("activate() enter", pc() - started)
+    add("activate() enter", started)
     mark("exit")
-    started = pc()
-add("activate() exit", pc() - started)
+    started = now()
+add("activate() exit", started)
 mark("after")
 assert all(ck.hits.values()) and len(ck.hits) == 2, ck.hits
 atexit.register(mark, "atexit")  # registered last, so it runs first: before cachekeeper's handlers
@@ -276,10 +297,11 @@ def aggregate(runs: list[dict]) -> dict[str, dict[str, float]]:
     labels.extend(label for label in runs[0]["timings"] if label not in labels)
     result = {}
     for label in labels:
-        values = [run["timings"].get(label, [0, 0]) for run in runs]
+        values = [run["timings"].get(label, [0, 0, 0]) for run in runs]
         result[label] = {
-            "ms": statistics.median(ns for ns, _ in values) / 1e6,
-            "calls": statistics.median(count for _, count in values),
+            "ms": statistics.median(wall for wall, _, _ in values) / 1e6,
+            "cpu_ms": statistics.median(spent for _, _, spent in values) / 1e6,
+            "calls": statistics.median(count for _, count, _ in values),
         }
     return result
 
@@ -372,24 +394,28 @@ def main() -> None:
         if context is not None:
             context.cleanup()
 
-    print(f"machine: {machine()}; {options.repeats} fresh processes, medians in ms (calls)")
+    print(f"machine: {machine()}; {options.repeats} fresh processes; medians in ms: wall / CPU of the thread (calls)")
     print(f"quiet samples: waited {quiet.waited:.0f} s; {quiet.taken_again} taken again; {quiet.kept_disturbed} kept disturbed")
-    total = stats.pop("_total_ns")["ms"]
-    print(f"\ntotal, instrumented, import torch → end of exit handlers: {total:.1f} ms")
-    print("\nimports (each module's own time; what in it defines classes or compiles patterns):")
+    total = stats.pop("_total_ns")
+    print(f"\ntotal, instrumented, import torch → end of exit handlers: {total['ms']:.1f} / {total['cpu_ms']:.1f} ms")
+    print("\nimports (each module's own time; what in it defines classes or compiles patterns, wall):")
     for module, ms, detail in group_imports(stats):
-        print(f"  {module:<28} {ms:6.2f}   {detail}")
-    print("\nactivate(), exit handlers, and everything else recorded:")
+        cpu_ms = stats[f"import: module {module}"]["cpu_ms"]
+        print(f"  {module:<22} {ms:5.2f} / {cpu_ms:5.2f}   {detail}")
+    imports = [v for k, v in stats.items() if k.startswith("import: module ")]
+    print(f"  {'all':<22} {sum(v['ms'] for v in imports):5.2f} / {sum(v['cpu_ms'] for v in imports):5.2f}")
+
+    def show(label: str, entry: dict) -> None:
+        print(f"  {label:<62} {entry['ms']:6.2f} / {entry['cpu_ms']:5.2f}  ({entry['calls']:g})")
+
+    print("\nactivate(), exit handlers, and everything else recorded (indented: part of the line above):")
     for label, entry in stats.items():
-        if label.startswith(("import: module ", "unmarshal ")):
-            continue
-        if label.startswith("import: "):
-            continue
-        print(f"  {label:<66} {entry['ms']:6.2f}  ({entry['calls']:g})")
+        if not label.startswith(("import: ", "unmarshal ")):
+            show(label, entry)
     print("\nclass definitions and patterns at import:")
     for label, entry in stats.items():
         if label.startswith("import: ") and not label.startswith("import: module "):
-            print(f"  {label:<66} {entry['ms']:6.2f}  ({entry['calls']:g})")
+            show(label, entry)
     if syscalls is not None:
         print("\nsystem calls between import torch and the end of the exit handlers, by phase (strace):")
         for phase, counts in syscalls.get("counts", {}).items():
@@ -400,7 +426,8 @@ def main() -> None:
         for phase, calls in syscalls.get("root_calls", {}).items():
             for call in calls:
                 print(f"  {phase:<8} {call}")
-    save("boot_breakdown", {"repeats": options.repeats, "kept_disturbed": quiet.kept_disturbed, "total_ms": total, "items": stats, "syscalls": syscalls})
+    save("boot_breakdown", {"repeats": options.repeats, "kept_disturbed": quiet.kept_disturbed,
+        "total_ms": total["ms"], "total_cpu_ms": total["cpu_ms"], "items": stats, "syscalls": syscalls})
 
 
 if __name__ == "__main__":
