@@ -42,6 +42,7 @@ MARK = "/.cachekeeper-bench-mark-"  # stat()ed at phase boundaries, so that stra
 INSTRUMENTED = r'''
 import time
 import torch
+__REALTIME__
 import atexit, collections, dataclasses, json, os, re, sys, threading, typing, marshal, importlib.util
 
 pc = time.perf_counter_ns
@@ -282,7 +283,7 @@ atexit.register(mark, "atexit")  # registered last, so it runs first: before cac
 
 
 def child_program(root: Path) -> str:
-    return INSTRUMENTED.replace("__MARK__", repr(MARK)).replace("__ROOT__", repr(str(root)))
+    return INSTRUMENTED.replace("__REALTIME__", boot_overhead.REALTIME[0]).replace("__MARK__", repr(MARK)).replace("__ROOT__", repr(str(root)))
 
 
 def run_child(program: str, scratch: Path, prefix: list[str] = ()) -> dict:
@@ -370,11 +371,13 @@ def main() -> None:
     parser.add_argument("--strace", action="store_true", help="also count system calls in one process")
     parser.add_argument("--keep", type=Path, help="build the root and targets here and keep them")
     parser.add_argument("--gpu", default="cpu", help="as in boot_overhead.py")
-    parser.add_argument("--quiet-cpu", type=float, default=0.05, help="as in boot_overhead.py")
+    parser.add_argument("--quiet-cpu", type=float, default=None, help="as in boot_overhead.py")
+    parser.add_argument("--realtime", action="store_true", help="as in boot_overhead.py")
     parser.add_argument("--quiet-disk", type=float, default=2.0, help="as in boot_overhead.py")
     parser.add_argument("--retries", type=int, default=12, help="as in boot_overhead.py")
     parser.add_argument("--patience", type=float, default=3600.0, help="as in boot_overhead.py")
     options = parser.parse_args()
+    boot_overhead.set_realtime(options)
     context = None
     if options.keep:
         options.keep.mkdir(parents=True, exist_ok=True)
@@ -394,7 +397,8 @@ def main() -> None:
         if context is not None:
             context.cleanup()
 
-    print(f"machine: {machine()}; {options.repeats} fresh processes; medians in ms: wall / CPU of the thread (calls)")
+    print(f"machine: {machine()}; {options.repeats} fresh processes; medians in ms: wall / CPU of the thread (calls)"
+          + ("; measured code runs SCHED_FIFO (--realtime)" if options.realtime else ""))
     print(f"quiet samples: waited {quiet.waited:.0f} s; {quiet.taken_again} taken again; {quiet.kept_disturbed} kept disturbed")
     total = stats.pop("_total_ns")
     print(f"\ntotal, instrumented, import torch → end of exit handlers: {total['ms']:.1f} / {total['cpu_ms']:.1f} ms")
