@@ -1,24 +1,27 @@
 """Where the README's activate() call spends its time, attributed item by item, in fresh processes.
 
-    python bench/boot_breakdown.py [--repeats 21] [--strace]
+    python bench/boot_breakdown.py [--repeats 21] [--strace] [--realtime]
 
 A diagnostic beside bench/boot_overhead.py (same root, same target, same fresh processes that
 import torch first), not a benchmark: each process wraps cachekeeper's functions with timers from
 the outside (nothing in cachekeeper/ is changed), so its totals run a little above
-boot_overhead.py's. Per process it records:
+boot_overhead.py's. Every item gets its wall time and the CPU time of the thread (the difference is
+waiting: an fsync, another thread starting). Per process it records:
 
 - imports: each cachekeeper module imported alone, in dependency order, so each time is the
-  module's own; within it, the time spent defining dataclasses and named tuples and compiling
-  regular expressions, and (measured after the imports, from the page cache) unmarshalling its
-  bytecode; tomllib and shlex, which only the target parser needs;
-- activate() enter and exit: the time of each step (target parsing and validation, facts, keys,
-  state check, journal records, use records, sidecar reads, environment), how many fsyncs, and
-  what they cost;
-- the exit handlers cachekeeper registers (releasing the use records).
+  module's own; within it, the time spent in class statements, in @dataclass, named tuples, enums
+  and protocols, and in compiling regular expressions, and (measured after the imports, from the
+  page cache) unmarshalling its bytecode; tomllib and shlex, which only the target parser needs;
+- activate() enter and exit: each step (target parsing and validation, facts, NVML's calls where
+  there is a GPU, keys, state check, journal records and their fsyncs, use records, the renewal
+  thread's start, sidecar reads, environment);
+- the exit handlers cachekeeper registers (releasing the use records), and the garbage
+  collector's passes in each phase.
 
-Medians over the processes. ``--strace`` also runs one process under strace and counts the system
-calls made between ``import torch`` and the end of the exit handlers, by kind (strace slows each
-call, so its times are not used, only its counts and the files touched).
+Medians over the processes, taken alone as boot_overhead.py takes them. ``--strace`` also runs one
+process under strace and counts the system calls made between ``import torch`` and the end of the
+exit handlers, by phase and kind, and lists those that write, fsync or touch the cache root
+(strace slows each call, so only its counts are used).
 """
 
 from __future__ import annotations
@@ -26,11 +29,9 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
 import shutil
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -357,6 +358,8 @@ def strace_counts(scratch: Path, root: Path) -> dict:
         if not match:
             continue
         kind = match.group(1)
+        if kind == "clock_gettime":
+            continue  # the timers this program adds (the thread's CPU clock is a system call)
         counts[phase][kind] += 1
         if kind in ("openat", "mkdir", "rename", "unlink", "fsync", "write", "link", "newfstatat", "getdents64"):
             if str(root) in line or kind in ("fsync", "write", "getdents64"):
