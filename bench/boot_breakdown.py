@@ -8,8 +8,8 @@ the outside (nothing in cachekeeper/ is changed), so its totals run a little abo
 boot_overhead.py's. Every item gets its wall time and the CPU time of the thread (the difference is
 waiting: an fsync, another thread starting). Per process it records:
 
-- imports: each cachekeeper module imported alone, in dependency order, so each time is the
-  module's own; within it, the time spent in class statements, in @dataclass, named tuples, enums
+- imports: each module the call imports after torch, its own time (what it executes, less the
+  imports it makes); within it, the time spent in class statements, in @dataclass, named tuples, enums
   and protocols, and in compiling regular expressions, and (measured after the imports, from the
   page cache) unmarshalling its bytecode; tomllib and shlex, which only the target parser needs;
 - activate() enter and exit: each step (target parsing and validation, facts, NVML's calls where
@@ -32,11 +32,13 @@ import json
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import boot_overhead  # re-executes under the project's .venv, as boot_overhead.py does
-from common import machine, save
+from common import installed_env, machine, save
 
 MARK = "/.cachekeeper-bench-mark-"  # stat()ed at phase boundaries, so that strace can find them
 
@@ -188,54 +190,88 @@ builtins.__build_class__ = build_class
 class_timer(enum.EnumType, "enum")
 class_timer(abc.ABCMeta, "Protocol/ABC")
 
-MODULES = ["cachekeeper", "cachekeeper.errors", "cachekeeper.gpus", "cachekeeper.facts", "cachekeeper.layers",
-           "cachekeeper.keys", "cachekeeper.store", "cachekeeper.journal", "cachekeeper.uses",
-           "cachekeeper.runtime", "shlex", "tomllib", "cachekeeper.target"]
-for name in MODULES:
+MODULES = __MODULES__  # the modules the call imports, each after those it imports (-X importtime's order)
+import importlib.machinery
+
+NESTED = []  # per module being executed: the time of the imports it made, to leave out of its own
+
+
+def exec_module(loader, module):
+    NESTED.append([0, 0])
     started = now()
+    try:
+        return original_exec_module(loader, module)
+    finally:
+        wall, spent = pc() - started[0], cpu() - started[1]
+        inner = NESTED.pop()
+        T[f"import: module {module.__name__}"] = [wall - inner[0], 1, spent - inner[1]]
+        ORDER.append(f"import: module {module.__name__}")
+        if NESTED:
+            NESTED[-1][0] += wall
+            NESTED[-1][1] += spent
+
+
+original_exec_module = importlib.machinery.SourceFileLoader.exec_module
+importlib.machinery.SourceFileLoader.exec_module = exec_module
+for name in MODULES:
     __import__(name)
-    add(f"import: module {name}", started)
+importlib.machinery.SourceFileLoader.exec_module = original_exec_module
 mark("setup")  # instrumenting: not counted
 
-import cachekeeper
-from cachekeeper import facts, journal, runtime, store, target as target_module, uses
+import cachekeeper, types
 
-for name in MODULES + ["tomllib._parser", "tomllib._re", "tomllib._types"]:  # the bytecode's unmarshalling alone, read again from the page cache
-    path = importlib.util.cache_from_source(sys.modules[name].__file__)
-    with open(path, "rb") as handle:
+for name in MODULES:  # the bytecode's unmarshalling alone, read again from the page cache
+    source = getattr(sys.modules[name], "__file__", None)
+    if not source or not source.endswith(".py"):
+        continue
+    with open(importlib.util.cache_from_source(source), "rb") as handle:
         data = handle.read()
     started = now()
     marshal.loads(data[16:])
     T[f"unmarshal {name}"] = [pc() - started[0], 1, cpu() - started[1]]
 
-# --- activate(): wrap each step -----------------------------------------------------------------
-target_module.load_target = timed("enter: load_target (read + parse + validate)", target_module.load_target)
-target_module._read_toml = timed("enter:   read file + tomllib.loads", target_module._read_toml)
-target_module.parse_target = timed("enter:   parse_target (validation)", target_module.parse_target)
-runtime.observe = timed("enter: observe (facts)", runtime.observe)
-for name in ("gpu_facts", "package_facts", "env_facts", "engine_facts", "model_facts"):
-    setattr(facts, name, timed(f"enter:   facts.{name}", getattr(facts, name)))
-try:
-    import pynvml  # torch imports it already; gpu_facts looks its functions up at each call
-except ImportError:
-    pynvml = None
-if pynvml is not None:
-    for name in ("nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
-                 "nvmlSystemGetDriverVersion", "nvmlSystemGetCudaDriverVersion",
-                 "nvmlDeviceGetCudaComputeCapability", "nvmlDeviceGetName", "nvmlDeviceGetMemoryInfo"):
-        setattr(pynvml, name, timed(f"enter:     pynvml.{name}", getattr(pynvml, name)))
-facts._no_nvidia_driver = timed("enter:     _no_nvidia_driver (no NVML on this machine)", facts._no_nvidia_driver)
-facts.modal_gpu_type = timed("enter:     modal_gpu_type (GPU name regexes)", facts.modal_gpu_type)
-facts._dist_info_versions = timed("enter:     _dist_info_versions (listdir sys.path)", facts._dist_info_versions)
-facts.torch_cuda_runtime = timed("enter:     torch_cuda_runtime (find_spec + version.py)", facts.torch_cuda_runtime)
-facts.resolve_revision = timed("enter:     resolve_revision", facts.resolve_revision)
-runtime.derive_keys = timed("enter: derive_keys", runtime.derive_keys)
-target_module.Target.declared_facts = timed("enter: Target.declared_facts", target_module.Target.declared_facts)
-runtime.contradictions = timed("enter: contradictions", runtime.contradictions)
-runtime.check_state = timed("enter: check_state (symlink checks)", runtime.check_state)
-runtime._open_writer = timed("enter: _open_writer (Journal())", runtime._open_writer)
-journal.Journal.extend = timed("journal record", journal.Journal.extend, by_argument=True)
-journal.Journal.close = timed("journal close", journal.Journal.close)
+# --- activate(): every function and method of cachekeeper's, timed from the outside --------------
+# Each call is counted under the chain of timed calls it was made from, so the report is a tree.
+STACK = []
+
+
+MAIN = threading.get_ident()
+
+
+def traced(label, function):
+    def wrapper(*args, **kwargs):
+        if threading.get_ident() != MAIN:  # the use records' renewal thread: not the boot's time
+            return function(*args, **kwargs)
+        STACK.append(label)
+        started = now()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            add(f"{PHASE[0]}: " + " > ".join(STACK), started)
+            STACK.pop()
+    wrapper.__wrapped__ = function
+    return wrapper
+
+
+WRAPPED = {}
+ours = [m for n, m in list(sys.modules.items()) if n == "cachekeeper" or n.startswith("cachekeeper.")]
+for module in ours:
+    short = module.__name__.removeprefix("cachekeeper.")
+    for name, value in list(vars(module).items()):
+        if isinstance(value, types.FunctionType) and value.__module__ == module.__name__ and name != "__getattr__":
+            WRAPPED[value] = traced(f"{short}.{name}", value)
+        elif isinstance(value, type) and value.__module__ == module.__name__:
+            for attribute, member in list(vars(value).items()):
+                function = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+                if not isinstance(function, types.FunctionType) or attribute in ("__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__"):
+                    continue
+                wrapper = traced(f"{short}.{value.__qualname__}.{attribute}", function)
+                setattr(value, attribute, type(member)(wrapper) if function is not member else wrapper)
+for module in ours:  # names imported from other modules (from .x import f) point at the wrappers too
+    for name, value in list(vars(module).items()):
+        if isinstance(value, types.FunctionType) and value in WRAPPED:
+            setattr(module, name, WRAPPED[value])
+
 original_fsync = os.fsync
 
 
@@ -244,12 +280,10 @@ def fsync(descriptor):
     try:
         return original_fsync(descriptor)
     finally:
-        add(f"{PHASE[0]}: os.fsync", started)
+        add(f"{PHASE[0]}: " + " > ".join([*STACK, "os.fsync"]), started)
 
 
 os.fsync = fsync
-uses.register = timed("enter: uses.register (use record)", uses.register)
-uses._write = timed("enter:   uses._write (mkdir + tmp + rename)", uses._write)
 original_start = threading.Thread.start
 
 
@@ -258,17 +292,10 @@ def start(self):
     try:
         return original_start(self)
     finally:
-        add(f"{PHASE[0]}: threading.Thread.start ({self.name})", started)
+        add(f"{PHASE[0]}: " + " > ".join([*STACK, f"threading.Thread.start ({self.name})"]), started)
 
 
 threading.Thread.start = start
-runtime._look = timed("enter: _look (sidecar read + checks)", runtime._look)
-runtime.read_sidecar = timed("enter:   read_sidecar", runtime.read_sidecar)
-runtime._leads_out = timed("enter:   _leads_out (symlink check)", runtime._leads_out)
-runtime._point_env = timed("enter: _point_env (mkdirs + env)", runtime._point_env)
-runtime._has_torch_bytecode = timed("enter:   _has_torch_bytecode", runtime._has_torch_bytecode)
-runtime._Claim.finish = timed("exit: _Claim.finish (hit record)", runtime._Claim.finish)
-uses._Heartbeat._exit = timed("atexit: uses release (unlink use records)", uses._Heartbeat._exit)
 
 mark("enter")
 started = now()
@@ -283,8 +310,25 @@ atexit.register(mark, "atexit")  # registered last, so it runs first: before cac
 '''
 
 
-def child_program(root: Path) -> str:
-    return INSTRUMENTED.replace("__REALTIME__", boot_overhead.REALTIME[0]).replace("__MARK__", repr(MARK)).replace("__ROOT__", repr(str(root)))
+def child_program(root: Path, modules: list[str]) -> str:
+    return (
+        INSTRUMENTED.replace("__REALTIME__", boot_overhead.REALTIME[0])
+        .replace("__MARK__", repr(MARK))
+        .replace("__ROOT__", repr(str(root)))
+        .replace("__MODULES__", repr(modules))
+    )
+
+
+def imported_modules(root: Path, scratch: Path) -> list[str]:
+    """What the README's call imports after torch, each module after the modules it imports."""
+    program = f"import torch\nimport cachekeeper\nwith cachekeeper.activate({str(root)!r}, target='cachekeeper.toml'): pass"
+    with tempfile.TemporaryFile() as errors:
+        subprocess.run([sys.executable, "-X", "importtime", "-c", program], cwd=scratch, env=installed_env(),
+                       stdout=subprocess.DEVNULL, stderr=errors, check=True)  # fmt: skip
+        errors.seek(0)
+        lines = errors.read().decode().splitlines()
+    names = [line.split("|")[-1].strip() for line in lines if line.startswith("import time:") and "|" in line]
+    return names[names.index("torch") + 1 :]
 
 
 def run_child(program: str, scratch: Path, prefix: list[str] = ()) -> dict:
@@ -340,12 +384,12 @@ def group_imports(stats: dict[str, dict[str, float]]) -> list[tuple[str, float, 
 STRACE_KINDS = re.compile(r"^(?:\[pid\s+\d+\]\s+)?(?:\d+\s+)?(\w+)\(")
 
 
-def strace_counts(scratch: Path, root: Path) -> dict:
+def strace_counts(scratch: Path, root: Path, modules: list[str]) -> dict:
     if shutil.which("strace") is None:
         return {"error": "strace is not installed (apt-get install strace)"}
     with tempfile.TemporaryDirectory() as directory:
         trace = Path(directory) / "trace"
-        run_child(child_program(root), scratch, ["strace", "-f", "-qq", "-o", str(trace), "-s", "200"])
+        run_child(child_program(root, modules), scratch, ["strace", "-f", "-qq", "-o", str(trace), "-s", "200"])
         lines = trace.read_text(errors="replace").splitlines()
     phase, counts, files = None, collections.defaultdict(collections.Counter), collections.defaultdict(list)
     for line in lines:
@@ -391,11 +435,12 @@ def main() -> None:
     try:
         root, _ = boot_overhead.prepare(scratch, options.gpu)
         quiet = boot_overhead.Quiet(options.quiet_cpu, options.quiet_disk, options.retries, options.patience)
-        run_child(child_program(root), scratch)  # warm-up, not counted
-        runs = [boot_overhead.run_quietly(lambda: run_child(child_program(root), scratch), quiet)
+        modules = imported_modules(root, scratch)
+        run_child(child_program(root, modules), scratch)  # warm-up, not counted
+        runs = [boot_overhead.run_quietly(lambda: run_child(child_program(root, modules), scratch), quiet)
                 for _ in range(options.repeats)]  # fmt: skip
         stats = aggregate(runs)
-        syscalls = strace_counts(scratch, root) if options.strace else None
+        syscalls = strace_counts(scratch, root, modules) if options.strace else None
     finally:
         if context is not None:
             context.cleanup()

@@ -26,7 +26,6 @@ falls back from one type to the next (see gpus.py). Each landing has facts and k
 
 from __future__ import annotations
 
-import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -321,6 +320,8 @@ def _warmup(value: Any, path: Path, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
+        import shlex  # only a target with a warmup command needs it
+
         try:
             value = shlex.split(value)
         except ValueError as error:

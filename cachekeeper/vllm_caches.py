@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .facts import SHOWN_ENV, conceal
-from .store import list_files
+from . import store
 
 FACTORS_FILE = "cache_key_factors.json"
 COMPILE_CACHE = "torch_compile_cache"
@@ -98,7 +98,7 @@ def vllm_dirs(vllm_root: Path, relative_to: Path | None = None) -> tuple[VllmCac
                 continue
             prefixes = [d for d in subdirs(rank_dir) if (d / FACTORS_FILE).is_file()]
             for directory in prefixes or [rank_dir]:
-                files = list_files(directory)
+                files = store.list_files(directory)
                 found.append(
                     VllmCacheDir(
                         hash=hash_dir.name,
@@ -117,7 +117,7 @@ def aot_dirs(vllm_root: Path, relative_to: Path | None = None) -> tuple[VllmAotD
     relative_to = vllm_root if relative_to is None else relative_to
     found = []
     for hash_dir in subdirs(vllm_root / COMPILE_CACHE / AOT):
-        files = list_files(hash_dir)
+        files = store.list_files(hash_dir)
         ranks = tuple(d.name for d in subdirs(hash_dir) if _is_rank(d.name))
         found.append(
             VllmAotDir(

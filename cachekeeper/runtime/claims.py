@@ -17,31 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from .. import facts as f
-from .. import uses, vllm_caches
+from .. import store, uses, vllm_caches
 from ..errors import UnsafePath, UsageError
 from ..facts import Facts
 from ..keys import CacheKey
 from ..layers import SNAPSHOT, WEIGHTS, Layer
 from ..processes import process_gone
 from ..records import Kind, Record
-from ..store import (
-    Artifact,
-    Contents,
-    Root,
-    UnreadableSidecar,
-    builder_id,
-    descriptors,
-    look_up_sidecar,
-    publish,
-    read_sidecar,
-    remove_tree,
-    scan_contents,
-)
+from ..store import Artifact, Root, UnreadableSidecar, builder_id, descriptors, look_up_sidecar, read_sidecar
 from .recording import Writer
 
 if TYPE_CHECKING:
     from ..leases import Lease, LeaseInfo, Leases
     from ..manifest import Manifest
+    from ..store import Contents
 
 logger = logging.getLogger("cachekeeper")
 
@@ -117,7 +106,8 @@ class Claim:
                 return
             artifact, contents = _artifact(self.use, f"{name}/{key}", self.use.path, facts, self.depends_on)
             record(Kind.PUBLISHING)
-            if publish(self.root, artifact, contents):
+            writer.sync()  # the intent is on disk before the sidecar: a crash between leaves it to sync
+            if store.publish(self.root, artifact, contents):
                 record(Kind.PUBLISHED, artifact.bytes)
         elif self.use.status == DOWNLOAD:
             parts = self.root.hub_snapshot_parts(model, str(facts.value(f.MODEL_REVISION)))
@@ -127,7 +117,8 @@ class Claim:
                 return
             artifact, contents = _artifact(self.use, relpath, snapshot, facts, within=self.root.path)
             record(Kind.PUBLISHING)
-            if publish(self.root, artifact, contents):
+            writer.sync()
+            if store.publish(self.root, artifact, contents):
                 record(Kind.PUBLISHED, artifact.bytes)
             else:
                 record(Kind.HIT)  # another boot recorded the same download first
@@ -167,7 +158,7 @@ class Claim:
         if self.registration is not None:
             self.registration.release()
         if self.use.status == BUILD and (self.lease is None or self.lease.held()):
-            remove_tree(self.root, self.root.artifact_parts(self.layer.name, str(self.use.key)))
+            store.remove_tree(self.root, self.root.artifact_parts(self.layer.name, str(self.use.key)))
 
     def release(self) -> None:
         if self.lease is not None:
@@ -185,7 +176,7 @@ def _artifact(
 ) -> tuple[Artifact, Contents]:
     """The record of what was built, with every file's checksum. A Hub snapshot's files are links
     into the repo's blobs: ``within`` is the root they may be followed into, never out of."""
-    contents = scan_contents(path, follow_links_within=within)
+    contents = store.scan_contents(path, follow_links_within=within)
     now = time.time()
     artifact = Artifact(
         key=str(use.key),
@@ -304,7 +295,7 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
                         return _private(
                             layer, key, root, f"{relpath} was left unfinished, and {writer}: not clearing it"
                         )
-                    remove_tree(root, parts)
+                    store.remove_tree(root, parts)
                 directory.mkdir(parents=True)
             except UnsafePath as error:
                 lease.release()

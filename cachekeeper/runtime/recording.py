@@ -22,6 +22,9 @@ logger = logging.getLogger("cachekeeper")
 class Writer(Protocol):
     def append(self, record: Record) -> None: ...
 
+    def sync(self) -> None:
+        """Make what was appended durable: before publishing what it records."""
+
     def close(self) -> None: ...
 
 
@@ -43,13 +46,16 @@ def open_writer(
 
 
 def _journal(roots: Roots, read_only: bool) -> Writer:
-    return _Nowhere() if read_only else Journal(roots.main)
+    return _Nowhere() if read_only else Journal(roots.main, sync_each=False)
 
 
 class _Nowhere:
     """Where a process records when it can write neither its root nor a manifest: nothing is kept."""
 
     def append(self, record: Record) -> None:
+        pass
+
+    def sync(self) -> None:
         pass
 
     def close(self) -> None:
@@ -85,6 +91,10 @@ class _ManifestWriter:
                 logger.warning("cachekeeper: writing the manifest failed, %s: %s", instead, error)
                 self.fallback = _journal(self.roots, self.read_only)
         self.fallback.append(record)
+
+    def sync(self) -> None:
+        if self.fallback is not None:
+            self.fallback.sync()
 
     def close(self) -> None:
         if self.fallback is not None:
