@@ -42,7 +42,7 @@ from common import installed_env, machine, save
 
 MARK = "/.cachekeeper-bench-mark-"  # stat()ed at phase boundaries, so that strace can find them
 
-INSTRUMENTED = r'''
+INSTRUMENTED = r"""
 import time
 import torch
 __REALTIME__
@@ -263,7 +263,8 @@ for module in ours:
         elif isinstance(value, type) and value.__module__ == module.__name__:
             for attribute, member in list(vars(value).items()):
                 function = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
-                if not isinstance(function, types.FunctionType) or attribute in ("__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__"):
+                generated = ("__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__")
+                if not isinstance(function, types.FunctionType) or attribute in generated:
                     continue
                 wrapper = traced(f"{short}.{value.__qualname__}.{attribute}", function)
                 setattr(value, attribute, type(member)(wrapper) if function is not member else wrapper)
@@ -307,7 +308,7 @@ add("activate() exit", started)
 mark("after")
 assert all(ck.hits.values()) and len(ck.hits) == 2, ck.hits
 atexit.register(mark, "atexit")  # registered last, so it runs first: before cachekeeper's handlers
-'''
+"""
 
 
 def child_program(root: Path, modules: list[str]) -> str:
@@ -321,7 +322,9 @@ def child_program(root: Path, modules: list[str]) -> str:
 
 def imported_modules(root: Path, scratch: Path) -> list[str]:
     """What the README's call imports after torch, each module after the modules it imports."""
-    program = f"import torch\nimport cachekeeper\nwith cachekeeper.activate({str(root)!r}, target='cachekeeper.toml'): pass"
+    program = (
+        f"import torch\nimport cachekeeper\nwith cachekeeper.activate({str(root)!r}, target='cachekeeper.toml'): pass"
+    )
     with tempfile.TemporaryFile() as errors:
         subprocess.run([sys.executable, "-X", "importtime", "-c", program], cwd=scratch, env=installed_env(),
                        stdout=subprocess.DEVNULL, stderr=errors, check=True)  # fmt: skip
@@ -362,7 +365,7 @@ def group_imports(stats: dict[str, dict[str, float]]) -> list[tuple[str, float, 
         module = label.removeprefix("import: module ")
         short = module.removeprefix("cachekeeper.")
 
-        def ours(name: str) -> bool:
+        def ours(name: str, short: str = short, module: str = module) -> bool:
             return name == short or (module == "tomllib" and name.startswith("tomllib."))
 
         parts = []
@@ -370,12 +373,17 @@ def group_imports(stats: dict[str, dict[str, float]]) -> list[tuple[str, float, 
             prefix = f"import: {kind} "
             hits = [
                 v for k, v in stats.items()
-                if k.startswith(prefix) and ours(k[len(prefix):] if kind == "regex" else k[len(prefix):].rpartition(".")[0])
+                if k.startswith(prefix)
+                and ours(k[len(prefix) :] if kind == "regex" else k[len(prefix) :].rpartition(".")[0])
             ]  # fmt: skip
             count = sum(v["calls"] for v in hits)
             if count:
                 parts.append(f"{int(count)} {kind} {sum(v['ms'] for v in hits):.2f}")
-        unmarshal = sum(v["ms"] for k, v in stats.items() if k.startswith("unmarshal ") and ours(k[10:].removeprefix("cachekeeper.")))
+        unmarshal = sum(
+            v["ms"]
+            for k, v in stats.items()
+            if k.startswith("unmarshal ") and ours(k[10:].removeprefix("cachekeeper."))
+        )
         parts.append(f"unmarshal {unmarshal:.2f}")
         rows.append((module, entry["ms"], ", ".join(parts)))
     return rows
@@ -445,9 +453,14 @@ def main() -> None:
         if context is not None:
             context.cleanup()
 
-    print(f"machine: {machine()}; {options.repeats} fresh processes; medians in ms: wall / CPU of the thread (calls)"
-          + ("; measured code runs SCHED_FIFO (--realtime)" if options.realtime else ""))
-    print(f"quiet samples: waited {quiet.waited:.0f} s; {quiet.taken_again} taken again; {quiet.kept_disturbed} kept disturbed")
+    print(
+        f"machine: {machine()}; {options.repeats} fresh processes; medians in ms: wall / CPU of the thread (calls)"
+        + ("; measured code runs SCHED_FIFO (--realtime)" if options.realtime else "")
+    )
+    print(
+        f"quiet samples: waited {quiet.waited:.0f} s; {quiet.taken_again} taken again; "
+        f"{quiet.kept_disturbed} kept disturbed"
+    )
     total = stats.pop("_total_ns")
     print(f"\ntotal, instrumented, import torch → end of exit handlers: {total['ms']:.1f} / {total['cpu_ms']:.1f} ms")
     print("\nimports (each module's own time; what in it defines classes or compiles patterns, wall):")
@@ -478,8 +491,17 @@ def main() -> None:
         for phase, calls in syscalls.get("root_calls", {}).items():
             for call in calls:
                 print(f"  {phase:<8} {call}")
-    save("boot_breakdown", {"repeats": options.repeats, "kept_disturbed": quiet.kept_disturbed,
-        "total_ms": total["ms"], "total_cpu_ms": total["cpu_ms"], "items": stats, "syscalls": syscalls})
+    save(
+        "boot_breakdown",
+        {
+            "repeats": options.repeats,
+            "kept_disturbed": quiet.kept_disturbed,
+            "total_ms": total["ms"],
+            "total_cpu_ms": total["cpu_ms"],
+            "items": stats,
+            "syscalls": syscalls,
+        },
+    )
 
 
 if __name__ == "__main__":

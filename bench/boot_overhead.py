@@ -183,7 +183,7 @@ layers = {{layers}}
 torch = "{torch_version}"
 
 [target.engine]
-max_model_len = {ENGINE['max_model_len']}
+max_model_len = {ENGINE["max_model_len"]}
 """
     (directory / "cachekeeper.toml").write_text(body.format(layers='["weights", "compile"]'))
     (directory / "cachekeeper-compile.toml").write_text(body.format(layers='["compile"]'))
@@ -333,7 +333,7 @@ def measure(
         shuffled = list(cases)
         order.shuffle(shuffled)
         for case in shuffled:
-            sample = run_quietly(lambda: take_sample(case, root, scratch, sha), quiet)
+            sample = run_quietly(lambda case=case: take_sample(case, root, scratch, sha), quiet)
             expected = {layer: case.hit for layer in case.layers}
             if sample["hits"] != expected:
                 raise SystemExit(f"{case.name}: hits {sample['hits']}, expected {expected}")
@@ -376,7 +376,10 @@ def summarize(samples: dict[str, list[dict]], seed: int) -> dict:
     results = {}
     for name, runs in samples.items():
         case = BY_NAME[name]
-        ms = {metric: [run[metric] * 1000 for run in runs] for metric in ("in_process", "end_to_end", "cpu", "process", "prelude")}
+        ms = {
+            metric: [run[metric] * 1000 for run in runs]
+            for metric in ("in_process", "end_to_end", "cpu", "process", "prelude")
+        }
         entry = {
             "title": case.title,
             "call": case.call,
@@ -426,8 +429,10 @@ def summarize(samples: dict[str, list[dict]], seed: int) -> dict:
 
 
 def report(results: dict, repeats: int, load: tuple[float, float], quiet: Quiet, gpu: str) -> None:
-    print(f"machine: {machine()}; load average {load[0]:.2f} before, {load[1]:.2f} after; target gpu = {gpu!r}"
-          + ("; measured code runs SCHED_FIFO (--realtime)" if REALTIME[0] else ""))
+    print(
+        f"machine: {machine()}; load average {load[0]:.2f} before, {load[1]:.2f} after; target gpu = {gpu!r}"
+        + ("; measured code runs SCHED_FIFO (--realtime)" if REALTIME[0] else "")
+    )
     print(
         f"quiet samples: waited {quiet.waited:.0f} s for the machine to be idle; {quiet.taken_again} samples disturbed "
         f"by other work were taken again; {quiet.kept_disturbed} kept disturbed"
@@ -441,7 +446,7 @@ def report(results: dict, repeats: int, load: tuple[float, float], quiet: Quiet,
         )
     print("\nadded to the baseline, ms: median [p25, p75]")
     print(f"{'case':<62} {'in process':>19} {'end to end':>19} {'CPU':>5} {'ratio':>7}")
-    for name, entry in results.items():
+    for entry in results.values():
         if "added" not in entry:
             continue
         cells = []
@@ -449,7 +454,8 @@ def report(results: dict, repeats: int, load: tuple[float, float], quiet: Quiet,
             a = entry["added"][metric]
             cells.append(f"{a['median_ms']:5.1f} [{a['p25_ms']:5.1f},{a['p75_ms']:5.1f}]")
         cpu = entry["added"]["cpu"]["median_ms"]
-        print(f"{entry['title'][:62]:<62} {cells[0]:>19} {cells[1]:>19} {cpu:5.1f} {'×%.3f' % entry['ratio']:>7}")
+        ratio = f"×{entry['ratio']:.3f}"
+        print(f"{entry['title'][:62]:<62} {cells[0]:>19} {cells[1]:>19} {cpu:5.1f} {ratio:>7}")
     documented = results.get("documented")
     if documented:
         a = documented["added"]["in_process"]
@@ -460,7 +466,10 @@ def report(results: dict, repeats: int, load: tuple[float, float], quiet: Quiet,
             f"{a['ci95_ms'][1]:.1f}), {e['median_ms']:.1f} ms end to end (95% interval {e['ci95_ms'][0]:.1f} to "
             f"{e['ci95_ms'][1]:.1f}), ×{documented['ratio']:.3f} of a torch boot; target ≤ {TARGET_MS:.0f} ms: {met}"
         )
-    print("\nphases, ms (medians; the exit handlers less the baseline's; activate() enter includes the target parser's import):")
+    print(
+        "\nphases, ms (medians; the exit handlers less the baseline's; "
+        "activate() enter includes the target parser's import):"
+    )
     for name, entry in results.items():
         if "phases_ms" in entry:
             print(f"  {name:<24} " + "   ".join(f"{k} {v:4.1f}" for k, v in entry["phases_ms"].items()))
@@ -479,19 +488,39 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the order of each round")
     parser.add_argument("--cases", default=",".join(BY_NAME), help=f"comma-separated subset of {', '.join(BY_NAME)}")
-    parser.add_argument("--gpu", default="cpu", help='what the targets declare: "cpu" (default), or this machine\'s GPU type')
-    parser.add_argument("--quiet-cpu", type=float, default=None, metavar="SHARE",
-                        help="take a sample again when other processes took more than this share of a core "
-                             "(0.05; none with --realtime)")
-    parser.add_argument("--realtime", action="store_true",
-                        help="measured processes switch to SCHED_FIFO after importing torch (needs root): on a "
-                             "machine other work keeps busy, each then has a core to itself, though not the caches, "
-                             "memory or disk")
-    parser.add_argument("--quiet-disk", type=float, default=2.0, metavar="MIB",
-                        help="... or when more than this many MiB were written to disk meanwhile (2)")
+    parser.add_argument(
+        "--gpu", default="cpu", help='what the targets declare: "cpu" (default), or this machine\'s GPU type'
+    )
+    parser.add_argument(
+        "--quiet-cpu",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="take a sample again when other processes took more than this share of a core "
+        "(0.05; none with --realtime)",
+    )
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="measured processes switch to SCHED_FIFO after importing torch (needs root): on a "
+        "machine other work keeps busy, each then has a core to itself, though not the caches, "
+        "memory or disk",
+    )
+    parser.add_argument(
+        "--quiet-disk",
+        type=float,
+        default=2.0,
+        metavar="MIB",
+        help="... or when more than this many MiB were written to disk meanwhile (2)",
+    )
     parser.add_argument("--retries", type=int, default=12, help="times a disturbed sample is taken again (12)")
-    parser.add_argument("--patience", type=float, default=3600.0, metavar="SECONDS",
-                        help="waiting for a quiet machine stops after this long in all (3600)")
+    parser.add_argument(
+        "--patience",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="waiting for a quiet machine stops after this long in all (3600)",
+    )
     parser.add_argument("--keep", type=Path, help="build the root and targets in this directory and keep them")
     options = parser.parse_args()
     set_realtime(options)
@@ -524,9 +553,11 @@ def main() -> None:
         "method": "fresh processes, interleaved in a shuffled order per round; in process: from just after "
                   "`import torch` to the last atexit handler; end to end: to the parent's wait() returning "
                   "(time.time() in both); added = median(case) - median(baseline) of the same run",
-        "target_ms": TARGET_MS, "repeats": options.repeats, "warmup_rounds": options.warmup, "seed": options.seed, "target_gpu": options.gpu, "realtime": options.realtime,
+        "target_ms": TARGET_MS, "repeats": options.repeats, "warmup_rounds": options.warmup, "seed": options.seed,
+        "target_gpu": options.gpu, "realtime": options.realtime,
         "load_average": {"before": load[0], "after": load[1]},
-        "quiet": {"cpu_share": None if quiet.cpu_share == float("inf") else quiet.cpu_share, "written_mib": quiet.written_mib, "retries": quiet.retries,
+        "quiet": {"cpu_share": None if quiet.cpu_share == float("inf") else quiet.cpu_share,
+                  "written_mib": quiet.written_mib, "retries": quiet.retries,
                   "patience_s": quiet.patience,
                   "taken_again": quiet.taken_again, "kept_disturbed": quiet.kept_disturbed, "waited_s": quiet.waited},
         "cases": results,

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .facts import SHOWN_ENV, conceal
 from . import store
+from .facts import SHOWN_ENV, conceal
 
 FACTORS_FILE = "cache_key_factors.json"
 COMPILE_CACHE = "torch_compile_cache"
