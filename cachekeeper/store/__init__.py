@@ -55,29 +55,34 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if TYPE_CHECKING:
-    from .atomic import fsync_directory, write_atomically
-    from .contents import (
-        Contents,
-        foreign_links,
-        hash_files,
-        list_files,
-        measure,
-        read_checksums,
-        scan_contents,
-        write_checksums,
-    )
-    from .layout import STATE_DIR, Root, Roots, builder_id, check_state, default_root
-    from .publishing import publish, remove_checksums, remove_tree, unpublish
-    from .sidecars import (
-        DELETING,
-        PUBLISHED,
-        SIDECAR_FORMAT,
-        Artifact,
-        UnreadableSidecar,
-        artifact_parts,
-        artifact_path,
-        iter_sidecars,
-        look_up_sidecar,
-        read_sidecar,
-    )
+if TYPE_CHECKING:  # explicit re-exports, for type checkers
+    from .atomic import fsync_directory as fsync_directory
+    from .atomic import write_atomically as write_atomically
+    from .contents import Contents as Contents
+    from .contents import foreign_links as foreign_links
+    from .contents import hash_files as hash_files
+    from .contents import list_files as list_files
+    from .contents import measure as measure
+    from .contents import read_checksums as read_checksums
+    from .contents import scan_contents as scan_contents
+    from .contents import write_checksums as write_checksums
+    from .layout import STATE_DIR as STATE_DIR
+    from .layout import Root as Root
+    from .layout import Roots as Roots
+    from .layout import builder_id as builder_id
+    from .layout import check_state as check_state
+    from .layout import default_root as default_root
+    from .publishing import publish as publish
+    from .publishing import remove_checksums as remove_checksums
+    from .publishing import remove_tree as remove_tree
+    from .publishing import unpublish as unpublish
+    from .sidecars import DELETING as DELETING
+    from .sidecars import PUBLISHED as PUBLISHED
+    from .sidecars import SIDECAR_FORMAT as SIDECAR_FORMAT
+    from .sidecars import Artifact as Artifact
+    from .sidecars import UnreadableSidecar as UnreadableSidecar
+    from .sidecars import artifact_parts as artifact_parts
+    from .sidecars import artifact_path as artifact_path
+    from .sidecars import iter_sidecars as iter_sidecars
+    from .sidecars import look_up_sidecar as look_up_sidecar
+    from .sidecars import read_sidecar as read_sidecar
