@@ -72,7 +72,7 @@ class LayerReport:
         return {
             "layer": self.layer,
             "gpu": None if self.landing is None else self.landing.gpu.name,
-            "gpu_count": None if self.landing is None else self.landing.count,
+            "gpu_count": None if self.landing is None else self.landing.gpu_count,
             "key": str(self.key),
             "status": str(self.status),
             "nearest": self.nearest,
@@ -97,7 +97,7 @@ class LandingFacts:
     def to_json(self, layers: tuple[str, ...]) -> dict[str, Any]:
         return {
             "gpu": self.landing.gpu.name,
-            "gpu_count": self.landing.count,
+            "gpu_count": self.landing.gpu_count,
             "facts": self.facts.to_json(),
             "unverified": list(self.unverified(layers)),
             "observation": _observation_json(self.observation),

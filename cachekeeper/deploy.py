@@ -64,7 +64,7 @@ def landing_of(target: Target, observed: Facts) -> Landing:
     the type), else the target's first (whose declared facts it then contradicts)."""
     gpu_type, count = observed.value(f.GPU_TYPE, f.NONE), observed.value(f.GPU_COUNT, 0)
     same_type = [landing for landing in target.landings if landing.gpu.name == gpu_type]
-    same_count = [landing for landing in same_type if landing.count == count]
+    same_count = [landing for landing in same_type if landing.gpu_count == count]
     return (same_count or same_type or [target.landings[0]])[0]
 
 

@@ -18,7 +18,6 @@ on its own is in Modal's newer GPU tables; ``"A10G"`` is the older name of ``"A1
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from .errors import UsageError
@@ -77,30 +76,28 @@ _EXACT = {lands[0]: spelling for spelling, lands in reversed(_SPELLINGS.items())
 _SPEC = re.compile(r"(?P<type>[^:\s]+)(?::(?P<count>\d+))?")
 
 
-@dataclass(frozen=True, slots=True)
-class Landing:
+class Landing(NamedTuple):
     """One kind of machine a deploy's containers may boot on: a GPU type and how many of it."""
 
     gpu: GpuType
-    count: int
+    gpu_count: int
 
     @property
     def label(self) -> str:
         """How people read it: ``H100``, ``H100:8``, ``cpu``."""
-        return self.gpu.name if self.count <= 1 else f"{self.gpu.name}:{self.count}"
+        return self.gpu.name if self.gpu_count <= 1 else f"{self.gpu.name}:{self.gpu_count}"
 
     @property
     def exact(self) -> str:
         """The Modal ``gpu`` value that lands here and nowhere else (``"H100!"`` for an H100)."""
         spelling = "cpu" if self.gpu is CPU else _EXACT[self.gpu.name]
-        return spelling if self.count <= 1 else f"{spelling}:{self.count}"
+        return spelling if self.gpu_count <= 1 else f"{spelling}:{self.gpu_count}"
 
     def __str__(self) -> str:
         return self.label
 
 
-@dataclass(frozen=True, slots=True)
-class GpuRequest:
+class GpuRequest(NamedTuple):
     """What a target asks Modal for, and every landing it may get, in order of preference."""
 
     spec: str  # as written: "H100", "B200+:2", or a fallback list '["H100", "A100-80GB"]'
@@ -158,7 +155,7 @@ def parse_request(value: object) -> GpuRequest:
 def parse_gpu(spec: str) -> tuple[GpuType, int]:
     """``"H100:2"`` → (the H100 type, 2): the first type one spelling lands on, and the count."""
     first = _landings(spec)[0]
-    return first.gpu, first.count
+    return first.gpu, first.gpu_count
 
 
 def _landings(spec: str) -> tuple[Landing, ...]:

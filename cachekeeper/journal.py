@@ -46,10 +46,14 @@ class Journal:
         if not records:
             return
         lines = "".join(record.to_line() for record in records)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         # One write of whole lines with O_APPEND: a crash leaves at worst a torn last line,
         # which readers skip.
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        try:
+            descriptor = os.open(self.path, flags, 0o644)
+        except FileNotFoundError:  # the journal directory is made with the first journal
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.path, flags, 0o644)
         try:
             os.write(descriptor, lines.encode())
             if self.sync_each:

@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from . import facts as f
@@ -26,20 +25,39 @@ _KEY = re.compile(r"(?P<layer>[a-z][a-z0-9_]*)-(?:(?P<label>[a-z0-9._-]+)-)?(?P<
 _UNSAFE = re.compile(r"[^a-z0-9._]+")
 
 ABSENT = "(absent)"  # what explain shows for a fact one side does not have
+_NO_FACTS = Facts()
 
 
-@dataclass(frozen=True, slots=True)
 class CacheKey:
     """``compile-sm90-cu130-vllm0.33.0-3f9a1c2b7e4d5a60``: layer, readable label, digest.
 
     ``facts`` are the facts the digest was made of, with their sources; they do not take part in
-    equality, which is the key string's alone.
+    equality, which is the key string's alone. A plain class for the reason Facts is one.
     """
 
+    __slots__ = ("digest", "facts", "label", "layer")
     layer: str
     label: str
     digest: str
-    facts: Facts = field(default=Facts(), compare=False, repr=False)
+    facts: Facts
+
+    def __init__(self, layer: str, label: str, digest: str, facts: Facts = _NO_FACTS) -> None:
+        for name, value in (("layer", layer), ("label", label), ("digest", digest), ("facts", facts)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a CacheKey is immutable: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CacheKey):
+            return NotImplemented
+        return (self.layer, self.label, self.digest) == (other.layer, other.label, other.digest)
+
+    def __hash__(self) -> int:
+        return hash((self.layer, self.label, self.digest))
+
+    def __repr__(self) -> str:
+        return f"CacheKey(layer={self.layer!r}, label={self.label!r}, digest={self.digest!r})"
 
     def __str__(self) -> str:
         return "-".join(part for part in (self.layer, self.label, self.digest) if part)

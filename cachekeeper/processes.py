@@ -23,14 +23,13 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 _FIELDS = 6
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessIdentity:
+class ProcessIdentity(NamedTuple):
     """Who a process is, as leases and use records carry it (``str()`` / ``parse``)."""
 
     token: str  # random, one per process: names its records
@@ -64,7 +63,8 @@ class ProcessIdentity:
 _token: tuple[int, str] | None = None  # (pid it was made in, token)
 
 
-def _my_token() -> str:
+def this_token() -> str:
+    """The random token of this process: what names its records, read without touching /proc."""
     global _token
     if _token is None or _token[0] != os.getpid():  # a forked child is another process
         _token = (os.getpid(), uuid.uuid4().hex)
@@ -82,10 +82,10 @@ def this_process() -> ProcessIdentity:
         # /proc may be mounted for another pid namespace (``unshare --pid`` without --mount-proc):
         # then its pids are not ours, and nothing read there proves anything about our pids.
         if os.readlink("/proc/self") != str(pid):
-            return ProcessIdentity(_my_token(), boot, "", pid, "", host)
+            return ProcessIdentity(this_token(), boot, "", pid, "", host)
     except OSError:
-        return ProcessIdentity(_my_token(), "", "", pid, "", host)
-    return ProcessIdentity(_my_token(), boot, namespace, pid, _start_time(pid) or "", host)
+        return ProcessIdentity(this_token(), "", "", pid, "", host)
+    return ProcessIdentity(this_token(), boot, namespace, pid, _start_time(pid) or "", host)
 
 
 def host_id() -> str:

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import facts as f
 from .engine_args import refuse_reserved
@@ -64,25 +63,24 @@ _TOP_KEYS = {"target", "roots", "layers", "budget"}
 DEFAULT_FILE_BUDGET = 50_000
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     source: str  # where it was read from, for messages
     request: GpuRequest  # the GPU asked for, and every landing it may get
-    model: str | None = None
-    revision: str | None = None
-    python: str | None = None
-    cuda: str | None = None
-    driver: str | None = None
-    image: str | None = None
-    packages: Mapping[str, str] = field(default_factory=dict)
-    engine: Mapping[str, Any] = field(default_factory=dict)
-    env: Mapping[str, str] = field(default_factory=dict)
-    layers: tuple[Layer, ...] = DEFAULT_LAYERS
-    needs: tuple[str, ...] = (WEIGHTS, COMPILE)
-    roots: Mapping[str, Path] = field(default_factory=dict)
-    warmup: tuple[str, ...] = ()  # the command that boots once inside activate(); see check --rebuild
-    strikes: int | None = None  # failed boots that quarantine an artifact (strikes.py); None: the default
-    max_files: int = DEFAULT_FILE_BUDGET  # [budget] files: how many files a root may hold (doctor warns)
+    model: str | None
+    revision: str | None
+    python: str | None
+    cuda: str | None
+    driver: str | None
+    image: str | None
+    packages: Mapping[str, str]
+    engine: Mapping[str, Any]
+    env: Mapping[str, str]
+    layers: tuple[Layer, ...]
+    needs: tuple[str, ...]
+    roots: Mapping[str, Path]
+    warmup: tuple[str, ...]  # the command that boots once inside activate(); see check --rebuild
+    strikes: int | None  # failed boots that quarantine an artifact (strikes.py); None: the default
+    max_files: int  # [budget] files: how many files a root may hold (doctor warns)
 
     @property
     def landings(self) -> tuple[Landing, ...]:
@@ -96,7 +94,7 @@ class Target:
 
     @property
     def gpu_count(self) -> int:
-        return self.request.first.count
+        return self.request.first.gpu_count
 
     def landing(self, gpu: str | None = None) -> Landing:
         """The landing on ``gpu`` (``"H200"``), the first when None; UsageError when it has none."""
@@ -120,7 +118,7 @@ class Target:
         landing = landing or self.request.first
         gpu = landing.gpu
         facts = [Fact(f.GPU_TYPE, gpu.name, declared)]
-        facts.append(Fact(f.GPU_COUNT, landing.count, declared))
+        facts.append(Fact(f.GPU_COUNT, landing.gpu_count, declared))
         facts.append(Fact(f.GPU_ARCH, gpu.arch, declared))
         if gpu is CPU:
             # A machine without a GPU has none of these; nothing needs to be inherited.

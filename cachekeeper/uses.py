@@ -27,7 +27,7 @@ from typing import NamedTuple
 from .errors import CachekeeperError
 from .keys import parse_key
 from .liveness import Memory, Witness, digest, record_bytes
-from .processes import ProcessIdentity, process_gone, this_process
+from .processes import ProcessIdentity, process_gone, this_process, this_token
 from .store import Root, write_atomically
 from .store.layout import USES
 
@@ -150,14 +150,14 @@ def release_all() -> None:
 
 def register(root: Root, layer: str, key: str) -> Registration:
     """Record that this process uses ``key`` until it exits (or ``release()``)."""
-    path = root.uses_dir(layer, key) / f"{this_process().token}.json"
+    path = root.uses_dir(layer, key) / f"{this_token()}.json"
     _heartbeat.add(path)
     return Registration(path)
 
 
 def mine(info: UseInfo) -> bool:
     """Whether ``info`` is a use of this very process."""
-    return info.process.token == this_process().token
+    return info.process.token == this_token()
 
 
 class _Heartbeat:

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -301,4 +300,4 @@ def exited_process(token: str = "exited") -> ProcessIdentity:
     """This host's identity of a process that has exited: proven gone."""
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
-    return replace(this_process(), pid=process.pid, token=token)
+    return this_process()._replace(pid=process.pid, token=token)

@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -170,7 +169,7 @@ def test_a_process_that_ended_on_this_machine_is_gone_once_proven():
 
 def test_a_reused_pid_with_another_start_time_is_gone():
     me = this_process()
-    reused = replace(me, token="an earlier process", started=str(int(me.started) - 1))
+    reused = me._replace(token="an earlier process", started=str(int(me.started) - 1))
     assert process_gone(reused)
 
 
@@ -181,12 +180,12 @@ def test_a_process_of_another_pid_namespace_is_never_gone():
     assert other.namespace != this_process().namespace
     assert not process_gone(other)  # it exited, and its namespace is gone: still, nothing here proves it
     # Nor does a pid of ours that does not run prove anything about theirs.
-    assert not process_gone(replace(other, pid=2**22 - 1))
+    assert not process_gone(other._replace(pid=2**22 - 1))
 
 
 def test_a_process_of_another_machine_is_never_gone():
     me = this_process()
-    assert not process_gone(replace(me, token="elsewhere", boot="another machine", pid=2**22 - 1))
+    assert not process_gone(me._replace(token="elsewhere", boot="another machine", pid=2**22 - 1))
 
 
 def test_without_a_proc_of_its_own_nothing_is_proven():
@@ -195,10 +194,9 @@ def test_without_a_proc_of_its_own_nothing_is_proven():
     _namespaces_or_skip()
     code = (
         "import json, os\n"
-        "from dataclasses import replace\n"
         "from cachekeeper.processes import this_process, process_gone\n"
         "me = this_process()\n"
-        "dead = replace(me, token='dead', namespace='x', pid=2**22 - 1)\n"
+        "dead = me._replace(token='dead', namespace='x', pid=2**22 - 1)\n"
         "print(json.dumps({'me': str(me), 'pid': os.getpid(), 'proves': process_gone(dead)}))\n"
     )
     done = subprocess.run(

@@ -11,7 +11,7 @@ from cachekeeper.gpus import CPU, modal_gpu_type, parse_gpu, parse_request
 
 
 def lands(value) -> list[tuple[str, str, int]]:
-    return [(each.gpu.name, each.gpu.arch, each.count) for each in parse_request(value).landings]
+    return [(each.gpu.name, each.gpu.arch, each.gpu_count) for each in parse_request(value).landings]
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_each_landing_names_the_modal_value_that_lands_there_alone():
 
 def test_a_landing_is_chosen_by_gpu_type_or_label():
     request = parse_request(["H100:8", "A100-80GB"])
-    assert request.landing("h200").label == "H200:8" and request.landing("A100-80GB").count == 1
+    assert request.landing("h200").label == "H200:8" and request.landing("A100-80GB").gpu_count == 1
     assert request.landing(None) == request.first
     with pytest.raises(UsageError, match=r'gpu = \["H100:8", "A100-80GB"\] never lands on .B300.'):
         request.landing("B300")

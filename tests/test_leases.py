@@ -10,7 +10,6 @@ import sys
 import textwrap
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 
@@ -222,9 +221,9 @@ def test_processes_racing_for_an_expired_lease_have_exactly_one_winner(kind, roo
 def test_only_this_namespace_and_a_dead_pid_count_as_gone():
     me = this_process()
     assert not process_gone(me) and not process_gone(str(me))
-    other = replace(me, token="another process")
-    assert process_gone(replace(other, started=str(int(me.started) + 1)))  # the pid was reused
-    assert not process_gone(replace(other, namespace="pid:[1]", started="1"))  # another container
+    other = me._replace(token="another process")
+    assert process_gone(other._replace(started=str(int(me.started) + 1)))  # the pid was reused
+    assert not process_gone(other._replace(namespace="pid:[1]", started="1"))  # another container
     assert not process_gone("")
     assert ProcessIdentity.parse(str(me)) == me
 

@@ -84,7 +84,7 @@ def test_pyproject_tool_table_is_read_and_found(tmp_path):
 def test_gpu_means_every_landing_modal_may_give_it(tmp_path, gpu, landings):
     target = load_target(_write(tmp_path / "cachekeeper.toml", f"[target]\ngpu = {gpu}\n"))
     assert [landing.label for landing in target.landings] == landings
-    assert (target.gpu, target.gpu_count) == (target.landings[0].gpu, target.landings[0].count)
+    assert (target.gpu, target.gpu_count) == (target.landings[0].gpu, target.landings[0].gpu_count)
 
 
 def test_each_landing_declares_its_own_gpu_facts(tmp_path):

@@ -3,7 +3,6 @@ before a deploy, its snapshot tag, and why two keys differ."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import signal
@@ -73,7 +72,7 @@ def run(
         if found is not None:
             for change in contradictions(found, served):
                 stderr.print(f"cachekeeper: the command contradicts {found.source}: {change}; keyed by the command")
-            found = dataclasses.replace(found, model=served.model, revision=served.revision, engine=served.engine)
+            found = found._replace(model=served.model, revision=served.revision, engine=served.engine)
     on_busy: Literal["wait", "cold"] = "wait" if busy == "wait" else "cold"
     with activate(
         settings.root,

@@ -355,10 +355,9 @@ def _leads_out(root: Root, parts: tuple[str, ...], layer: Layer) -> bool:
     """Whether the key's directory, or a directory in it that a cache variable will point at, is
     (or is reached through) a symbolic link, dangling or not: the boot would read and write
     wherever it points, outside the root. Such an artifact is not used."""
+    subdirectories = {(sub,) for _, sub in layer.env if sub}
     try:
-        for subdirectory in {"", *(sub for _, sub in layer.env)}:
-            with descriptors.opened(root.path, (*parts, subdirectory) if subdirectory else parts):
-                pass
+        descriptors.refuse_links(root.path, parts, subdirectories)
     except UnsafePath as error:
         logger.warning("cachekeeper: not using %s: %s; booting cold instead", "/".join(parts), error)
         return True

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,19 +30,48 @@ def opened(top: Path, parts: Sequence[str]) -> Iterator[int | None]:
     try:
         try:
             descriptors.append(os.open(top, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)))
-            for part in parts:
-                descriptors.append(os.open(part, _DIRECTORY, dir_fd=descriptors[-1]))
+            found = _walk(descriptors, parts, top)
         except FileNotFoundError:
             yield None
             return
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePath(f"refusing {top / os.path.join(*parts)}: a part of it is a symbolic link") from None
-            raise
-        yield descriptors[-1]
+        yield found
     finally:
         for descriptor in reversed(descriptors):
             os.close(descriptor)
+
+
+def refuse_links(top: Path, parts: Sequence[str], below: Iterable[Sequence[str]]) -> None:
+    """Refuse ``top/parts...``, and each directory ``below`` it (parts relative to it), when one is
+    reached through a symbolic link or is not a directory; a missing one is no error. One walk
+    from ``top``, then one from the directory for each of ``below``."""
+    with opened(top, parts) as directory:
+        if directory is None:
+            return
+        for inner in below:
+            _check_parts(inner)
+            descriptors: list[int] = []
+            try:
+                _walk(descriptors, inner, top.joinpath(*parts), start=directory)
+            except FileNotFoundError:
+                continue
+            finally:
+                for descriptor in reversed(descriptors):
+                    os.close(descriptor)
+
+
+def _walk(descriptors: list[int], parts: Sequence[str], shown: Path, start: int | None = None) -> int:
+    """Open each of ``parts`` relative to the one before it, from ``start`` (else the last of
+    ``descriptors``), appending what it opens to ``descriptors``; the last directory opened."""
+    current = descriptors[-1] if start is None else start
+    try:
+        for part in parts:
+            current = os.open(part, _DIRECTORY, dir_fd=current)
+            descriptors.append(current)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(f"refusing {shown / os.path.join(*parts)}: a part of it is a symbolic link") from None
+        raise
+    return current
 
 
 def remove(top: Path, parts: Sequence[str]) -> bool:

@@ -29,7 +29,6 @@ import socket
 import stat
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -310,12 +309,11 @@ def check_state(root: Root) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Roots:
+class Roots(NamedTuple):
     """The main root (manifest, journals) and any layer kept on a root of its own."""
 
     main: Root
-    per_layer: Mapping[str, Root] = field(default_factory=dict)
+    per_layer: Mapping[str, Root] = {}  # never changed in place
 
     @classmethod
     def at(cls, main: Path, per_layer: Mapping[str, Path] | None = None) -> Roots:

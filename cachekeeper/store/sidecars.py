@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import facts as f
 from ..errors import UnsafePath
@@ -118,8 +118,7 @@ def artifact_path(root: Root, artifact: Artifact) -> Path:
     return root.path.joinpath(*artifact_parts(root, artifact))
 
 
-@dataclass(frozen=True, slots=True)
-class UnreadableSidecar:
+class UnreadableSidecar(NamedTuple):
     """A sidecar that exists but cannot be read: damaged, truncated, written in a newer format, or
     copied from another key. Not an artifact anyone may use, and not proof that there is none:
     whoever wrote it may still use the key's files, so they are kept (see ``look_up_sidecar``)."""
