@@ -59,7 +59,7 @@ def hub_revisions(roots: Roots) -> list[Artifact]:
                     last_used_at=max(accessed, revision.last_modified),
                     builder=UNTRACKED,
                     facts=facts.values(),
-                )
+                ).checked()
             )
     return found
 

@@ -104,7 +104,7 @@ def _columns(names: Sequence[str]) -> str:
     return ", ".join(f'"{name}"' for name in names)
 
 
-_ARTIFACT = tuple(field.name for field in fields(Artifact))
+_ARTIFACT = Artifact._fields
 _SUMMARY = ArtifactSummary._fields
 _EVENT = tuple(field.name for field in fields(Event))
 _OBSERVATION = tuple(field.name for field in fields(Observation))
@@ -361,7 +361,7 @@ def _artifact(row: Sequence[Any]) -> Artifact | None:
     try:
         values["facts"] = {name: f.freeze(value) for name, value in _json(values["facts"]).items()}
         values["depends_on"] = tuple(str(key) for key in _json(values["depends_on"]) or ())
-        return Artifact(**values)
+        return Artifact(**values).checked()
     except (AttributeError, TypeError, ValueError) as error:
         logger.warning("cachekeeper: ignoring the manifest row of %r: %s", values.get("key"), error)
         return None

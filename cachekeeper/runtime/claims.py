@@ -191,7 +191,7 @@ def _artifact(
         facts=use.key.facts.values(),
         depends_on=depends_on,
         checksum=contents.checksum,
-    )
+    ).checked()
     return artifact, contents
 
 

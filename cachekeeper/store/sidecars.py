@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,8 +21,7 @@ DELETING = "deleting"  # a prune removed the sidecar and is removing the files
 SIDECAR_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class Artifact:
+class Artifact(NamedTuple):
     """What a sidecar says, and what the manifest indexes: one published artifact.
 
     ``relpath`` is relative to the layer's root, so the same Volume mounted elsewhere still works.
@@ -46,14 +44,17 @@ class Artifact:
     depends_on: tuple[str, ...] = ()
     checksum: str | None = None
 
-    def __post_init__(self) -> None:
-        # Names a path will be made of are checked where a record enters: a sidecar, a row.
+    def checked(self) -> Artifact:
+        """This artifact, when the names a path will be made of are sound; else a ValueError.
+        Every artifact is checked where it is made: from a sidecar, a manifest row, a Hub scan, a
+        build."""
         try:
             key_name(self.layer, self.key)
             if self.checksum is not None:
                 checksum_name(self.checksum)
         except UnsafePath as error:
             raise ValueError(str(error)) from None
+        return self
 
     def cache_key(self) -> CacheKey:
         layer, digest = parse_key(self.key)
@@ -61,7 +62,7 @@ class Artifact:
         return CacheKey(layer, label, digest, Facts.from_values(self.facts, Source.OBSERVED))
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self._asdict()
         data["facts"] = {name: thaw(value) for name, value in self.facts.items()}
         return {"format": SIDECAR_FORMAT, **data}
 
@@ -84,7 +85,7 @@ class Artifact:
                 facts={str(k): freeze(v) for k, v in dict(data["facts"]).items()},
                 depends_on=tuple(str(key) for key in data.get("depends_on", ())),
                 checksum=None if data.get("checksum") is None else str(data["checksum"]),
-            )
+            ).checked()
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"sidecar field missing or malformed: {error}") from None
         return artifact
