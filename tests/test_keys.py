@@ -11,7 +11,7 @@ import pytest
 
 from cachekeeper.errors import UnknownKeyError
 from cachekeeper.facts import Facts, Source
-from cachekeeper.keys import ABSENT, derive_key, derive_keys, explain, parse_key
+from cachekeeper.keys import ABSENT, CacheKey, derive_key, derive_keys, explain, parse_key
 from cachekeeper.layers import COMPILE, DEFAULT_LAYERS, SNAPSHOT, WEIGHTS, Layer, layer_named
 
 from .helpers import H100_FACTS, facts
@@ -145,3 +145,15 @@ def test_known_digest_is_pinned():
     # If this fails, every cache in the field would go cold: change KEY_SCHEMA on purpose, then here.
     declared = Facts.from_values({"model": "org/m", "model.revision": "b" * 40}, Source.DECLARED)
     assert str(derive_key(layer_named(WEIGHTS), declared)) == "weights-m-bbbbbbbb-b85d82e895dee544"
+
+
+def test_a_key_is_an_immutable_value_equal_by_its_string_alone():
+    key = derive_key(layer_named(COMPILE), facts())
+    same = CacheKey(key.layer, key.label, key.digest)  # as a key read back from its string is
+    assert key == same and hash(key) == hash(same) and key.facts != same.facts
+    assert key != derive_key(layer_named(COMPILE), facts(torch="9.9.9"))
+    with pytest.raises(AttributeError):
+        key.digest = "0" * 16
+    with pytest.raises(AttributeError):
+        key.facts.items = ()
+    assert Facts(reversed(tuple(key.facts))) == key.facts and len({key.facts, Facts(tuple(key.facts))}) == 1

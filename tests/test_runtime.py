@@ -200,6 +200,32 @@ def test_every_boot_journals_what_it_saw(root):
     assert chunk.closed and chunk.records[2].key == str(ck.keys["compile"])
 
 
+def test_a_boot_syncs_its_journal_before_publishing_and_at_close_only(root, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with cachekeeper.activate(root) as built:
+        (built.layers["compile"].path / "inductor" / "kernel.so").write_bytes(b"x")
+    [path] = journal.journal_files(Root(root))
+    journal_syncs = [i for i, name in enumerate(synced) if name == str(path)]
+    sidecar_syncs = [i for i, name in enumerate(synced) if "sidecars" in name]
+    # The intent is on disk before the sidecar, and everything at close: twice, not once a record.
+    assert len(journal_syncs) == 2 and journal_syncs[0] < min(sidecar_syncs) < journal_syncs[1]
+
+    synced.clear()
+    with cachekeeper.activate(root) as warm:
+        assert warm.hits == {"compile": True}
+    [hit_journal] = [p for p in journal.journal_files(Root(root)) if p != path]
+    assert synced == [str(hit_journal)]  # a warm boot syncs once, at close
+    kinds = [record.kind for record in journal.read_journal(hit_journal).records]
+    assert kinds == ["observed", "hit", "closed"]  # every record written all the same
+
+
 def test_an_unknown_layer_is_a_usage_error(root):
     with pytest.raises(cachekeeper.CachekeeperError, match="unknown layer 'kernels'"):
         with cachekeeper.activate(root, layers=["kernels"]):
