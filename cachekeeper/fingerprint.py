@@ -193,7 +193,12 @@ def _metadata_version(module: str, dists: tuple[str, ...]) -> str:
 
 
 def _normalize(dist: str) -> str:
-    return re.sub(r"[-_.]+", "_", dist).lower()
+    """The name as PEP 503 compares them: runs of -, _ and . as one _, in lower case (string
+    methods, not a pattern: this runs for every dist-info directory at every boot)."""
+    name = dist.lower().replace("-", "_").replace(".", "_")
+    while "__" in name:
+        name = name.replace("__", "_")
+    return name
 
 
 # ``cuda: Optional[str] = '12.8'`` or ``hip = None``: the quoted value, empty when None.

@@ -43,25 +43,7 @@ class Journal:
 
     def extend(self, records: Sequence[Record]) -> None:
         """Append the records in one write (and one fsync, with ``sync_each``)."""
-        if not records:
-            return
-        lines = "".join(record.to_line() for record in records)
-        # One write of whole lines with O_APPEND: a crash leaves at worst a torn last line,
-        # which readers skip.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        try:
-            descriptor = os.open(self.path, flags, 0o644)
-        except FileNotFoundError:  # the journal directory is made with the first journal
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(self.path, flags, 0o644)
-        try:
-            os.write(descriptor, lines.encode())
-            if self.sync_each:
-                os.fsync(descriptor)
-            else:
-                self._unsynced = True
-        finally:
-            os.close(descriptor)
+        self._write(records, sync=self.sync_each)
 
     def sync(self) -> None:
         """Make every record written so far durable."""
@@ -75,9 +57,29 @@ class Journal:
         self._unsynced = False
 
     def close(self) -> None:
+        """Append the closing record and sync everything, in one write and one fsync."""
         if self.path.exists():
-            self.append(Record.new(Kind.CLOSED))
-        self.sync()
+            self._write([Record.new(Kind.CLOSED)], sync=True)
+
+    def _write(self, records: Sequence[Record], *, sync: bool) -> None:
+        if not records:
+            return
+        lines = "".join(record.to_line() for record in records)
+        # One write of whole lines with O_APPEND: a crash leaves at worst a torn last line,
+        # which readers skip.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        try:
+            descriptor = os.open(self.path, flags, 0o644)
+        except FileNotFoundError:  # the journal directory is made with the first journal
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.path, flags, 0o644)
+        try:
+            os.write(descriptor, lines.encode())
+            if sync:
+                os.fsync(descriptor)  # everything written before, too: fsync is per file
+            self._unsynced = not sync
+        finally:
+            os.close(descriptor)
 
 
 class JournalChunk(NamedTuple):

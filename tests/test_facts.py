@@ -199,6 +199,13 @@ def test_versions_read_from_dist_info_names_agree_with_importlib_metadata():
         assert found[re.sub(r"[-_.]+", "_", name).lower()] == importlib.metadata.version(name), name
 
 
+@pytest.mark.parametrize("name", ["Zope..Interface", "a-_-b", "A__B", "x.-y", "flashinfer_python", "nvidia-ml-py", "a"])
+def test_dist_names_are_compared_as_pep_503_normalizes_them(name):
+    import re
+
+    assert fingerprint._normalize(name) == re.sub(r"[-_.]+", "_", name).lower()
+
+
 def test_a_package_earlier_on_sys_path_wins(tmp_path, monkeypatch):
     (tmp_path / "flashinfer_python-0.7.2.post1.dist-info").mkdir()
     (tmp_path / "torch-9.0.0.dist-info").mkdir()

@@ -21,15 +21,16 @@ def write_atomically(path: Path, data: bytes, *, exclusive: bool = False, durabl
     crash of the machine (a sidecar), not for what is rewritten every few seconds (a use).
     """
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    renamed = False
     try:
         for attempt in range(_MKDIR_ATTEMPTS):
-            path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 _write(temporary, data, durable)
                 break
-            except FileNotFoundError:
+            except FileNotFoundError:  # the directory is made when a write finds it missing
                 if attempt == _MKDIR_ATTEMPTS - 1:
                     raise
+                path.parent.mkdir(parents=True, exist_ok=True)
         if exclusive:
             try:
                 os.link(temporary, path)
@@ -39,13 +40,16 @@ def write_atomically(path: Path, data: bytes, *, exclusive: bool = False, durabl
                 if path.exists():
                     return False
                 os.replace(temporary, path)
+                renamed = True
         else:
             os.replace(temporary, path)
+            renamed = True
         if durable:
             fsync_directory(path.parent)
         return True
     finally:
-        temporary.unlink(missing_ok=True)
+        if not renamed:
+            temporary.unlink(missing_ok=True)
 
 
 def _write(path: Path, data: bytes, durable: bool) -> None:
