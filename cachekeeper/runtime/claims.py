@@ -260,7 +260,7 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
     if layer.name == WEIGHTS:
         found = look_up_sidecar(root, WEIGHTS, str(key))
         if isinstance(found, UnreadableSidecar):
-            return _private(layer, key, root, _unreadable(found))
+            return private_claim(layer, key, root, _unreadable(found))
         status = HIT if found is not None else DOWNLOAD
         return Claim(layer, LayerUse(WEIGHTS, key, status, root.layer_dir(WEIGHTS)), root)
     parts = root.artifact_parts(layer.name, str(key))
@@ -268,10 +268,10 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
     while True:
         found = look_up_sidecar(root, layer.name, str(key))
         if isinstance(found, UnreadableSidecar):
-            return _private(layer, key, root, _unreadable(found))
+            return private_claim(layer, key, root, _unreadable(found))
         if found is not None:
             if _leads_out(root, parts, layer):
-                return _private(layer, key, root)
+                return private_claim(layer, key, root)
             return Claim(layer, LayerUse(layer.name, key, HIT, directory), root)
         lease = leases().acquire(layer.name, str(key))
         if lease is not None:
@@ -283,7 +283,7 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
                     continue
                 if isinstance(found, UnreadableSidecar):
                     lease.release()
-                    return _private(layer, key, root, _unreadable(found))
+                    return private_claim(layer, key, root, _unreadable(found))
                 # Whatever is here was left by a build that was never published: never trusted.
                 # It is cleared only when whoever wrote it is proven gone; a builder that stalled
                 # past its lease may still be writing into it, a server may still read it.
@@ -292,7 +292,7 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
                     writer = _may_still_write(root, layer.name, str(key), lease.previous)
                     if writer is not None:
                         lease.release()
-                        return _private(
+                        return private_claim(
                             layer, key, root, f"{relpath} was left unfinished, and {writer}: not clearing it"
                         )
                     store.remove_tree(root, parts)
@@ -300,13 +300,13 @@ def _look(layer: Layer, key: CacheKey, root: Root, leases: Callable[[], Leases],
             except UnsafePath as error:
                 lease.release()
                 logger.warning("cachekeeper: not building %s: %s; booting cold instead", relpath, error)
-                return _private(layer, key, root)
+                return private_claim(layer, key, root)
             except BaseException:
                 lease.release()
                 raise
             return Claim(layer, LayerUse(layer.name, key, BUILD, directory), root, lease)
         if waiting.gives_up():
-            return _private(layer, key, root)
+            return private_claim(layer, key, root)
         waiting.pause()
 
 
@@ -343,12 +343,20 @@ def _unreadable(found: UnreadableSidecar) -> str:
     return f"its sidecar {found.path} cannot be read ({found.reason}): not using it, nor clearing it"
 
 
-def _private(layer: Layer, key: CacheKey, root: Root, why: str | None = None) -> Claim:
+def private_dir(layer: str) -> Path:
+    """A fresh temporary directory for ``layer``, this process's alone, removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix=f"cachekeeper-{layer}-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def private_claim(layer: Layer, key: CacheKey, root: Root, why: str | None = None) -> Claim:
+    """``layer`` booted cold in a private directory: what a boot does whenever the shared cache
+    cannot be used safely (another process builds the key, the root is read-only or broken, the
+    artifact has struck out). ``why`` is logged as one warning line."""
     if why is not None:
-        logger.warning("cachekeeper: %s; booting cold in a private directory", why)
-    private = Path(tempfile.mkdtemp(prefix=f"cachekeeper-{layer.name}-"))
-    atexit.register(shutil.rmtree, private, ignore_errors=True)
-    return Claim(layer, LayerUse(layer.name, key, PRIVATE, private), root)
+        logger.warning("cachekeeper: %s; %s boots cold in a private directory", why, layer.name)
+    return Claim(layer, LayerUse(layer.name, key, PRIVATE, private_dir(layer.name)), root)
 
 
 def _leads_out(root: Root, parts: tuple[str, ...], layer: Layer) -> bool:

@@ -44,10 +44,9 @@ from ..store import Root, Roots, default_root
 from ..strikes import DEFAULT_WINDOW
 from .activation import Activation, _chosen_layers, _load
 from .activation import activate as _activate
-from .claims import PRIVATE, Claim, LayerUse
+from .claims import PRIVATE, Claim, LayerUse, private_claim
 from .environment import point_env, restore_env
 from .guard import describe
-from .private import private_claim
 
 if TYPE_CHECKING:
     from ..leases import Leases

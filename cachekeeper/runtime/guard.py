@@ -14,8 +14,7 @@ from ..errors import CachekeeperError, LeasesUnavailable
 from ..keys import CacheKey
 from ..layers import Layer
 from ..store import Root, Roots
-from .claims import Claim, Waiting, claim
-from .private import private_claim
+from .claims import Claim, Waiting, claim, private_claim
 from .watch import Watch
 
 if TYPE_CHECKING:

@@ -35,8 +35,7 @@ from ..errors import UnsafePath
 from ..keys import CacheKey
 from ..layers import WEIGHTS, Layer
 from ..store import Root, descriptors, read_sidecar
-from .claims import HIT, Claim, LayerUse
-from .private import private_claim, private_dir
+from .claims import HIT, Claim, LayerUse, private_claim, private_dir
 
 if TYPE_CHECKING:
     from .served import ServedUses

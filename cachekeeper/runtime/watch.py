@@ -24,8 +24,7 @@ from .. import strikes
 from ..records import Kind, Record
 from ..store import builder_id
 from ..strikes import DEFAULT_STRIKES, DEFAULT_WINDOW, Attempt, Strike, Tally, struck
-from .claims import BUILD, HIT, Claim
-from .private import private_claim
+from .claims import BUILD, HIT, Claim, private_claim
 
 if TYPE_CHECKING:
     from ..leases import Leases
