@@ -100,6 +100,9 @@ class Facts:
     def __repr__(self) -> str:
         return f"Facts(items={self.items!r})"
 
+    def __reduce__(self) -> tuple[type[Facts], tuple[tuple[Fact, ...]]]:
+        return Facts, (self.items,)  # copied and pickled through __init__, never __setattr__
+
     @classmethod
     def from_values(cls, values: Mapping[str, Any], source: Source) -> Facts:
         return cls(tuple(Fact(name, freeze(value), source) for name, value in values.items()))

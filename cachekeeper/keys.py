@@ -59,6 +59,9 @@ class CacheKey:
     def __repr__(self) -> str:
         return f"CacheKey(layer={self.layer!r}, label={self.label!r}, digest={self.digest!r})"
 
+    def __reduce__(self) -> tuple[type[CacheKey], tuple[str, str, str, Facts]]:
+        return CacheKey, (self.layer, self.label, self.digest, self.facts)
+
     def __str__(self) -> str:
         return "-".join(part for part in (self.layer, self.label, self.digest) if part)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -157,3 +159,6 @@ def test_a_key_is_an_immutable_value_equal_by_its_string_alone():
     with pytest.raises(AttributeError):
         key.facts.items = ()
     assert Facts(reversed(tuple(key.facts))) == key.facts and len({key.facts, Facts(tuple(key.facts))}) == 1
+    for value in (key, key.facts):  # copied and pickled as the dataclasses they were could be
+        assert copy.deepcopy(value) == value == pickle.loads(pickle.dumps(value))
+    assert pickle.loads(pickle.dumps(key)).facts == key.facts
