@@ -53,6 +53,9 @@ if _VENV_PYTHON.exists() and Path(sys.prefix).resolve() != (REPO / ".venv").reso
 
 from common import installed_env, machine, save  # noqa: E402
 
+sys.path.insert(0, str(REPO))  # the root is laid out with the test suite's own helper
+from tests.helpers import make_hf_model  # noqa: E402
+
 TARGET_MS = 15.0
 MODEL = "bench-org/tiny-model"
 ENGINE = {"max_model_len": 4096}
@@ -148,24 +151,6 @@ REALTIME = [""]
 
 
 # --- the cache root and the target ---------------------------------------------------------------
-
-
-def make_hf_model(cache: Path, repo_id: str, files: dict[str, bytes]) -> str:
-    """A model laid out as huggingface_hub lays it out (blobs by content, snapshot links, refs/main);
-    the same as tests/helpers.py's make_hf_model. Returns the commit sha."""
-    sha = hashlib.sha1(repo_id.encode() + repr(sorted(files)).encode()).hexdigest()
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(sha)
-    snapshot = repo / "snapshots" / sha
-    for name, content in files.items():
-        blob = repo / "blobs" / hashlib.sha256(content).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(content)
-        link = snapshot / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    return sha
 
 
 def write_targets(directory: Path, sha: str, gpu: str) -> None:

@@ -69,3 +69,17 @@ def python(code: str) -> list[str]:
 def save(name: str, data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), **data}, indent=2))
+
+
+def insert_artifacts(manifest: Path, rows: list[tuple[object, ...]]) -> None:
+    """Artifact rows (key, layer, model, relpath, state, bytes, files, created_at, last_used_at,
+    builder, facts, depends_on, checksum) written in bulk into a migrated manifest: the benches
+    measure reading at scale, not publishing one artifact at a time."""
+    import sqlite3
+
+    with sqlite3.connect(manifest) as connection:
+        connection.executemany(
+            "INSERT INTO artifact (key, layer, model, relpath, state, bytes, files, created_at, last_used_at, "
+            "builder, facts, depends_on, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, installed_env, machine, save
+from common import REPO, insert_artifacts, installed_env, machine, save
 
 sys.path.insert(0, str(REPO))
 
@@ -52,13 +51,24 @@ def populate(root: Path, count: int) -> Path:
     for index in range(count):
         key = f"compile-cpu-torch2.13.0-{index:016x}"
         used = now - (30 * 86400 if index % 2 else 60) - index
-        rows.append((key, "compile", "org/model", f"compile/{key}", "published", 64, 1, used, used, "bench:1", FACTS))
-    with sqlite3.connect(roots.main.manifest_path) as connection:
-        connection.executemany(
-            "INSERT INTO artifact (key, layer, model, relpath, state, bytes, files, created_at, last_used_at, "
-            "builder, facts, depends_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]')",
-            rows,
+        rows.append(
+            (
+                key,
+                "compile",
+                "org/model",
+                f"compile/{key}",
+                "published",
+                64,
+                1,
+                used,
+                used,
+                "bench:1",
+                FACTS,
+                "[]",
+                None,
+            )
         )
+    insert_artifacts(roots.main.manifest_path, rows)
     return roots.main.manifest_path
 
 
@@ -107,7 +117,7 @@ def main() -> None:
         firsts, ends, jsons, counts = [], [], [], []
         for _ in range(arguments.repeats):
             first, end, lines = listing(root, env)
-            assert lines == arguments.artifacts + 2, lines  # header, rows, total
+            assert lines == arguments.artifacts + 4, lines  # header, rows, total, the layer's total, the root's files
             firsts.append(first)
             ends.append(end)
             jsons.append(timed([sys.executable, "-m", "cachekeeper", "--root", str(root), "ls", "--json"], root.parent))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, installed_env, machine, save
+from common import REPO, insert_artifacts, installed_env, machine, save
 
 sys.path.insert(0, str(REPO))
 
@@ -61,12 +60,7 @@ def populate(root: Path, count: int) -> None:
                 None,
             )
         )
-    with sqlite3.connect(roots.main.manifest_path) as connection:
-        connection.executemany(
-            "INSERT INTO artifact (key, layer, model, relpath, state, bytes, files, created_at, last_used_at, "
-            "builder, facts, depends_on, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+    insert_artifacts(roots.main.manifest_path, rows)
 
 
 def run(command: list[str]) -> tuple[float, float]:

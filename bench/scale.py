@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, installed_env, machine, save
+from common import REPO, insert_artifacts, installed_env, machine, save
 
 sys.path.insert(0, str(REPO))
 
@@ -65,12 +64,7 @@ def populate(root: Path, count: int) -> None:
                 None,
             )
         )
-    with sqlite3.connect(roots.main.manifest_path) as connection:
-        connection.executemany(
-            "INSERT INTO artifact (key, layer, model, relpath, state, bytes, files, created_at, last_used_at, "
-            "builder, facts, depends_on, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+    insert_artifacts(roots.main.manifest_path, rows)
     cli(root, "run", "--", sys.executable, "-c", "pass")  # the target's key, published and observed
 
 
