@@ -6,6 +6,7 @@ boot-time API (``activate``, ``observe``, keys) needs the standard library and N
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -47,10 +48,19 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'cachekeeper' has no attribute {name!r}")
+def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's ``__getattr__`` that imports each public name from its module (``exports``:
+    name → submodule) the first time it is asked for; also used by ``cachekeeper.store``."""
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(import_module(f".{exports[name]}", package), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import facts as f
 from ..deploy import contradictions, declared_gpu_facts, is_gpu_fact, landing_of
-from ..engine_args import engine_args, refuse_reserved
+from ..engine_args import engine_args
 from ..facts import Facts
 from ..fingerprint import observe
 from ..keys import CacheKey, FactChange, derive_keys
@@ -138,6 +138,7 @@ def activate(
 
     ``strikes``, ``strike_window`` and ``read_only_hits`` are those of ``cachekeeper.activate``
     (runtime/failopen.py), which calls this and makes every failure of it a private cold boot.
+    That wrapper has checked every argument (and read the target) already: this does not again.
     """
     started = time.monotonic()
     target = _load(target)
@@ -146,7 +147,6 @@ def activate(
     model = model if model is not None else (target.model if target else None)
     revision = revision if revision is not None else (target.revision if target else None)
     engine = engine if engine is not None else (target.engine if target else {})
-    refuse_reserved(engine, "activate(engine=...)")
     image = image if image is not None else (target.image if target else None)
     facts = observe(
         model=model,
@@ -163,7 +163,7 @@ def activate(
         declared = [fact for fact in declared if not is_gpu_fact(fact.name)]
     mismatches = contradictions(declared, facts)
     chosen = _chosen_layers(layers, target, model, known)
-    waiting = Waiting(on_busy, wait_timeout, refresh)  # every argument is checked before the root is touched
+    waiting = Waiting(on_busy, wait_timeout, refresh)
 
     url = db if db is not None else os.environ.get("CACHEKEEPER_DB")
     read_only = read_only_roots(cache_roots)

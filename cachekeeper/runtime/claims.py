@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from .. import facts as f
 from .. import store, uses, vllm_caches
-from ..errors import UnsafePath, UsageError
+from ..errors import UnsafePath
 from ..facts import Facts
 from ..keys import CacheKey
 from ..layers import SNAPSHOT, WEIGHTS, Layer
@@ -199,8 +199,6 @@ class Waiting:
     """How a boot waits for another builder, and how it looks again at the shared roots."""
 
     def __init__(self, on_busy: str, timeout: float, refresh: Callable[[], object] | None) -> None:
-        if on_busy not in ("wait", "cold"):
-            raise UsageError(f"on_busy must be 'wait' or 'cold', not {on_busy!r}")
         self.on_busy = on_busy
         self.deadline = time.monotonic() + timeout
         self._refresh = refresh
