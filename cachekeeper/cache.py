@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 from .manifest import Manifest, default_url
 from .store import Roots, check_state
 from .sync import KEEP_EVENTS, SyncReport, refresh, sync
 from .target import Target
+from .values import Value
 
 
-class Cache(NamedTuple):
+class Cache(Value):
     roots: Roots
     manifest: Manifest
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from . import facts as f
 from .facts import Fact, Facts, Source
@@ -21,6 +21,7 @@ from .fingerprint import observe, resolve_revision
 from .gpus import Landing
 from .keys import CacheKey, FactChange, derive_keys
 from .layers import DEFAULT_LAYERS
+from .values import Value
 
 if TYPE_CHECKING:
     from .target import Target
@@ -99,7 +100,7 @@ def contradictions(declared: Iterable[Fact], observed: Facts) -> tuple[FactChang
     return tuple(changes)
 
 
-class Fingerprint(NamedTuple):
+class Fingerprint(Value):
     """This machine as a deploy of a target would see it: facts, every layer's key, and what
     contradicts the target."""
 

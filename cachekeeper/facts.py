@@ -12,10 +12,11 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, TypeAlias
 
 from . import vllm_rules
 from .errors import UsageError
+from .values import Value
 
 FactValue: TypeAlias = "str | int | float | bool | tuple[FactValue, ...] | None"
 
@@ -64,7 +65,7 @@ COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
-class Fact(NamedTuple):
+class Fact(Value):
     name: str
     value: FactValue
     source: Source

@@ -18,12 +18,12 @@ on its own is in Modal's newer GPU tables; ``"A10G"`` is the older name of ``"A1
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
 
 from .errors import UsageError
+from .values import Value
 
 
-class GpuType(NamedTuple):
+class GpuType(Value):
     """One kind of GPU a container can land on, named as Modal names it (``"A100-80GB"``)."""
 
     name: str
@@ -76,7 +76,7 @@ _EXACT = {lands[0]: spelling for spelling, lands in reversed(_SPELLINGS.items())
 _SPEC = re.compile(r"(?P<type>[^:\s]+)(?::(?P<count>\d+))?")
 
 
-class Landing(NamedTuple):
+class Landing(Value):
     """One kind of machine a deploy's containers may boot on: a GPU type and how many of it."""
 
     gpu: GpuType
@@ -97,7 +97,7 @@ class Landing(NamedTuple):
         return self.label
 
 
-class GpuRequest(NamedTuple):
+class GpuRequest(Value):
     """What a target asks Modal for, and every landing it may get, in order of preference."""
 
     spec: str  # as written: "H100", "B200+:2", or a fallback list '["H100", "A100-80GB"]'

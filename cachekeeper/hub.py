@@ -11,7 +11,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from . import facts as f
 from .errors import UnsafePath
@@ -20,6 +20,7 @@ from .keys import derive_key
 from .layers import WEIGHTS, layer_named
 from .manifest import Manifest
 from .store import Artifact, Root, Roots, artifact_parts, remove_tree
+from .values import Value
 
 if TYPE_CHECKING:
     from huggingface_hub import DeleteCacheStrategy, HFCacheInfo
@@ -138,7 +139,7 @@ def _scan(weights_dir: Path) -> HFCacheInfo | None:
         return None
 
 
-class WeightsRevision(NamedTuple):
+class WeightsRevision(Value):
     """A revision in the Hub cache as ``cachekeeper weights`` lists it."""
 
     artifact: Artifact

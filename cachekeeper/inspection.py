@@ -64,7 +64,7 @@ class Inspection:
         return {
             **{name: value for name, value in a.to_json().items() if name not in ("format", "relpath")},
             "state": self.state,
-            "strikes": [strike.to_json() for strike in self.strikes],
+            "strikes": [strike._asdict() for strike in self.strikes],
             "quarantined": [entry.summary() for entry in self.quarantined],
             "facts": {name: thaw(value) for name, value in a.facts.items()},
             "depends_on": list(a.depends_on),

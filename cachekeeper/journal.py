@@ -12,11 +12,11 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 from .records import Kind, Record
 from .store import Root
 from .store.layout import host_name
+from .values import Value
 
 SUFFIX = ".jsonl"
 
@@ -82,7 +82,7 @@ class Journal:
             os.close(descriptor)
 
 
-class JournalChunk(NamedTuple):
+class JournalChunk(Value):
     records: tuple[Record, ...]
     end: int  # byte offset after the last complete line read
     closed: bool

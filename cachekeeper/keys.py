@@ -10,12 +10,13 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import facts as f
 from .errors import UnknownKeyError
 from .facts import Facts, FactValue, Source, thaw
 from .layers import DEFAULT_LAYERS, Layer
+from .values import Value
 
 # Bump when the derivation below changes, so that no old key can collide with a new one.
 KEY_SCHEMA = 1
@@ -71,7 +72,7 @@ class CacheKey:
         return tuple(fact.name for fact in self.facts if fact.source is Source.UNKNOWN)
 
 
-class FactChange(NamedTuple):
+class FactChange(Value):
     name: str
     old: FactValue
     new: FactValue

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import facts as f
 from . import vllm_rules
 from .errors import UsageError
 from .facts import Fact, Facts, Source
+from .values import Value
 
 WEIGHTS = "weights"
 COMPILE = "compile"
@@ -18,7 +19,7 @@ SNAPSHOT = "snapshot"
 LabelPart = str | tuple[str, ...]  # a fact name, or alternatives of which the first present wins
 
 
-class Layer(NamedTuple):
+class Layer(Value):
     """A rule: which facts key this layer's artifacts, and what its key's readable prefix shows.
 
     ``facts`` holds fact names and prefixes ending in ``*`` (``"engine.*"``: every engine

@@ -24,12 +24,13 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import NamedTuple
+
+from .values import Value
 
 _FIELDS = 6
 
 
-class ProcessIdentity(NamedTuple):
+class ProcessIdentity(Value):
     """Who a process is, as leases and use records carry it (``str()`` / ``parse``)."""
 
     token: str  # random, one per process: names its records

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from . import canary, strikes, uses
 from .errors import CachekeeperError, QuarantineRefused, UnknownKeyError
@@ -45,6 +45,7 @@ from .store import Artifact, Root, Roots, builder_id, descriptors, publish, read
 from .store.layout import QUARANTINE, quarantine_name, quarantined_key
 from .store.publishing import remove_checksums, unpublish
 from .strikes import Strike
+from .values import Value
 
 if TYPE_CHECKING:
     from .leases import Leases
@@ -145,7 +146,7 @@ class Quarantined:
         }
 
 
-class Outcome(NamedTuple):
+class Outcome(Value):
     status: str  # MOVED, GONE, BUSY or IN_USE
     entry: Quarantined | None = None
     why: str = ""

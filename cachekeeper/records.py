@@ -5,8 +5,7 @@ table, so their format lives here alone: one ``Kind`` per thing that happens, on
 that parses and validates itself. A line damaged or written by something else costs its own line,
 never the fold of everything else.
 
-Records are named tuples, not dataclasses: a boot defines and makes them, and a frozen dataclass
-costs about a millisecond to define on a small machine.
+Records are frozen values (values.py), cheap to define: a boot defines and makes them.
 """
 
 from __future__ import annotations
@@ -19,11 +18,12 @@ import time
 import uuid
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any
 
 from .errors import CachekeeperError
 from .facts import Facts, FactValue, freeze, thaw
 from .keys import parse_key
+from .values import Value
 
 
 class Kind(StrEnum):
@@ -73,7 +73,7 @@ _TEXT_FIELDS = ("layer", "key", "model", "host", "fact", "reason", "ref")
 _LAYER = re.compile(r"[a-z][a-z0-9_]*")
 
 
-class Record(NamedTuple):
+class Record(Value):
     """One thing that happened, as journaled and as folded into the manifest.
 
     ``uid`` makes folding idempotent: a record is applied by whoever stores its uid first.

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from .errors import UsageError
 from .facts import REPO_ID
 from .keys import parse_key
 from .layers import DEFAULT_LAYERS
 from .store import Artifact
+from .values import Value
 
 _LAYER_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
-class Scope(NamedTuple):
+class Scope(Value):
     layer: str | None = None
     model: str | None = None
     keys: tuple[str, ...] = ()

@@ -34,13 +34,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from . import facts as f
 from . import vllm_rules
 from .engine_args import MODEL, REVISION
 from .errors import UsageError
 from .keys import ABSENT, FactChange
+from .values import Value
 
 if TYPE_CHECKING:
     from .target import Target
@@ -78,7 +79,7 @@ OPTIMIZATION_LEVEL = "optimization_level"
 _SAME = object()
 
 
-class ServeCommand(NamedTuple):
+class ServeCommand(Value):
     """What a ``vllm serve`` command line will run."""
 
     model: str | None

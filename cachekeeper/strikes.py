@@ -43,6 +43,7 @@ from .records import Kind, Record
 from .store import Root, builder_id, write_atomically
 from .store.descriptors import remove
 from .store.layout import STRIKES, key_name
+from .values import Value
 
 DEFAULT_STRIKES = 2
 DEFAULT_WINDOW = 86400.0
@@ -56,41 +57,9 @@ def struck(layer: str) -> bool:
     return layer != WEIGHTS
 
 
-class _Value:
-    """A small frozen value, cheaper to define at boot than a NamedTuple (about a tenth of a
-    millisecond each on a small machine) or a dataclass (about a millisecond; see records.py)."""
-
-    __slots__: tuple[str, ...] = ()
-    _fields: tuple[str, ...] = ()  # in order: ``__slots__`` are kept sorted
-
-    def __init__(self, *values: Any) -> None:
-        for name, value in zip(self._fields, values, strict=True):
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is frozen")
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and isinstance(other, _Value) and other._values() == self._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}{self._values()!r}"
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(zip(self._fields, self._values(), strict=True))
-
-
-class Strike(_Value):
+class Strike(Value):
     """A boot that hit ``key`` and failed: when, why, and which process (``host``: host:pid)."""
 
-    __slots__ = ("at", "host", "key", "layer", "reason", "uid")
-    _fields = ("uid", "layer", "key", "at", "reason", "host")
     uid: str
     layer: str
     key: str
@@ -98,19 +67,14 @@ class Strike(_Value):
     reason: str
     host: str
 
-    def __init__(self, uid: str, layer: str, key: str, at: float, reason: str, host: str) -> None:
-        super().__init__(uid, layer, key, at, reason, host)
-
     def record(self, model: str | None = None) -> Record:
         return Record(self.uid, Kind.STRIKE, self.at, self.layer, self.key, model, self.host, reason=self.reason)
 
 
-class Attempt(_Value):
+class Attempt(Value):
     """A boot that hit ``key`` and has not said yet how its block ended: ``owner`` is host:pid, as
     its use record says; ``process`` (processes.this_process()) where its pid can be proven gone."""
 
-    __slots__ = ("at", "key", "layer", "owner", "process", "uid")
-    _fields = ("uid", "layer", "key", "at", "owner", "process")
     uid: str
     layer: str
     key: str
@@ -118,20 +82,12 @@ class Attempt(_Value):
     owner: str
     process: str
 
-    def __init__(self, uid: str, layer: str, key: str, at: float, owner: str, process: str) -> None:
-        super().__init__(uid, layer, key, at, owner, process)
 
-
-class Tally(_Value):
+class Tally(Value):
     """What lies beside one artifact: its strikes, and the attempts of boots not settled yet."""
 
-    __slots__ = ("attempts", "strikes")
-    _fields = ("strikes", "attempts")
-    strikes: tuple[Strike, ...]
-    attempts: tuple[Attempt, ...]
-
-    def __init__(self, strikes: tuple[Strike, ...] = (), attempts: tuple[Attempt, ...] = ()) -> None:
-        super().__init__(strikes, attempts)
+    strikes: tuple[Strike, ...] = ()
+    attempts: tuple[Attempt, ...] = ()
 
 
 def look(root: Root, layer: str, key: str) -> Tally:
@@ -170,7 +126,7 @@ def attempt(root: Root, layer: str, key: str) -> Attempt:
 
     made = Attempt(uuid.uuid4().hex, layer, key, time.time(), builder_id(), str(this_process()))
     path = root.strike_path(layer, key, f"{_ATTEMPT}-{made.uid}.json")
-    write_atomically(path, json.dumps(made.to_json()).encode(), durable=False)
+    write_atomically(path, json.dumps(made._asdict()).encode(), durable=False)
     return made
 
 
@@ -184,7 +140,7 @@ def strike(root: Root, made: Attempt, reason: str, *, at: float | None = None) -
     process made it a strike already (the strike takes the attempt's uid: one strike per boot)."""
     found = Strike(made.uid, made.layer, made.key, made.at if at is None else at, reason, made.owner)
     path = root.strike_path(made.layer, made.key, f"{_STRIKE}-{made.uid}.json")
-    written = write_atomically(path, json.dumps(found.to_json()).encode(), exclusive=True)
+    written = write_atomically(path, json.dumps(found._asdict()).encode(), exclusive=True)
     settle(root, made)
     return found if written else None
 

@@ -102,7 +102,8 @@ def sync(
     # Most syncs find nothing new: they then read, and never load the manifest's write path.
     applied = indexed = 0
     if new_cursors:
-        applied, indexed = manifest.fold(records, published, new_cursors)
+        result = manifest.fold(records, published, new_cursors)
+        applied, indexed = result.records, result.artifacts
     # A prune may have removed an artifact between the look at its sidecar above and the fold,
     # and forgotten its row before the fold wrote it again: that row would list what is gone.
     for artifact in published:

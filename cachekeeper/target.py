@@ -29,7 +29,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import facts as f
 from .engine_args import refuse_reserved
@@ -37,6 +37,7 @@ from .errors import TargetError, UsageError
 from .facts import Fact, Source
 from .gpus import CPU, GpuRequest, GpuType, Landing, parse_request
 from .layers import COMPILE, DEFAULT_LAYERS, WEIGHTS, Layer, custom_layer
+from .values import Value
 
 TARGET_FILE = "cachekeeper.toml"
 # In a warmup command: the Modal GPU value that lands on exactly one landing ("H100!", "H200").
@@ -63,7 +64,7 @@ _TOP_KEYS = {"target", "roots", "layers", "budget"}
 DEFAULT_FILE_BUDGET = 50_000
 
 
-class Target(NamedTuple):
+class Target(Value):
     source: str  # where it was read from, for messages
     request: GpuRequest  # the GPU asked for, and every landing it may get
     model: str | None

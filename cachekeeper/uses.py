@@ -22,7 +22,6 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 from .errors import CachekeeperError
 from .keys import parse_key
@@ -30,6 +29,7 @@ from .liveness import Memory, Witness, digest, record_bytes
 from .processes import ProcessIdentity, process_gone, this_process, this_token
 from .store import Root, write_atomically
 from .store.layout import USES
+from .values import Value
 
 # Long against a Volume's background commits (every few seconds) and a busy process's heartbeat:
 # a use wrongly thought gone costs a live server its files, one kept too long costs only space.
@@ -37,7 +37,7 @@ USE_TTL = 300.0
 _RENEW_EVERY = USE_TTL / 4
 
 
-class UseInfo(NamedTuple):
+class UseInfo(Value):
     owner: str  # host:pid, for people
     process: ProcessIdentity
     since: float  # the writer's clock: for people only

@@ -11,8 +11,6 @@ under the directory ``VLLM_CACHE_ROOT`` points at::
 
 ``hash_dirs`` costs two directory listings: a boot takes it when it hits, and again at exit, to
 record an ``inner_miss`` when vLLM compiled anyway (runtime/claims.py). ``inspect`` reads the rest.
-Named tuples, not dataclasses: a boot imports this module, and each frozen dataclass costs it
-about a millisecond to define.
 """
 
 from __future__ import annotations
@@ -21,10 +19,11 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import store
 from .facts import SHOWN_ENV, conceal
+from .values import Value
 
 FACTORS_FILE = "cache_key_factors.json"
 COMPILE_CACHE = "torch_compile_cache"
@@ -32,7 +31,7 @@ AOT = "torch_aot_compile"
 ABSENT = "(absent)"
 
 
-class VllmCacheDir(NamedTuple):
+class VllmCacheDir(Value):
     """One of vLLM's per-backend cache directories: ``<hash>/rank_<r>_<dp>/<prefix>``."""
 
     hash: str
@@ -44,7 +43,7 @@ class VllmCacheDir(NamedTuple):
     factors: Mapping[str, Any] | None  # what vLLM hashed, where it wrote it
 
 
-class VllmAotDir(NamedTuple):
+class VllmAotDir(Value):
     """One of vLLM's AOT-compile directories: ``torch_aot_compile/<hash>``."""
 
     hash: str
@@ -54,7 +53,7 @@ class VllmAotDir(NamedTuple):
     bytes: int
 
 
-class FactorChange(NamedTuple):
+class FactorChange(Value):
     """A factor two of vLLM's directories under one key hashed differently: why vLLM missed."""
 
     rank: str

@@ -26,11 +26,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from ..liveness import Memory, Witness, digest, record_bytes
 from ..processes import this_process
 from ..store import Root, builder_id, write_atomically
+from ..values import Value
 from .lease import DEFAULT_TTL, STALE_AFTER, Lease, LeaseInfo, judge
 
 
@@ -167,7 +168,7 @@ class FileLeases(_GenerationLeases):
         self.root = root
 
 
-class DeadLeases(NamedTuple):
+class DeadLeases(Value):
     """What a root's lease files hold that nobody needs any more."""
 
     stacks: list[tuple[str, str]]  # (layer, key) of dead lease stacks that may go

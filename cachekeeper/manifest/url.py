@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ..errors import ManifestUnreachable
 from ..store import Roots
+from ..values import Value
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -22,7 +23,7 @@ FORMS = "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATA
 _IN_MEMORY = ("", ":memory:")
 
 
-class DatabaseUrl(NamedTuple):
+class DatabaseUrl(Value):
     """A parsed manifest URL. ``sqlite_database`` is the SQLite file ("" or ":memory:" in memory),
     None for a database server. ``str()`` hides the password: use it in every message."""
 

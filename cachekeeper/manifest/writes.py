@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,6 +23,7 @@ from .. import facts as f
 from ..keys import canonical_json
 from ..records import Kind, Record
 from ..store import DELETING, PUBLISHED, Artifact
+from ..values import Value
 from .migration import lock_id
 from .queries import DAY, chunks, environment_facts, utc_day
 from .tables import ARTIFACT, EVENT, EVENT_SUMMARY, JOURNAL_CURSOR, LEASE, OBSERVATION, PIN, SIGHTING
@@ -41,7 +42,7 @@ def _used_at(at: float, now: float) -> float:
     return min(at, now)
 
 
-class FoldResult(NamedTuple):
+class FoldResult(Value):
     records: int  # journal records applied for the first time
     artifacts: int  # artifacts newly indexed
 

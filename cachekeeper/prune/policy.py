@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from ..errors import UsageError
 from ..scope import EVERYTHING, Scope
 from ..target import Target
+from ..values import Value
 
 
-class PrunePolicy(NamedTuple):
+class PrunePolicy(Value):
     """``older_than`` (seconds unused), ``stale`` (no target derives the key), ``keep_last`` (not
     among the N most recently used of its model and layer; also a floor for ``max_size``),
     ``max_size`` (bytes the artifacts in scope must fit), ``max_files`` (files they must fit; a

@@ -19,7 +19,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,21 +46,35 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cachekeeper")
 
 
-@dataclass
 class Activation:
     """What ``activate()`` gives the caller: facts, keys, each active layer's use, and the engine
     arguments the keys were derived from (``LLM(**ck.engine_args)``: model, resolved revision and
-    the engine table)."""
+    the engine table). A plain class, not a dataclass: a boot defines it (see values.py)."""
 
-    facts: Facts
-    keys: dict[str, CacheKey]
-    layers: dict[str, LayerUse]
-    env: dict[str, str]
-    mismatches: tuple[FactChange, ...]
-    engine_args: Mapping[str, Any] = field(default_factory=dict)
-    _discarded: bool = field(default=False, repr=False)
-    _failure: str | None = field(default=None, repr=False)
-    _watch: Watch | None = field(default=None, repr=False)
+    __slots__ = ("_discarded", "_failure", "_watch", "engine_args", "env", "facts", "keys", "layers", "mismatches")
+
+    def __init__(
+        self,
+        facts: Facts,
+        keys: dict[str, CacheKey],
+        layers: dict[str, LayerUse],
+        env: dict[str, str],
+        mismatches: tuple[FactChange, ...],
+        engine_args: Mapping[str, Any],
+        watch: Watch | None = None,
+    ) -> None:
+        self.facts = facts
+        self.keys = keys
+        self.layers = layers
+        self.env = env
+        self.mismatches = mismatches
+        self.engine_args = engine_args
+        self._watch = watch
+        self._discarded = False
+        self._failure: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Activation(keys={self.keys!r}, hits={self.hits!r}, env={self.env!r})"
 
     @property
     def hits(self) -> dict[str, bool]:
@@ -210,7 +223,7 @@ def activate(
             keyed_revision = str(facts.value(f.MODEL_REVISION)) if model else None
             arguments = engine_args(model, keyed_revision, engine)
             activation = Activation(
-                facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches, arguments, _watch=guard.watch
+                facts, keys, {c.layer.name: c.use for c in claims}, env, mismatches, arguments, guard.watch
             )
             entered = True
             yield activation

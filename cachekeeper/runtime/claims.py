@@ -12,9 +12,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from .. import facts as f
 from .. import store, uses, vllm_caches
@@ -25,6 +24,7 @@ from ..layers import SNAPSHOT, WEIGHTS, Layer
 from ..processes import process_gone
 from ..records import Kind, Record
 from ..store import Artifact, Root, UnreadableSidecar, builder_id, descriptors, look_up_sidecar, read_sidecar
+from ..values import Value
 from .recording import Writer
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ _FIRST_POLL_SECONDS = 0.2
 _LAST_POLL_SECONDS = 2.0
 
 
-class LayerUse(NamedTuple):
+class LayerUse(Value):
     layer: str
     key: CacheKey
     status: str  # HIT, BUILD, PRIVATE or DOWNLOAD
@@ -57,20 +57,25 @@ class LayerUse(NamedTuple):
         return self.status == HIT
 
 
-@dataclass
 class Claim:
-    """One layer's part in a boot, and what must happen to it on exit."""
+    """One layer's part in a boot, and what must happen to it on exit. A plain class, not a
+    dataclass: a boot defines it (see values.py)."""
 
-    layer: Layer
-    use: LayerUse
-    root: Root
-    lease: Lease | None = None
-    started: float = field(default_factory=time.monotonic)
-    depends_on: tuple[str, ...] = ()  # keys a snapshot is built from
-    registration: uses.Registration | None = None
-    # On a hit: vLLM's hash directories in the artifact then, to tell at exit whether vLLM compiled
-    # anew inside it (an inner miss: our key said warm, vLLM's own key did not).
-    vllm_dirs_at_hit: frozenset[str] | None = None
+    __slots__ = ("depends_on", "layer", "lease", "registration", "root", "use", "vllm_dirs_at_hit")
+
+    def __init__(self, layer: Layer, use: LayerUse, root: Root, lease: Lease | None = None) -> None:
+        self.layer = layer
+        self.use = use
+        self.root = root
+        self.lease = lease
+        self.depends_on: tuple[str, ...] = ()  # keys a snapshot is built from
+        self.registration: uses.Registration | None = None
+        # On a hit: vLLM's hash directories in the artifact then, to tell at exit whether vLLM
+        # compiled anew inside it (an inner miss: our key said warm, vLLM's own key did not).
+        self.vllm_dirs_at_hit: frozenset[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"Claim({self.use!r})"
 
     def finish(self, writer: Writer, facts: Facts, boot_seconds: float) -> None:
         """Publish what was built and record what happened. A disk that fails now (full, gone

@@ -24,6 +24,7 @@ from .. import strikes
 from ..records import Kind, Record
 from ..store import builder_id
 from ..strikes import DEFAULT_STRIKES, DEFAULT_WINDOW, Attempt, Strike, Tally, struck
+from ..values import Value
 from .claims import BUILD, HIT, Claim, private_claim
 
 if TYPE_CHECKING:
@@ -34,21 +35,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cachekeeper")
 
 
-# Plain classes, not dataclasses: a boot defines them, and defining a dataclass costs about a
-# millisecond on a small machine (see records.py).
-
-
-class StrikePolicy:
+class StrikePolicy(Value):
     """Quarantine an artifact after ``strikes`` failed boots within ``window`` seconds; 0 never."""
 
-    __slots__ = ("strikes", "window")
-
-    def __init__(self, strikes: int = DEFAULT_STRIKES, window: float = DEFAULT_WINDOW) -> None:
-        self.strikes = strikes
-        self.window = window
+    strikes: int = DEFAULT_STRIKES
+    window: float = DEFAULT_WINDOW
 
 
-class _Watched:
+class _Watched:  # a plain class, not a dataclass: a boot defines it (see values.py)
     __slots__ = ("attempt", "canary", "claim", "seen")
 
     def __init__(self, claim: Claim, attempt: Attempt | None, seen: tuple[Strike, ...]) -> None:

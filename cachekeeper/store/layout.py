@@ -30,12 +30,12 @@ import stat
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 from ..errors import CachekeeperError, UnsafePath, UnsafeRoot
 from ..facts import COMMIT_SHA, REPO_ID, hf_repo_folder
 from ..keys import parse_key
 from ..layers import WEIGHTS
+from ..values import Value
 from .atomic import write_atomically
 
 STATE_DIR = ".cachekeeper"
@@ -138,7 +138,7 @@ def builder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Root(NamedTuple):
+class Root(Value):
     """One cache root: a directory, usually a Volume mount, holding one or more layers."""
 
     path: Path
@@ -309,7 +309,7 @@ def check_state(root: Root) -> None:
         )
 
 
-class Roots(NamedTuple):
+class Roots(Value):
     """The main root (manifest, journals) and any layer kept on a root of its own."""
 
     main: Root

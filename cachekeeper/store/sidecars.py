@@ -6,13 +6,14 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import facts as f
 from ..errors import UnsafePath
 from ..facts import Facts, FactValue, Source, freeze, thaw
 from ..keys import CacheKey, derive_key, parse_key
 from ..layers import WEIGHTS, layer_named
+from ..values import Value
 from .layout import SIDECARS, Root, checksum_name, key_name
 
 # An artifact's states in the manifest.
@@ -21,7 +22,7 @@ DELETING = "deleting"  # a prune removed the sidecar and is removing the files
 SIDECAR_FORMAT = 1
 
 
-class Artifact(NamedTuple):
+class Artifact(Value):
     """What a sidecar says, and what the manifest indexes: one published artifact.
 
     ``relpath`` is relative to the layer's root, so the same Volume mounted elsewhere still works.
@@ -119,7 +120,7 @@ def artifact_path(root: Root, artifact: Artifact) -> Path:
     return root.path.joinpath(*artifact_parts(root, artifact))
 
 
-class UnreadableSidecar(NamedTuple):
+class UnreadableSidecar(Value):
     """A sidecar that exists but cannot be read: damaged, truncated, written in a newer format, or
     copied from another key. Not an artifact anyone may use, and not proof that there is none:
     whoever wrote it may still use the key's files, so they are kept (see ``look_up_sidecar``)."""

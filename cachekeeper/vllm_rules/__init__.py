@@ -21,14 +21,14 @@ could serve a wrong cache.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
+from ..values import Value
 from ._tables import TABLES
 
 VLLM_PREFIX = "VLLM_"
 
 
-class VllmRules(NamedTuple):
+class VllmRules(Value):
     """The rules of one vLLM minor version (see the TOML file named ``file`` for each list's meaning)."""
 
     file: str
