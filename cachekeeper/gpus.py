@@ -28,25 +28,27 @@ class GpuType(Value):
 
     name: str
     arch: str
-    device_pattern: str  # matches the names NVML gives such devices
+    # NVML's names for such devices hold every word of one of these ("NVIDIA A100-SXM4-80GB": the
+    # words NVIDIA, A100, SXM4, 80GB). Words, not patterns: a boot would compile a dozen patterns.
+    device_words: tuple[str, ...]
 
 
-CPU = GpuType("cpu", "none", r"^none$")
+CPU = GpuType("cpu", "none", ("none",))
 
-# Order matters: the first pattern that matches an NVML name wins (A100-80GB before A100-40GB).
+# Order matters: the first type whose words match an NVML name wins (A100-80GB before A100-40GB).
 # Architectures are NVIDIA's compute capabilities; the B300 (Blackwell Ultra) is 10.3, sm_103.
 GPU_TYPES: tuple[GpuType, ...] = (
-    GpuType("T4", "sm_75", r"\bT4\b"),
-    GpuType("L4", "sm_89", r"\bL4\b"),
-    GpuType("A10", "sm_86", r"\bA10G?\b"),
-    GpuType("L40S", "sm_89", r"\bL40S\b"),
-    GpuType("A100-80GB", "sm_80", r"\bA100\b.*\b80GB\b"),
-    GpuType("A100-40GB", "sm_80", r"\bA100\b"),
-    GpuType("RTX-PRO-6000", "sm_120", r"\bRTX PRO 6000\b"),
-    GpuType("H100", "sm_90", r"\bH100\b"),
-    GpuType("H200", "sm_90", r"\bH200\b"),
-    GpuType("B200", "sm_100", r"\bB200\b"),
-    GpuType("B300", "sm_103", r"\bB300\b"),
+    GpuType("T4", "sm_75", ("T4",)),
+    GpuType("L4", "sm_89", ("L4",)),
+    GpuType("A10", "sm_86", ("A10", "A10G")),
+    GpuType("L40S", "sm_89", ("L40S",)),
+    GpuType("A100-80GB", "sm_80", ("A100 80GB",)),
+    GpuType("A100-40GB", "sm_80", ("A100",)),
+    GpuType("RTX-PRO-6000", "sm_120", ("RTX PRO 6000",)),
+    GpuType("H100", "sm_90", ("H100",)),
+    GpuType("H200", "sm_90", ("H200",)),
+    GpuType("B200", "sm_100", ("B200",)),
+    GpuType("B300", "sm_103", ("B300",)),
     CPU,
 )
 _BY_NAME = {gpu.name: gpu for gpu in GPU_TYPES}
@@ -73,7 +75,7 @@ _SPELLINGS: dict[str, tuple[str, ...]] = {
     "CPU": ("cpu",),
 }
 _EXACT = {lands[0]: spelling for spelling, lands in reversed(_SPELLINGS.items()) if len(lands) == 1}
-_SPEC = re.compile(r"(?P<type>[^:\s]+)(?::(?P<count>\d+))?")
+_SPEC = r"(?P<type>[^:\s]+)(?::(?P<count>\d+))?"
 
 
 class Landing(Value):
@@ -159,7 +161,7 @@ def parse_gpu(spec: str) -> tuple[GpuType, int]:
 
 
 def _landings(spec: str) -> tuple[Landing, ...]:
-    match = _SPEC.fullmatch(spec.strip())
+    match = re.fullmatch(_SPEC, spec.strip())
     name = match.group("type").upper() if match else ""
     if match is None or name not in _SPELLINGS:
         raise UsageError(_unknown(spec, name if match else ""))
@@ -187,7 +189,8 @@ def _unknown(spec: str, name: str) -> str:
 
 def modal_gpu_type(device_name: str) -> str | None:
     """The Modal type of a device NVML calls ``device_name``, or None when we don't know it."""
+    words = set(device_name.replace("-", " ").split())
     for gpu in GPU_TYPES:
-        if re.search(gpu.device_pattern, device_name):
+        if any(words.issuperset(each.split()) for each in gpu.device_words):
             return gpu.name
     return None

@@ -26,9 +26,11 @@ class Journal:
 
     Every record is written at once, in one write of whole lines: a process killed at any point
     loses none. By default each write is also synced to disk. A boot's journal
-    (``sync_each=False``) is synced only by ``sync()``, before it publishes, and by ``close()``:
-    an fsync costs a boot more than everything else it writes, and only a crash of the machine
-    itself, in the moments before the boot ends, could lose what was not synced yet.
+    (``sync_each=False``) is synced only by ``sync()``, before it publishes: the intent must be on
+    disk before the sidecar. An fsync costs a boot more than everything else it writes, and what
+    it would guard are counts (hits, misses, the closing record), which the kernel writes back
+    within seconds: only a crash of the machine itself in those seconds loses them, and ``sync``
+    reads such a journal as that of a killed process.
     """
 
     def __init__(self, root: Root, *, sync_each: bool = True) -> None:
@@ -57,9 +59,9 @@ class Journal:
         self._unsynced = False
 
     def close(self) -> None:
-        """Append the closing record and sync everything, in one write and one fsync."""
+        """Append the closing record (and sync everything, with ``sync_each``)."""
         if self.path.exists():
-            self._write([Record.new(Kind.CLOSED)], sync=True)
+            self._write([Record.new(Kind.CLOSED)], sync=self.sync_each)
 
     def _write(self, records: Sequence[Record], *, sync: bool) -> None:
         if not records:

@@ -22,8 +22,8 @@ from .values import Value
 KEY_SCHEMA = 1
 DIGEST_LENGTH = 16
 _LABEL_LIMIT = 64
-_KEY = re.compile(r"(?P<layer>[a-z][a-z0-9_]*)-(?:(?P<label>[a-z0-9._-]+)-)?(?P<digest>[0-9a-f]{16})")
-_UNSAFE = re.compile(r"[^a-z0-9._]+")
+_KEY = r"(?P<layer>[a-z][a-z0-9_]*)-(?:(?P<label>[a-z0-9._-]+)-)?(?P<digest>[0-9a-f]{16})"
+_UNSAFE = r"[^a-z0-9._]+"
 
 ABSENT = "(absent)"  # what explain shows for a fact one side does not have
 _NO_FACTS = Facts()
@@ -114,7 +114,7 @@ def explain(old: CacheKey, new: CacheKey) -> tuple[FactChange, ...]:
 
 def parse_key(text: str) -> tuple[str, str]:
     """(layer, digest) of a key string; raises UnknownKeyError when it is not shaped like one."""
-    match = _KEY.fullmatch(text)
+    match = re.fullmatch(_KEY, text)
     if match is None:
         raise UnknownKeyError(
             f"{text!r} is not a cache key (expected LAYER-LABEL-DIGEST, such as "
@@ -131,7 +131,7 @@ def _label(layer: Layer, keyed: Facts) -> str:
             if shown:
                 parts.append(shown)
                 break
-    label = "-".join(part for part in (_UNSAFE.sub("-", p.lower()).strip("-") for p in parts) if part)
+    label = "-".join(part for part in (re.sub(_UNSAFE, "-", p.lower()).strip("-") for p in parts) if part)
     return label[:_LABEL_LIMIT].strip("-.")
 
 

@@ -168,7 +168,7 @@ def layer_named(name: str, layers: Iterable[Layer] = DEFAULT_LAYERS) -> Layer:
     raise UsageError(f"unknown layer {name!r}: use one of {known}")
 
 
-_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VARIABLE = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
 def custom_layer(name: str, table: Mapping[str, Any], where: str) -> Layer:
@@ -183,7 +183,7 @@ def custom_layer(name: str, table: Mapping[str, Any], where: str) -> Layer:
         raise UsageError(f"{where}: [layers.{name}] needs facts = [...], the fact names that key it")
     label = _string_list(table.get("label", []), f"{where}: [layers.{name}] label")
     env = _string_list(table.get("env", []), f"{where}: [layers.{name}] env")
-    bad = [variable for variable in env if not _VARIABLE.fullmatch(variable)]
+    bad = [variable for variable in env if not re.fullmatch(_VARIABLE, variable)]
     if bad:
         raise UsageError(f"{where}: [layers.{name}] env: {bad[0]!r} is not an environment variable name")
     return Layer(name, facts=tuple(facts), label=tuple(label), env=tuple((var, "") for var in env))

@@ -70,7 +70,7 @@ _OF_LAYER = (
     Kind.UNQUARANTINED,
 )
 _TEXT_FIELDS = ("layer", "key", "model", "host", "fact", "reason", "ref")
-_LAYER = re.compile(r"[a-z][a-z0-9_]*")
+_LAYER = r"[a-z][a-z0-9_]*"
 
 
 class Record(Value):
@@ -162,7 +162,7 @@ class Record(Value):
         if size is not None and not (isinstance(size, int) and _number(size)):
             raise ValueError("its size is not a whole number")
         layer = data.get("layer")
-        if layer is not None and not _LAYER.fullmatch(layer):
+        if layer is not None and not re.fullmatch(_LAYER, layer):
             raise ValueError(f"{layer!r} is not a layer name")
         if kind in _KEYED:
             try:

@@ -51,6 +51,9 @@ def test_package_versions_come_from_metadata_and_torch_is_never_imported():
         ("cuda: Optional[str] = None\nhip: Optional[str] = '6.2.41133'\n", "rocm6.2.41133"),
         ("cuda: Optional[str] = None\nhip: Optional[str] = None\n", "cpu"),
         ("__version__ = '2.9.0'\n", "cpu"),
+        ('cuda = "12.4"\n', "12.4"),
+        ("    cuda = '12.4'\ncudax = '1'\n", "cpu"),  # only a top-level assignment of cuda itself
+        ("cuda = '12.4'  # a comment\n", "cpu"),
     ],
 )
 def test_the_torch_builds_cuda_runtime_is_read_from_its_version_file(text, expected):

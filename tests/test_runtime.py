@@ -200,7 +200,7 @@ def test_every_boot_journals_what_it_saw(root):
     assert chunk.closed and chunk.records[2].key == str(ck.keys["compile"])
 
 
-def test_a_boot_syncs_its_journal_before_publishing_and_at_close_only(root, monkeypatch):
+def test_a_boot_syncs_its_journal_before_publishing_only(root, monkeypatch):
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -214,14 +214,16 @@ def test_a_boot_syncs_its_journal_before_publishing_and_at_close_only(root, monk
     [path] = journal.journal_files(Root(root))
     journal_syncs = [i for i, name in enumerate(synced) if name == str(path)]
     sidecar_syncs = [i for i, name in enumerate(synced) if "sidecars" in name]
-    # The intent is on disk before the sidecar, and everything at close: twice, not once a record.
-    assert len(journal_syncs) == 2 and journal_syncs[0] < min(sidecar_syncs) < journal_syncs[1]
+    # The intent is on disk before the sidecar: once, not once a record.
+    assert len(journal_syncs) == 1 and journal_syncs[0] < min(sidecar_syncs)
+    kinds = [record.kind for record in journal.read_journal(path).records]
+    assert kinds == ["observed", "publishing", "published", "closed"]
 
     synced.clear()
     with cachekeeper.activate(root) as warm:
         assert warm.hits == {"compile": True}
     [hit_journal] = [p for p in journal.journal_files(Root(root)) if p != path]
-    assert synced == [str(hit_journal)]  # a warm boot syncs once, at close
+    assert synced == []  # a warm boot syncs nothing
     kinds = [record.kind for record in journal.read_journal(hit_journal).records]
     assert kinds == ["observed", "hit", "closed"]  # every record written all the same
 

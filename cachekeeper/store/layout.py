@@ -53,16 +53,16 @@ CANARIES = "canaries"
 PER_LAYER_STATE = (SIDECARS, CHECKSUMS, USES, LEASES, STRIKES, QUARANTINE, CANARIES)
 
 
-_LAYER = re.compile(r"[a-z][a-z0-9_]*")
-_CHECKSUM = re.compile(r"[0-9a-f]{32}")
-_NOT_IN_HOST = re.compile(r"[^A-Za-z0-9.-]+")
-_STRIKE_FILE = re.compile(r"(?:attempt|strike)-[0-9a-f]{32}\.json")
+_LAYER = r"[a-z][a-z0-9_]*"
+_CHECKSUM = r"[0-9a-f]{32}"
+_NOT_IN_HOST = r"[^A-Za-z0-9.-]+"
+_STRIKE_FILE = r"(?:attempt|strike)-[0-9a-f]{32}\.json"
 # A quarantined artifact's name: its key, then when (milliseconds) and a random part.
-_QUARANTINE_STAMP = re.compile(r"(?P<key>.+)--[0-9]{13}-[0-9a-f]{8}")
+_QUARANTINE_STAMP = r"(?P<key>.+)--[0-9]{13}-[0-9a-f]{8}"
 
 
 def layer_name(layer: str) -> str:
-    if not isinstance(layer, str) or not _LAYER.fullmatch(layer):
+    if not isinstance(layer, str) or not re.fullmatch(_LAYER, layer):
         raise UnsafePath(f"refusing the layer name {layer!r}: not a layer name")
     return layer
 
@@ -79,21 +79,21 @@ def key_name(layer: str, key: str) -> str:
 
 
 def checksum_name(checksum: str) -> str:
-    if not isinstance(checksum, str) or not _CHECKSUM.fullmatch(checksum):
+    if not isinstance(checksum, str) or not re.fullmatch(_CHECKSUM, checksum):
         raise UnsafePath(f"refusing the checksum {checksum!r}: not an xxh3-128 digest")
     return checksum
 
 
 def strike_file_name(name: str) -> str:
     """``attempt-<uid>.json`` or ``strike-<uid>.json``."""
-    if not isinstance(name, str) or not _STRIKE_FILE.fullmatch(name):
+    if not isinstance(name, str) or not re.fullmatch(_STRIKE_FILE, name):
         raise UnsafePath(f"refusing the strike record name {name!r}: not one cachekeeper writes")
     return name
 
 
 def quarantine_name(layer: str, name: str) -> str:
     """``<key>--<milliseconds>-<random>``, for a key of ``layer``: a quarantined artifact's name."""
-    found = _QUARANTINE_STAMP.fullmatch(name) if isinstance(name, str) else None
+    found = re.fullmatch(_QUARANTINE_STAMP, name) if isinstance(name, str) else None
     if found is None:
         raise UnsafePath(f"refusing the quarantined name {name!r}: not one cachekeeper makes")
     key_name(layer, found.group("key"))
@@ -102,26 +102,26 @@ def quarantine_name(layer: str, name: str) -> str:
 
 def quarantined_key(name: str) -> str | None:
     """The key a quarantined name was made from, or None when it is no such name."""
-    found = _QUARANTINE_STAMP.fullmatch(name)
+    found = re.fullmatch(_QUARANTINE_STAMP, name)
     return found.group("key") if found else None
 
 
 def repo_folder(model: str) -> str:
     """``models--org--name``, for a repo id such as ``org/name``."""
-    if not isinstance(model, str) or not REPO_ID.fullmatch(model) or ".." in model:
+    if not isinstance(model, str) or not re.fullmatch(REPO_ID, model) or ".." in model:
         raise UnsafePath(f"refusing the model {model!r}: not a Hugging Face repo id")
     return hf_repo_folder(model)
 
 
 def sha_name(sha: str) -> str:
-    if not isinstance(sha, str) or not COMMIT_SHA.fullmatch(sha):
+    if not isinstance(sha, str) or not re.fullmatch(COMMIT_SHA, sha):
         raise UnsafePath(f"refusing the revision {sha!r}: not a commit sha")
     return sha
 
 
 def host_name() -> str:
     """This host's name as a file name: letters, digits, dots and dashes only, at most 64 of them."""
-    return _NOT_IN_HOST.sub("_", socket.gethostname())[:64].strip(".") or "host"
+    return re.sub(_NOT_IN_HOST, "_", socket.gethostname())[:64].strip(".") or "host"
 
 
 def default_root(environ: Mapping[str, str] | None = None) -> Path:
