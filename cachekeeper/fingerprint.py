@@ -158,15 +158,22 @@ def package_facts() -> list[Fact]:
     return facts
 
 
+_STANDARD_LIBRARY = (os.path.dirname(os.__file__), os.path.join(os.path.dirname(os.__file__), "lib-dynload"))
+
+
 def _dist_info_versions() -> dict[str, str]:
     """Installed versions read from ``NAME-VERSION.dist-info`` directory names on sys.path.
 
     The wheel spec puts the version in the name, so one listing per path entry replaces
     importlib.metadata, whose import alone costs more than the rest of a boot's fingerprint.
-    The first entry on sys.path wins, as it does for imports.
+    The first entry on sys.path wins, as it does for imports. The standard library's own
+    directories are skipped: they hold no distributions, and more than half of what a boot would
+    list.
     """
     versions: dict[str, str] = {}
     for entry in sys.path:
+        if entry in _STANDARD_LIBRARY:
+            continue
         try:
             names = os.listdir(entry or ".")
         except OSError:

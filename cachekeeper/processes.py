@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from pathlib import Path
 
 from .values import Value
 
@@ -78,7 +77,7 @@ def this_process() -> ProcessIdentity:
     pid = os.getpid()
     host = socket.gethostname()
     try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        boot = _read_proc("/proc/sys/kernel/random/boot_id").strip()
         namespace = os.readlink("/proc/self/ns/pid")
         # /proc may be mounted for another pid namespace (``unshare --pid`` without --mount-proc):
         # then its pids are not ours, and nothing read there proves anything about our pids.
@@ -98,11 +97,21 @@ def host_id() -> str:
 
 def _start_time(pid: int) -> str | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = _read_proc(f"/proc/{pid}/stat")
     except OSError:
         return None
     fields = stat.rpartition(")")[2].split()  # the command name may contain spaces and parentheses
     return fields[19] if len(fields) > 19 else None  # field 22 of proc(5): start time in ticks
+
+
+def _read_proc(path: str) -> str:
+    """A small file of /proc, in one read: a boot reads two, three times each (Path.read_text would
+    cost it 0.1 ms more)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(descriptor, 4096).decode()
+    finally:
+        os.close(descriptor)
 
 
 def _pid_runs(pid: int) -> bool:

@@ -22,14 +22,17 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import CachekeeperError
 from .keys import parse_key
-from .liveness import Memory, Witness, digest, record_bytes
 from .processes import ProcessIdentity, process_gone, this_process, this_token
 from .store import Root, write_atomically
 from .store.layout import USES
 from .values import Value
+
+if TYPE_CHECKING:
+    from .liveness import Witness
 
 # Long against a Volume's background commits (every few seconds) and a busy process's heartbeat:
 # a use wrongly thought gone costs a live server its files, one kept too long costs only space.
@@ -47,13 +50,13 @@ def users(root: Root, layer: str, key: str, witness: Witness | None = None) -> l
     """The uses of ``key`` that may still be live: not proven gone, and changed within ``USE_TTL``
     of the observer's time as ``witness`` remembers it (default: a memory of this one look, in which
     every record is young). An unreadable record counts the same way: until it stops changing."""
-    return [info for info, live, _ in _judged(root, layer, key, witness or Memory()) if live]
+    return [info for info, live, _ in _judged(root, layer, key, witness) if live]
 
 
 def dead_records(root: Root, layer: str, key: str, witness: Witness | None = None) -> list[Path]:
     """The records of ``key``'s uses that ended without saying so (a killed process): proven gone,
     or unchanged for ``USE_TTL`` of the observer's time."""
-    return [path for _, live, path in _judged(root, layer, key, witness or Memory()) if not live]
+    return [path for _, live, path in _judged(root, layer, key, witness) if not live]
 
 
 def forget_expired(root: Root, layer: str, key: str, witness: Witness | None = None) -> None:
@@ -61,14 +64,14 @@ def forget_expired(root: Root, layer: str, key: str, witness: Witness | None = N
     directory = root.uses_dir(layer, key)
     if not directory.is_dir() or directory.is_symlink():
         return
-    witness = witness or Memory()
     for path in dead_records(root, layer, key, witness):
         path.unlink(missing_ok=True)
     try:
         directory.rmdir()
     except OSError:
         return  # a live use is left, or one was registered in between
-    witness.forget(scope(root, layer, key))
+    if witness is not None:
+        witness.forget(scope(root, layer, key))
 
 
 def forget_stopped(root: Root, witness: Witness | None = None) -> int:
@@ -81,7 +84,6 @@ def forget_stopped(root: Root, witness: Witness | None = None) -> int:
     (unknown means keep), so that no record is ever read through one. Names that are not a layer's
     keys are left alone.
     """
-    witness = witness or Memory()
     removed = 0
     for layer, layer_dir in root.state_layers(USES):
         for entry in _entries(layer_dir):
@@ -112,8 +114,11 @@ def scope(root: Root, layer: str, key: str) -> str:
     return f"use {root.path}/{layer}/{key}/"
 
 
-def _judged(root: Root, layer: str, key: str, witness: Witness) -> list[tuple[UseInfo, bool, Path]]:
+def _judged(root: Root, layer: str, key: str, witness: Witness | None) -> list[tuple[UseInfo, bool, Path]]:
     """Every record of ``key``'s uses, whether it may be live, and its file."""
+    from .liveness import Memory, digest, record_bytes  # only readers judge: a boot never imports it
+
+    witness = witness or Memory()
     try:
         entries = sorted(root.uses_dir(layer, key).glob("*.json"))
     except OSError:
