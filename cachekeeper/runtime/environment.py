@@ -20,7 +20,8 @@ def point_env(claims: Iterable[Claim], previous: dict[str, str | None]) -> dict[
     for claim in claims:
         for variable, subdirectory in claim.layer.env:
             path = claim.use.path / subdirectory if subdirectory else claim.use.path
-            path.mkdir(parents=True, exist_ok=True)
+            if not path.is_dir():  # a hit's are there: a stat, not a failing mkdir and a stat
+                path.mkdir(parents=True, exist_ok=True)
             env[variable] = str(path)
         if claim.layer.name == COMPILE and not has_torch_bytecode():
             # Without bytecode for torch (PYTHONDONTWRITEBYTECODE, a read-only or uv-built image),
