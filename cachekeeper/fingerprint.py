@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 
 from .errors import FingerprintError, RevisionError, UsageError
 from .facts import (
-    COMMIT_SHA,
     CUDA_DRIVER,
     CUDA_RUNTIME,
     DRIVER,
@@ -33,7 +31,6 @@ from .facts import (
     NONE,
     PACKAGES,
     PYTHON,
-    REPO_ID,
     UNKNOWN,
     Fact,
     Facts,
@@ -41,6 +38,8 @@ from .facts import (
     engine_facts,
     env_facts,
     hf_repo_folder,
+    is_commit_sha,
+    is_repo_id,
 )
 from .gpus import modal_gpu_type
 
@@ -250,7 +249,7 @@ def model_facts(
 ) -> list[Fact]:
     if not model:
         return [Fact(MODEL, NONE, source), Fact(MODEL_REVISION, NONE, source)]
-    if not re.fullmatch(REPO_ID, model):
+    if not is_repo_id(model):
         raise UsageError(f"model {model!r} is not a Hugging Face repo id such as org/name")
     return [Fact(MODEL, model, source), resolve_revision(model, revision or "main", hf_cache, environ)]
 
@@ -261,7 +260,7 @@ def resolve_revision(model: str, revision: str, hf_cache: Path | None, environ: 
     vLLM keys its compile cache by the revision *name* ("main"), so a moved branch would reuse a
     cache built for other weights; we always key by the sha.
     """
-    if re.fullmatch(COMMIT_SHA, revision):
+    if is_commit_sha(revision):
         return Fact(MODEL_REVISION, revision, Source.DECLARED)
     if hf_cache is not None:
         repo = hf_cache / hf_repo_folder(model)
@@ -269,7 +268,7 @@ def resolve_revision(model: str, revision: str, hf_cache: Path | None, environ: 
             sha = (repo / "refs" / revision).read_text().strip()
         except OSError:
             sha = ""
-        if re.fullmatch(COMMIT_SHA, sha) and (repo / "snapshots" / sha).is_dir():
+        if is_commit_sha(sha) and (repo / "snapshots" / sha).is_dir():
             return Fact(MODEL_REVISION, sha, Source.RESOLVED)
     if environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no"):
         where = f"in {hf_cache}" if hf_cache else "without an HF cache"

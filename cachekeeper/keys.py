@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+import string
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,8 +22,11 @@ from .values import Value
 KEY_SCHEMA = 1
 DIGEST_LENGTH = 16
 _LABEL_LIMIT = 64
-_KEY = r"(?P<layer>[a-z][a-z0-9_]*)-(?:(?P<label>[a-z0-9._-]+)-)?(?P<digest>[0-9a-f]{16})"
-_UNSAFE = r"[^a-z0-9._]+"
+# A key is LAYER-LABEL-DIGEST or LAYER-DIGEST: [a-z][a-z0-9_]*, then [a-z0-9._-]+, then 16 hex digits.
+_LAYER_START = frozenset(string.ascii_lowercase)
+_IN_LAYER = frozenset(string.ascii_lowercase + string.digits + "_")
+_IN_LABEL = frozenset(string.ascii_lowercase + string.digits + "._-")
+_SAFE_IN_LABEL = _IN_LABEL - {"-"}  # a label's parts are joined by dashes
 
 ABSENT = "(absent)"  # what explain shows for a fact one side does not have
 _NO_FACTS = Facts()
@@ -112,15 +115,21 @@ def explain(old: CacheKey, new: CacheKey) -> tuple[FactChange, ...]:
     return tuple(changes)
 
 
+def is_layer_name(text: str) -> bool:
+    """``[a-z][a-z0-9_]*``: how layers are named, and the first part of their keys."""
+    return text[:1] in _LAYER_START and set(text) <= _IN_LAYER
+
+
 def parse_key(text: str) -> tuple[str, str]:
     """(layer, digest) of a key string; raises UnknownKeyError when it is not shaped like one."""
-    match = re.fullmatch(_KEY, text)
-    if match is None:
+    layer, _, rest = text.partition("-") if isinstance(text, str) else ("", "", "")
+    label, dash, digest = rest.rpartition("-")  # a layer has no dash, a digest none either
+    if not (is_layer_name(layer) and f.is_hex(digest, 16) and (not dash or (label and set(label) <= _IN_LABEL))):
         raise UnknownKeyError(
             f"{text!r} is not a cache key (expected LAYER-LABEL-DIGEST, such as "
             "compile-sm90-cu130-vllm0.33.0-3f9a1c2b7e4d5a60)"
         )
-    return match.group("layer"), match.group("digest")
+    return layer, digest
 
 
 def _label(layer: Layer, keyed: Facts) -> str:
@@ -131,7 +140,8 @@ def _label(layer: Layer, keyed: Facts) -> str:
             if shown:
                 parts.append(shown)
                 break
-    label = "-".join(part for part in (re.sub(_UNSAFE, "-", p.lower()).strip("-") for p in parts) if part)
+    dashed = (f.replace_runs(part.lower(), _SAFE_IN_LABEL, "-").strip("-") for part in parts)
+    label = "-".join(part for part in dashed if part)
     return label[:_LABEL_LIMIT].strip("-.")
 
 

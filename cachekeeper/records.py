@@ -13,7 +13,6 @@ from __future__ import annotations
 import builtins
 import json
 import math
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ from typing import Any
 
 from .errors import CachekeeperError
 from .facts import Facts, FactValue, freeze, thaw
-from .keys import parse_key
+from .keys import is_layer_name, parse_key
 from .values import Value
 
 
@@ -70,7 +69,6 @@ _OF_LAYER = (
     Kind.UNQUARANTINED,
 )
 _TEXT_FIELDS = ("layer", "key", "model", "host", "fact", "reason", "ref")
-_LAYER = r"[a-z][a-z0-9_]*"
 
 
 class Record(Value):
@@ -162,7 +160,7 @@ class Record(Value):
         if size is not None and not (isinstance(size, int) and _number(size)):
             raise ValueError("its size is not a whole number")
         layer = data.get("layer")
-        if layer is not None and not re.fullmatch(_LAYER, layer):
+        if layer is not None and not is_layer_name(layer):
             raise ValueError(f"{layer!r} is not a layer name")
         if kind in _KEYED:
             try:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 from .errors import UsageError
-from .facts import REPO_ID
+from .facts import is_repo_id
 from .keys import parse_key
 from .layers import DEFAULT_LAYERS
 from .store import Artifact
@@ -27,7 +27,7 @@ class Scope(Value):
         if layer is not None and not _LAYER_NAME.fullmatch(layer):
             known = ", ".join(each.name for each in DEFAULT_LAYERS)
             raise UsageError(f"{layer!r} is not a layer name: use {known}, or a layer a target defines")
-        if model is not None and not re.fullmatch(REPO_ID, model):
+        if model is not None and not is_repo_id(model):
             raise UsageError(f"model {model!r} is not a Hugging Face repo id such as org/name")
         for key in keys:
             parse_key(key)

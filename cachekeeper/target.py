@@ -26,7 +26,6 @@ falls back from one type to the next (see gpus.py). Each landing has facts and k
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -220,7 +219,7 @@ def parse_target(document: Mapping[str, Any], path: Path, prefix: str = "") -> T
         for name, body in _table(document, "layers", path, "the top level").items()
     )
     model = text("model")
-    if model is not None and not re.fullmatch(f.REPO_ID, model):
+    if model is not None and not f.is_repo_id(model):
         raise TargetError(path, f"{where} model {model!r} is not a Hugging Face repo id such as org/name")
     needs = _needs(table, layers, model, path, where)
     roots = {

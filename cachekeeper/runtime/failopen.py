@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -170,7 +169,7 @@ def _checked(
         raise UsageError("strike_window must be a finite number of seconds")
     loaded = _load(target)
     model = model if model is not None else (loaded.model if loaded else None)
-    if model and not re.fullmatch(f.REPO_ID, model):
+    if model and not f.is_repo_id(model):
         raise UsageError(f"model {model!r} is not a Hugging Face repo id such as org/name")
     engine = engine if engine is not None else (loaded.engine if loaded else {})
     refuse_reserved(engine, "activate(engine=...)")

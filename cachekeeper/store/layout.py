@@ -27,13 +27,14 @@ import os
 import re
 import socket
 import stat
+import string
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ..errors import CachekeeperError, UnsafePath, UnsafeRoot
-from ..facts import COMMIT_SHA, REPO_ID, hf_repo_folder
-from ..keys import parse_key
+from ..facts import hf_repo_folder, is_commit_sha, is_hex, is_repo_id, replace_runs
+from ..keys import is_layer_name, parse_key
 from ..layers import WEIGHTS
 from ..values import Value
 from .atomic import write_atomically
@@ -53,16 +54,13 @@ CANARIES = "canaries"
 PER_LAYER_STATE = (SIDECARS, CHECKSUMS, USES, LEASES, STRIKES, QUARANTINE, CANARIES)
 
 
-_LAYER = r"[a-z][a-z0-9_]*"
-_CHECKSUM = r"[0-9a-f]{32}"
-_NOT_IN_HOST = r"[^A-Za-z0-9.-]+"
-_STRIKE_FILE = r"(?:attempt|strike)-[0-9a-f]{32}\.json"
+_IN_HOST = frozenset(string.ascii_letters + string.digits + ".-")
 # A quarantined artifact's name: its key, then when (milliseconds) and a random part.
 _QUARANTINE_STAMP = r"(?P<key>.+)--[0-9]{13}-[0-9a-f]{8}"
 
 
 def layer_name(layer: str) -> str:
-    if not isinstance(layer, str) or not re.fullmatch(_LAYER, layer):
+    if not isinstance(layer, str) or not is_layer_name(layer):
         raise UnsafePath(f"refusing the layer name {layer!r}: not a layer name")
     return layer
 
@@ -79,14 +77,15 @@ def key_name(layer: str, key: str) -> str:
 
 
 def checksum_name(checksum: str) -> str:
-    if not isinstance(checksum, str) or not re.fullmatch(_CHECKSUM, checksum):
+    if not isinstance(checksum, str) or not is_hex(checksum, 32):
         raise UnsafePath(f"refusing the checksum {checksum!r}: not an xxh3-128 digest")
     return checksum
 
 
 def strike_file_name(name: str) -> str:
     """``attempt-<uid>.json`` or ``strike-<uid>.json``."""
-    if not isinstance(name, str) or not re.fullmatch(_STRIKE_FILE, name):
+    kind, _, rest = name.partition("-") if isinstance(name, str) else ("", "", "")
+    if kind not in ("attempt", "strike") or not rest.endswith(".json") or not is_hex(rest[: -len(".json")], 32):
         raise UnsafePath(f"refusing the strike record name {name!r}: not one cachekeeper writes")
     return name
 
@@ -108,20 +107,20 @@ def quarantined_key(name: str) -> str | None:
 
 def repo_folder(model: str) -> str:
     """``models--org--name``, for a repo id such as ``org/name``."""
-    if not isinstance(model, str) or not re.fullmatch(REPO_ID, model) or ".." in model:
+    if not isinstance(model, str) or not is_repo_id(model) or ".." in model:
         raise UnsafePath(f"refusing the model {model!r}: not a Hugging Face repo id")
     return hf_repo_folder(model)
 
 
 def sha_name(sha: str) -> str:
-    if not isinstance(sha, str) or not re.fullmatch(COMMIT_SHA, sha):
+    if not isinstance(sha, str) or not is_commit_sha(sha):
         raise UnsafePath(f"refusing the revision {sha!r}: not a commit sha")
     return sha
 
 
 def host_name() -> str:
     """This host's name as a file name: letters, digits, dots and dashes only, at most 64 of them."""
-    return re.sub(_NOT_IN_HOST, "_", socket.gethostname())[:64].strip(".") or "host"
+    return replace_runs(socket.gethostname(), _IN_HOST, "_")[:64].strip(".") or "host"
 
 
 def default_root(environ: Mapping[str, str] | None = None) -> Path:
