@@ -354,16 +354,20 @@ def listed(manifest: Manifest, *, layer: str | None = None, model: str | None = 
 
 def strike_dead_boots(manifest: Manifest, roots: Roots) -> int:
     """Make strikes of the attempts of boots that died inside their block (strikes.dead_attempts),
-    journal them and fold them in; how many. For ``sync``: a key nobody boots any more still shows
-    its strikes. A root that refuses the writes is left as it is, with a warning."""
+    journal them and fold them in; how many; and remove the directories of keys left without a
+    record. For ``sync``: a key nobody boots any more still shows its strikes. A root that refuses the writes is left as it is, with a warning."""
     from .journal import Journal
 
     made: list[Record] = []
     try:
         for root in roots.all():
             for layer, key in strikes.struck_keys(root):
-                if roots.for_layer(layer) == root:
-                    made.extend(each.record() for each in strikes.dead_attempts(root, strikes.look(root, layer, key)))
+                if roots.for_layer(layer) != root:
+                    continue
+                tally = strikes.look(root, layer, key)
+                if not (tally.strikes or tally.attempts):
+                    strikes.tidy(root, layer, key)  # every boot of the key settled
+                made.extend(each.record() for each in strikes.dead_attempts(root, tally))
         if made:
             journal = Journal(roots.main)
             journal.extend(made)

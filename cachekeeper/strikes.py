@@ -14,9 +14,10 @@ leaves an *attempt* beside it, and settles it when its ``activate()`` block ends
 Each attempt and strike is a small file of its own, ``<root>/.cachekeeper/strikes/<layer>/<key>/``,
 written once by one process: containers on a Volume, which has no locks and where the last writer
 of a file wins, never write the same file. Strikes are records too (``Kind.STRIKE``), journaled
-and folded into the manifest; the files are what a boot counts, with one directory listing (none
-at all for a key without strikes), and the manifest is where a read-only server, which writes no
-file, leaves its strikes.
+and folded into the manifest; the files are what a boot counts, with one directory listing, and
+the manifest is where a read-only server, which writes no file, leaves its strikes. A key's
+directory outlives its records, for the next boot's attempt: making and removing it cost every
+warm boot half a millisecond. ``sync`` removes those left empty.
 
 A boot that counts ``strikes`` (default 2) within ``window`` (default a day) quarantines the
 artifact (quarantine.py) and builds it afresh. The window compares each strike's recorded time
@@ -131,7 +132,7 @@ def attempt(root: Root, layer: str, key: str) -> Attempt:
 
 
 def settle(root: Root, made: Attempt) -> None:
-    """This boot ended well enough: its attempt goes (and the directory, when it is the last)."""
+    """This boot ended well enough: its attempt goes."""
     _remove(root.strike_path(made.layer, made.key, f"{_ATTEMPT}-{made.uid}.json"))
 
 
@@ -218,9 +219,17 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def tidy(root: Root, layer: str, key: str) -> None:
+    """Remove the directory of ``key``'s records if none is left (a boot's attempt made meanwhile
+    keeps it: only an empty directory can be removed, and a writer makes it again when missing)."""
+    try:
+        root.strikes_dir(layer, key).rmdir()
+    except OSError:
+        pass  # not empty, or gone already
+
+
 def _remove(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
-        path.parent.rmdir()  # the last record of the key: leave no empty directory behind
     except OSError:
-        pass  # another boot's attempt is still there, or the root went away
+        pass  # the root went away
