@@ -355,7 +355,8 @@ def listed(manifest: Manifest, *, layer: str | None = None, model: str | None = 
 def strike_dead_boots(manifest: Manifest, roots: Roots) -> int:
     """Make strikes of the attempts of boots that died inside their block (strikes.dead_attempts),
     journal them and fold them in; how many; and remove the directories of keys left without a
-    record. For ``sync``: a key nobody boots any more still shows its strikes. A root that refuses the writes is left as it is, with a warning."""
+    record. For ``sync``: a key nobody boots any more still shows its strikes. A root that refuses
+    the writes is left as it is, with a warning."""
     from .journal import Journal
 
     made: list[Record] = []

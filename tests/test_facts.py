@@ -164,7 +164,9 @@ def test_modal_gpu_types_parse(spec, name, arch, count):
     assert (gpu.name, gpu.arch, parsed_count) == (name, arch, count)
 
 
-@pytest.mark.parametrize("spec", ["H101", "", "H100:0", "H100:x", "cpu:2", "H100 H200", "H100:", "H100:8:2", "H100:²", ":8"])
+@pytest.mark.parametrize(
+    "spec", ["H101", "", "H100:0", "H100:x", "cpu:2", "H100 H200", "H100:", "H100:8:2", "H100:²", ":8"]
+)
 def test_unknown_gpu_types_are_refused_with_the_list(spec):
     with pytest.raises(UsageError):
         parse_gpu(spec)
