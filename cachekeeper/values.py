@@ -12,10 +12,12 @@ Instances are immutable, compare and hash by their fields, copy and pickle, and 
 unpacking, no ordering).
 
 Why not NamedTuple or a frozen dataclass: a boot imports about twenty of these before its first
-hit, and defining a class is what costs. On the 2-core CI machine a NamedTuple costs about 0.1 ms
-to define, a frozen dataclass about 0.5 ms (both generate and compile source), a Value about
-0.01 ms (bench/boot_breakdown.py). Making one costs about 2 µs, against 0.5 µs for a named tuple:
-rows read in bulk from the manifest stay named tuples (manifest/queries.py).
+hit, and defining a class is what costs. On a 2-core machine a NamedTuple costs about 0.1 ms to
+define, a frozen dataclass about 0.5 ms (both generate and compile source), a Value about 0.01 ms
+(bench/boot_breakdown.py). Making one costs about 2 µs, against 0.5 µs for a named tuple: the
+rows ``ls`` reads by the hundred thousand stay named tuples (manifest/queries.py).
+
+Annotations written ``ClassVar[...]`` are class attributes, not fields.
 """
 
 from __future__ import annotations
