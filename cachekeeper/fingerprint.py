@@ -74,15 +74,14 @@ def observe(
 
 def gpu_facts(environ: Mapping[str, str]) -> list[Fact]:
     """GPU and driver facts through NVML; a machine without NVML or GPUs says so in the values."""
-    no_gpu = _gpu_fact_list(name=NONE, arch=NONE, memory_mib=0, count=0, driver=NONE, cuda=NONE)
     if _no_nvidia_driver():
-        return no_gpu  # and pynvml's import, a third of cachekeeper's boot cost, is skipped
+        return _no_gpu()  # and pynvml's import, a third of cachekeeper's boot cost, is skipped
     try:
         import pynvml
 
         pynvml.nvmlInit()
     except Exception:  # no library, no driver, no permission: all mean "no GPU here"
-        return no_gpu
+        return _no_gpu()
     try:
         handles = _visible_handles(pynvml, environ.get("CUDA_VISIBLE_DEVICES"))
         driver = _text(pynvml.nvmlSystemGetDriverVersion())
@@ -104,6 +103,10 @@ def gpu_facts(environ: Mapping[str, str]) -> list[Fact]:
         raise FingerprintError(f"NVML answered but could not describe the GPU: {error}") from error
     finally:
         pynvml.nvmlShutdown()
+
+
+def _no_gpu() -> list[Fact]:
+    return _gpu_fact_list(name=NONE, arch=NONE, memory_mib=0, count=0, driver=NONE, cuda=NONE)
 
 
 def _no_nvidia_driver() -> bool:
