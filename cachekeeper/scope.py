@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from .errors import UsageError
 from .facts import is_repo_id
-from .keys import parse_key
+from .keys import is_layer_name, parse_key
 from .layers import DEFAULT_LAYERS
 from .store import Artifact
 from .values import Value
-
-_LAYER_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class Scope(Value):
@@ -24,7 +21,7 @@ class Scope(Value):
     def of(cls, *, layer: str | None = None, model: str | None = None, keys: Sequence[str] = ()) -> Scope:
         """A scope from what a person typed, refused when nothing could ever be recorded under it: a
         typo would otherwise select nothing and say nothing."""
-        if layer is not None and not _LAYER_NAME.fullmatch(layer):
+        if layer is not None and not is_layer_name(layer):
             known = ", ".join(each.name for each in DEFAULT_LAYERS)
             raise UsageError(f"{layer!r} is not a layer name: use {known}, or a layer a target defines")
         if model is not None and not is_repo_id(model):

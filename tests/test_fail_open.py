@@ -289,6 +289,7 @@ def test_the_users_own_exception_propagates_unchanged(tmp_path, broken):
         ({"strikes": -1}, "strikes"),
         ({"strike_window": 0}, "strike_window"),
         ({"model": "not a repo"}, "repo id"),
+        ({"model": 5}, "repo id"),
         ({"engine": {"scale": float("nan")}}, "engine argument"),
         ({"engine": {"revision": "main"}}, "not an engine argument here"),
         ({"db": "mysql://host/db"}, "unsupported database URL"),

@@ -169,7 +169,7 @@ def _checked(
         raise UsageError("strike_window must be a finite number of seconds")
     loaded = _load(target)
     model = model if model is not None else (loaded.model if loaded else None)
-    if model and not f.is_repo_id(model):
+    if model and not (isinstance(model, str) and f.is_repo_id(model)):
         raise UsageError(f"model {model!r} is not a Hugging Face repo id such as org/name")
     engine = engine if engine is not None else (loaded.engine if loaded else {})
     refuse_reserved(engine, "activate(engine=...)")
