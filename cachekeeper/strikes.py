@@ -42,7 +42,7 @@ from .errors import CachekeeperError
 from .layers import WEIGHTS
 from .records import Kind, Record
 from .store import Root, builder_id, write_atomically
-from .store.descriptors import remove
+from .store.descriptors import opened, remove
 from .store.layout import STRIKES, key_name
 from .values import Value
 
@@ -190,19 +190,13 @@ def dead_attempts(root: Root, tally: Tally) -> list[Strike]:
 
 
 def struck_keys(root: Root) -> Iterator[tuple[str, str]]:
-    """(layer, key) of every artifact that has strikes or attempts beside it, for ``sync``."""
-    for layer, directory in root.state_layers(STRIKES):
+    """(layer, key) of every key with a directory of strikes and attempts (maybe left empty by
+    boots that settled), for ``sync``."""
+    for layer, name in sorted(root.keys_with(STRIKES)):
         try:
-            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
-        except OSError:
-            continue
-        for entry in entries:
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            try:
-                yield layer, key_name(layer, entry.name)
-            except CachekeeperError:
-                continue  # not a key: not ours
+            yield layer, key_name(layer, name)
+        except CachekeeperError:
+            continue  # not a key: not ours
 
 
 def strike_records(found: Sequence[Strike], model: str | None = None) -> list[Record]:
@@ -221,11 +215,15 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def tidy(root: Root, layer: str, key: str) -> None:
     """Remove the directory of ``key``'s records if none is left (a boot's attempt made meanwhile
-    keeps it: only an empty directory can be removed, and a writer makes it again when missing)."""
+    keeps it: only an empty directory can be removed, and a writer makes it again when missing).
+    Reached by directory descriptors, as every removal below a root: never through a link."""
+    *parents, name = root.strikes_dir(layer, key).relative_to(root.path).parts
     try:
-        root.strikes_dir(layer, key).rmdir()
-    except OSError:
-        pass  # not empty, or gone already
+        with opened(root.path, parents) as directory:
+            if directory is not None:
+                os.rmdir(name, dir_fd=directory)
+    except (OSError, CachekeeperError):
+        pass  # not empty, gone already, or reached through a link: left as it is
 
 
 def _remove(path: Path) -> None:

@@ -65,15 +65,7 @@ class FactorChange(Value):
     new: Any
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank,
-            "prefix": self.prefix,
-            "old_hash": self.old_hash,
-            "new_hash": self.new_hash,
-            "factor": self.factor,
-            "old": self.old,
-            "new": self.new,
-        }
+        return self._asdict()
 
 
 def hash_dirs(vllm_root: Path) -> frozenset[str]:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 import cachekeeper
-from cachekeeper import uses
+from cachekeeper import strikes, uses
 from cachekeeper.manifest import Manifest, default_url
 from cachekeeper.prune import PrunePolicy, execute_prune, plan_prune
 from cachekeeper.runtime import BUILD, HIT, PRIVATE
-from cachekeeper.store import Roots
+from cachekeeper.store import Root, Roots
 
 from .adversary import at_lines, invoke, snapshot
 from .helpers import put
@@ -141,3 +141,20 @@ def test_a_hit_serves_only_a_real_directory(root, outside):
     shutil.move(artifact, real)
     artifact.symlink_to(real)
     assert _boot(root)[0] == PRIVATE
+
+
+def test_tidying_strikes_never_removes_a_directory_through_a_linked_layer(root, outside):
+    assert _boot(root)[0] == BUILD
+    assert _boot(root)[0] == HIT  # leaves the key's strikes directory, empty, for the next attempt
+    [key] = os.listdir(root / "compile")
+    layer_dir = root / ".cachekeeper" / "strikes" / "compile"
+    assert not any((layer_dir / key).iterdir())
+    (outside / key).mkdir()  # an empty directory of the same name, elsewhere
+    shutil.rmtree(layer_dir)
+    layer_dir.symlink_to(outside)
+    strikes.tidy(Root(root), "compile", key)
+    assert (outside / key).is_dir()
+    layer_dir.unlink()
+    (layer_dir / key).mkdir(parents=True)
+    strikes.tidy(Root(root), "compile", key)
+    assert not (layer_dir / key).exists()
