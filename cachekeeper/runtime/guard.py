@@ -66,7 +66,7 @@ def unavailable(why: str) -> Callable[[], Leases]:
 
 
 class Guard:
-    """One boot's defences; a plain class (see watch.py for why)."""
+    """One boot's defences; a plain class, not a dataclass: a boot defines it (see values.py)."""
 
     def __init__(
         self, watch: Watch, read_only: frozenset[Path], read_only_hits: str, served: ServedUses | None = None
