@@ -8,16 +8,15 @@ command must not read them all to count them. Only cachekeeper's own state direc
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .manifest import Manifest, Stored
 from .store import Root, Roots
+from .values import Value
 
 
-@dataclass(frozen=True, slots=True)
-class RootFiles:
+class RootFiles(Value):
     path: Path
     artifacts: int  # the artifacts' files, as recorded
     state: int  # sidecars, checksums, journals, uses, leases: cachekeeper's own

@@ -18,7 +18,6 @@ them when every landing derives the same key. The deploy is ready when every row
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from .manifest import Manifest, Observation
 from .quarantine import entries
 from .store import read_sidecar
 from .target import Target
+from .values import Value
 
 # The facts that differ from one GPU type to another: a layer keyed by none of them (the weights)
 # is the same artifact on every landing.
@@ -50,8 +50,7 @@ class Status(StrEnum):
     BUILDING = "building"  # a process that may still live holds the build lease for this key
 
 
-@dataclass(frozen=True, slots=True)
-class LayerReport:
+class LayerReport(Value):
     """One row: a layer on one landing, or on all of them (``landing`` None) when its key is the
     same everywhere."""
 
@@ -82,8 +81,7 @@ class LayerReport:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class LandingFacts:
+class LandingFacts(Value):
     """What one landing's keys are made of, and the observation its inherited facts came from."""
 
     landing: Landing
@@ -104,8 +102,7 @@ class LandingFacts:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class CheckReport:
+class CheckReport(Value):
     target: Target
     landings: tuple[LandingFacts, ...]
     layers: tuple[LayerReport, ...]

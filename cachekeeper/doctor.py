@@ -18,7 +18,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +32,14 @@ from .records import Record
 from .store import DELETING, PUBLISHED, Artifact, Roots, check_state, iter_sidecars
 from .sync import sync
 from .target import DEFAULT_FILE_BUDGET
+from .values import Value
 
 HEALTHY = "healthy"
 CREATED = "created"  # there was no manifest
 REPLACED = "replaced"  # the old one was damaged: moved aside, and a new one built
 
 
-@dataclass(frozen=True, slots=True)
-class DoctorReport:
+class DoctorReport(Value):
     manifest: str  # HEALTHY, CREATED or REPLACED
     damage: str | None  # what was wrong with the old manifest
     moved_to: Path | None  # where the damaged manifest now is

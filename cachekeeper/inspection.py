@@ -13,7 +13,6 @@ here (vLLM 0.33)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,14 @@ from .records import Kind
 from .store import PUBLISHED, Artifact, Roots, artifact_path, list_files, read_sidecar
 from .strikes import Strike, look, struck
 from .uses import UseInfo, users
+from .values import Value
 from .vllm_caches import FactorChange, VllmAotDir, VllmCacheDir, aot_dirs, factor_changes, subdirs, vllm_dirs
 
 QUARANTINED = "quarantined"
 VLLM_SUBDIR = "vllm"  # where the compile layer points VLLM_CACHE_ROOT (layers.py)
 
 
-@dataclass(frozen=True, slots=True)
-class InductorCache:
+class InductorCache(Value):
     relpath: str
     fxgraph: int  # FX graph cache entries
     aotautograd: int  # AOTAutograd cache entries
@@ -42,8 +41,7 @@ class InductorCache:
     bytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class Inspection:
+class Inspection(Value):
     artifact: Artifact
     path: Path
     pinned: bool

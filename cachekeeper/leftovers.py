@@ -15,7 +15,6 @@ import functools
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,13 @@ from .liveness import Sightings, Witness, digest
 from .manifest import Manifest, served
 from .store import Root, Roots, descriptors, look_up_sidecar, read_sidecar, remove_tree
 from .store.layout import SIDECARS, layer_name
+from .values import Value
 
 # A build, a sidecar write or a lease write that has not changed for this long is dead.
 LEFTOVER_AGE = 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class Leftovers:
+class Leftovers(Value):
     """What killed processes left: found by a prune (and shown by a dry run), or cleared by it."""
 
     partial_builds: tuple[str, ...] = ()  # layer/key of build directories never published
@@ -52,8 +51,7 @@ class Leftovers:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
+class _Found(Value):
     root: Root
     builds: tuple[tuple[str, str], ...]
     temporary: tuple[Path, ...]

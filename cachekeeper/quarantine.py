@@ -33,7 +33,6 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +61,7 @@ IN_USE = "in use"  # another live process uses it
 _FORMAT = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Quarantined:
+class Quarantined(Value):
     """One quarantined artifact: what it was, why and when it was moved, and under which name."""
 
     layer: str
@@ -76,10 +74,13 @@ class Quarantined:
     artifact: Artifact | None  # its sidecar as it was (None when that could not be read)
     canary: str | None = None  # the canary digest its builder stored
 
-    def __post_init__(self) -> None:
-        quarantine_name(self.layer, self.name)  # raises UnsafePath: a name no path may be made of
+    def checked(self) -> Quarantined:
+        """This entry, if its name is one a path may be made of, and of its key; raises otherwise
+        (UnsafePath, ValueError). Called wherever an entry is made, as ``Artifact.checked``."""
+        quarantine_name(self.layer, self.name)
         if quarantined_key(self.name) != self.key:
             raise ValueError(f"the quarantined name {self.name} is not one of {self.key}")
+        return self
 
     @property
     def model(self) -> str:
@@ -120,7 +121,7 @@ class Quarantined:
                 strikes=tuple(str(uid) for uid in data.get("strikes", ())),
                 artifact=artifact,
                 canary=None if data.get("canary") is None else str(data["canary"]),
-            )
+            ).checked()
         except (KeyError, TypeError, CachekeeperError) as error:
             raise ValueError(f"quarantine record field missing or malformed: {error}") from None
 
@@ -179,7 +180,7 @@ def quarantine(
             strikes=tuple(strike.uid for strike in counted),
             artifact=sidecar,
             canary=canary.stored(root, layer, key),
-        )
+        ).checked()
         write_atomically(root.quarantine_record_path(layer, entry.name), _encode(entry))
         unpublish(root, layer, key)
         _move(root, root.artifact_parts(layer, key), root.quarantine_parts(layer, entry.name))
@@ -417,8 +418,7 @@ def _encode(entry: Quarantined) -> bytes:
 # --- housekeeping: prune --quarantined, unquarantine ----------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class QuarantineRemoval:
+class QuarantineRemoval(Value):
     """What ``prune --quarantined`` removed (or, in a dry run, would remove), and what it kept."""
 
     removed: tuple[Quarantined, ...]

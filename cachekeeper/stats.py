@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from .budget import RootFiles, files_per_root
@@ -32,12 +31,12 @@ from .manifest import Event, EventCount, Manifest, Stored
 from .records import BOOT_KINDS, Kind
 from .store import Roots
 from .target import DEFAULT_FILE_BUDGET
+from .values import Value
 
 HIT, MISS, PUBLISHED, PRUNED, INNER_MISS = Kind.HIT, Kind.MISS, Kind.PUBLISHED, Kind.PRUNED, Kind.INNER_MISS
 
 
-@dataclass(frozen=True, slots=True)
-class LayerStats:
+class LayerStats(Value):
     layer: str
     model: str
     hits: int
@@ -72,8 +71,7 @@ class LayerStats:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ModelStats:
+class ModelStats(Value):
     model: str
     boots: int
     warm_boots: int  # every layer hit
@@ -103,8 +101,7 @@ class ModelStats:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Stats:
+class Stats(Value):
     since: float | None
     until: float
     layers: tuple[LayerStats, ...]

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from . import uses
@@ -19,6 +18,7 @@ from .manifest.queries import DAY
 from .quarantine import fold_records, strike_dead_boots
 from .records import Kind, Record
 from .store import Artifact, Roots, check_state, read_sidecar
+from .values import Value
 
 logger = logging.getLogger("cachekeeper")
 
@@ -26,8 +26,7 @@ logger = logging.getLogger("cachekeeper")
 KEEP_EVENTS = 90 * DAY
 
 
-@dataclass(frozen=True, slots=True)
-class Tidied:
+class Tidied(Value):
     """What a tidying sync removed so that state stays bounded."""
 
     uses: int  # use records of stopped processes removed
@@ -44,8 +43,7 @@ class Tidied:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class SyncReport:
+class SyncReport(Value):
     journals: int  # journal files that had something new
     records: int  # records applied for the first time
     artifacts: int  # artifacts newly indexed

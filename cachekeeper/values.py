@@ -14,8 +14,10 @@ unpacking, no ordering).
 Why not NamedTuple or a frozen dataclass: a boot imports about twenty of these before its first
 hit, and defining a class is what costs. On a 2-core machine a NamedTuple costs about 0.1 ms to
 define, a frozen dataclass about 0.5 ms (both generate and compile source), a Value about 0.01 ms
-(bench/boot_breakdown.py). Making one costs about 2 µs, against 0.5 µs for a named tuple: the
-rows ``ls`` reads by the hundred thousand stay named tuples (manifest/queries.py).
+(bench/boot_breakdown.py). So every frozen record of cachekeeper is a Value, the reports of
+commands too, but for one kind: making a Value costs about 2 µs, against 0.5 µs for a named
+tuple, so the rows ``ls`` reads by the hundred thousand stay named tuples (manifest/queries.py).
+A check a record must pass is its ``checked()`` method, called where it is made.
 
 Annotations written ``ClassVar[...]`` are class attributes, not fields.
 """

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from .store import (
 )
 from .store.layout import CHECKSUMS
 from .uses import users
+from .values import Value
 
 CORRUPT = "corrupt"
 MISSING = "missing"
@@ -56,8 +56,7 @@ UNRECORDED = "unrecorded"
 PROBLEMS = (CORRUPT, MISSING, GHOST, UNINDEXED, ORPHAN)
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(Value):
     kind: str
     layer: str
     key: str | None  # None for an orphan that no key names
@@ -81,8 +80,7 @@ class Finding:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
+class VerifyReport(Value):
     findings: tuple[Finding, ...]
     checked: int  # artifacts whose files were compared
     hashed_bytes: int

@@ -306,3 +306,19 @@ def test_an_artifact_built_again_after_a_prune_starts_without_the_old_strikes(tm
     assert pruned.code == 0 and not (root / "compile" / key).exists(), pruned
     assert boot(root) == BUILD and tally(root) == strikes.Tally()
     assert boot(root, fail=True) == HIT and boot(root) == HIT  # one strike is not two
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../outside", "compile-0123456789abcdef--1796000000000-abcdef01", "not-a-quarantined-name"],
+    ids=["escapes", "another-key", "no-stamp"],
+)
+def test_a_quarantine_record_whose_name_no_path_may_be_made_of_is_refused(name):
+    from cachekeeper.quarantine import Quarantined
+
+    key = "compile-fedcba9876543210"
+    record = {"format": 1, "layer": "compile", "key": key, "name": name, "at": 1.0, "host": "h:1", "reasons": []}
+    with pytest.raises(ValueError):
+        Quarantined.from_json(record)
+    good = dict(record, name=f"{key}--1796000000000-abcdef01")
+    assert Quarantined.from_json(good).name == good["name"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..liveness import Memory, Witness
 from ..manifest import Manifest
 from ..processes import this_process
 from ..store import builder_id
+from ..values import Value
 from .lease import DEFAULT_TTL, STALE_AFTER, Lease, LeaseInfo, judge
 
 
@@ -53,8 +53,7 @@ class DbLeases:
         return judge(info, scope + "top", scope, self.witness, self.ttl)
 
 
-@dataclass(frozen=True, slots=True)
-class _DbKeeper:
+class _DbKeeper(Value):
     manifest: Manifest
     layer: str
     key: str

@@ -24,7 +24,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,7 +80,7 @@ class _GenerationLeases:
     def _judge(self, stem: str, generation: int, top: LeaseInfo) -> tuple[bool, float]:
         """(whether the top generation may be live, how long it has been as it is)."""
         scope = f"lease {self._slots.where}/{stem}/"
-        top = replace(top, token=f"{generation} {top.token}")  # a new generation is a new record
+        top = top._replace(token=f"{generation} {top.token}")  # a new generation is a new record
         return judge(top, scope + "top", scope, self.witness, self.ttl)
 
     def _top(self, stem: str, start: int | None = None) -> tuple[int, LeaseInfo | None]:
@@ -92,8 +91,7 @@ class _GenerationLeases:
         return generation, top
 
 
-@dataclass(frozen=True, slots=True)
-class _GenerationKeeper:
+class _GenerationKeeper(Value):
     slots: _Slots
     stem: str
     generation: int
@@ -111,7 +109,7 @@ class _GenerationKeeper:
 
     def release(self, info: LeaseInfo) -> None:
         if self.holds(info):
-            self.slots.write(_slot(self.stem, self.generation), replace(info, released=True))
+            self.slots.write(_slot(self.stem, self.generation), info._replace(released=True))
 
 
 # --- files ------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 from ..liveness import Witness, digest
 from ..processes import process_gone
+from ..values import Value
 
 logger = logging.getLogger("cachekeeper")
 
@@ -29,8 +29,7 @@ DEFAULT_TTL = 60.0
 STALE_AFTER = 86400.0
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseInfo:
+class LeaseInfo(Value):
     """One holder's claim: who, a random token, and until when by the holder's own clock."""
 
     owner: str  # host:pid, for people
@@ -144,7 +143,7 @@ class Lease:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self._ttl / 3):
             started = time.monotonic()
-            renewed = replace(self.info, expires_at=time.time() + self._ttl, beat=self.info.beat + 1)
+            renewed = self.info._replace(expires_at=time.time() + self._ttl, beat=self.info.beat + 1)
             try:
                 still_ours = self._keeper.renew(self.info, renewed)
             except Exception as error:  # a network blip: try again until the lease would expire

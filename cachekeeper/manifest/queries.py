@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,6 +19,7 @@ from .. import facts as f
 from ..facts import Facts
 from ..layers import WEIGHTS
 from ..store import PUBLISHED, Artifact
+from ..values import Value
 
 logger = logging.getLogger("cachekeeper")
 
@@ -60,8 +60,7 @@ class ArtifactSummary(NamedTuple):
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(Value):
     """Something the runtime or a command recorded: a hit, miss, publish or prune."""
 
     at: float
@@ -84,8 +83,7 @@ class EventCount(NamedTuple):
     bytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(Value):
     """An environment fingerprint seen at run time: machine and software, no model or engine."""
 
     facts: Facts
@@ -106,8 +104,8 @@ def _columns(names: Sequence[str]) -> str:
 
 _ARTIFACT = Artifact._fields
 _SUMMARY = ArtifactSummary._fields
-_EVENT = tuple(field.name for field in fields(Event))
-_OBSERVATION = tuple(field.name for field in fields(Observation))
+_EVENT = Event._fields
+_OBSERVATION = Observation._fields
 _MOST_RECENT_FIRST = " ORDER BY last_used_at DESC, key"
 
 

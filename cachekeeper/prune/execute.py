@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import hub, uses
@@ -36,15 +35,15 @@ from ..store import (
     remove_tree,
     unpublish,
 )
+from ..values import Value
 from .plan import PrunePlan, blockers, brief, lease_mechanisms
 
 
-@dataclass(frozen=True, slots=True)
-class PruneResult:
+class PruneResult(Value):
     plan: PrunePlan
     removed: tuple[Artifact, ...]
     skipped: tuple[tuple[Artifact, str], ...]  # (artifact, why it was kept)
-    leftovers: Leftovers = field(default_factory=Leftovers)
+    leftovers: Leftovers = Leftovers()
 
     @property
     def bytes(self) -> int:
@@ -66,8 +65,7 @@ class PruneResult:
 BATCH = 256
 
 
-@dataclass(frozen=True, slots=True)
-class _Removal:
+class _Removal(Value):
     artifact: Artifact
     root: Root
     lease: Lease

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import uses
@@ -23,11 +22,11 @@ from ..store import DELETING, Artifact, Root, Roots, UnreadableSidecar, look_up_
 from ..store.layout import LEASES, USES
 from ..target import Target
 from ..units import format_age, format_bytes, format_duration
+from ..values import Value
 from .policy import PrunePolicy
 
 
-@dataclass(frozen=True, slots=True)
-class PrunePlan:
+class PrunePlan(Value):
     """What a prune would remove, in order, and why each artifact in scope goes or stays.
 
     ``reasons`` maps every key in ``removals`` and ``kept`` to its reasons. ``over_budget`` is how
@@ -36,10 +35,10 @@ class PrunePlan:
 
     removals: tuple[Artifact, ...]
     kept: tuple[Artifact, ...] = ()
-    reasons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    reasons: Mapping[str, tuple[str, ...]] = {}  # never changed in place
     weights_freed: int | None = None  # what huggingface_hub expects to free for the weights removed
     over_budget: int = 0
-    leftovers: Leftovers = field(default_factory=Leftovers)  # what killed processes left, cleared too
+    leftovers: Leftovers = Leftovers()  # what killed processes left, cleared too
     layers: tuple[str, ...] = ()  # the targets' own layers, looked into for leftovers
     over_files: int = 0  # how many files the artifacts in scope would still exceed ``max_files`` by
 

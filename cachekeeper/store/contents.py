@@ -8,10 +8,10 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..values import Value
 from .atomic import write_atomically
 from .layout import Root
 from .sidecars import Artifact
@@ -23,8 +23,7 @@ _HASH_WORKERS = 8
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Contents:
+class Contents(Value):
     """The files of an artifact directory: relative path → (size, xxh3-128 hex digest).
 
     ``checksum`` digests the whole listing: it names the checksums file and is what the sidecar
